@@ -1,0 +1,20 @@
+"""User-facing errors: one clear message, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A mistake in user input (config, files, data). The CLI prints the message and exits 2."""
+
+
+def suggest(name: str, valid: Iterable[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest valid name, or ''."""
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def choices(valid: Iterable[str]) -> str:
+    return ", ".join(sorted(str(v) for v in valid))
