@@ -1,0 +1,90 @@
+"""Console output: a tqdm bar per stage (it/s, ETA, main terms), evaluation lines and the final summary."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+from ssl_kd.engine.callback import Callback, CallbackOrder
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+class ProgressLogger(Callback):
+    order = CallbackOrder.LOGGER + 1
+
+    def __init__(self, bar: bool = True) -> None:
+        self.show_bar = bar
+        self.bar: tqdm | None = None
+
+    def _print(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def on_stage_start(self, runner) -> None:
+        if not runner.is_main:
+            return
+        stage = runner.stage
+        n = len(runner.cfg.stages)
+        prog = stage.progress
+        head = f"[{runner.stage_index + 1}/{n}] stage '{stage.name}' ({stage.type_name})"
+        trains = f"trains {stage.cfg.train}" if stage.cfg.train else ""
+        uses = f"reads {stage.cfg.uses}" if stage.cfg.uses else ""
+        self._print(f"{head}: {prog.total_steps} steps {' '.join(x for x in (trains, uses) if x)}".rstrip())
+        if self.show_bar and prog.total_steps and sys.stderr.isatty():
+            self.bar = tqdm(
+                total=prog.total_steps, initial=prog.step, desc=stage.name, dynamic_ncols=True, leave=False,
+                mininterval=0.5, file=sys.stderr,
+            )  # fmt: skip
+
+    def on_step_end(self, runner, terms) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_log(self, runner, record) -> None:
+        if record.get("kind") == "train" and self.bar is not None:
+            keys = [k for k in record if k.startswith("train/")][:4]
+            post = {k.removeprefix("train/"): f"{record[k]:.4g}" for k in keys}
+            if "lr" in record:
+                post["lr"] = f"{record['lr']:.3g}"
+            self.bar.set_postfix(post, refresh=False)
+        elif record.get("kind") == "eval":
+            parts = []
+            for k, v in record.items():
+                if k.startswith("test/") and k.endswith("top1"):
+                    parts.append(f"{k.removeprefix('test/')} {_pct(v)}")
+            best = [v for k, v in record.items() if k.startswith("best/")]
+            tail = f" (best {_pct(best[0])})" if best else ""
+            self._print(f"  step {record['step']}: " + ", ".join(parts) + tail)
+
+    def on_stage_end(self, runner) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if not runner.is_main:
+            return
+        res = runner.results.get(runner.stage.name)
+        if res:
+            m = res["model"]
+            self._print(
+                f"  stage '{runner.stage.name}' done: {m} test top-1 {_pct(res['last'].get(f'{m}/top1'))} "
+                f"(best {_pct(res['best_top1'])} at step {res['best_step']})"
+            )
+
+    def on_experiment_end(self, runner) -> None:
+        if not runner.is_main:
+            return
+        lines = ["", "Summary (test top-1):"]
+        for name, res in runner.results.items():
+            m = res["model"]
+            lines.append(
+                f"  {name:<20} {res['type']:<12} {m:<12} last {_pct(res['last'].get(f'{m}/top1')):>8}  "
+                f"best {_pct(res['best_top1']):>8}"
+            )
+        lines.append(f"Run folder: {runner.run_dir.root}")
+        print("\n".join(lines), flush=True)

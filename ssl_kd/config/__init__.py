@@ -1,0 +1,45 @@
+"""Config: typed schema, YAML with `_base_`, overrides from the CLI and W&B sweeps."""
+
+from ssl_kd.config.loader import (
+    apply_overrides,
+    deep_merge,
+    load_yaml,
+    parse_overrides,
+    parse_value,
+    unflatten,
+)
+from ssl_kd.config.schema import (
+    CheckpointConfig,
+    Config,
+    EMAConfig,
+    EvalConfig,
+    ExperimentConfig,
+    InitConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    StageConfig,
+)
+from ssl_kd.config.validate import resolve_config, resolved_dict, validate_config
+
+__all__ = [
+    "CheckpointConfig",
+    "Config",
+    "EMAConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "InitConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "StageConfig",
+    "apply_overrides",
+    "deep_merge",
+    "load_yaml",
+    "parse_overrides",
+    "parse_value",
+    "resolve_config",
+    "resolved_dict",
+    "unflatten",
+    "validate_config",
+]

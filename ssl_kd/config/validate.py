@@ -1,0 +1,154 @@
+"""Turn a raw config dict into typed configs, or one clear error naming the YAML path of the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ssl_kd.config.loader import apply_overrides, load_yaml
+from ssl_kd.config.schema import Config, StageConfig
+from ssl_kd.errors import UserError, choices, suggest
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Follow a pydantic error location down the schema to the model that owns its last key."""
+    current: Any = model
+    for part in loc[:-1]:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        candidates = [ann, *args]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            # dict[str, Model]: the next loc part is the key
+            dict_args = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = dict_args[0] if dict_args else None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_validation_error(
+    err: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = ()
+) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(str(p) for p in (*prefix, *loc)) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(model, loc)
+            valid = list(owner.model_fields) if owner else []
+            hint = suggest(str(loc[-1]), valid)
+            lines.append(f"{path}: unknown key.{hint} Valid keys here: {choices(valid)}.")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required key is missing.")
+        elif e["type"] == "literal_error":
+            lines.append(f"{path}: {e['msg'].replace('Input should be', 'must be')}, got {e['input']!r}.")
+        else:
+            msg = e["msg"].replace("Value error, ", "")
+            got = f", got {e['input']!r}" if not isinstance(e.get("input"), dict) else ""
+            lines.append(f"{path}: {msg}{got}.")
+    return "\n".join(lines)
+
+
+def _validate(model: type[BaseModel], raw: Any, prefix: tuple[Any, ...], source: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(f"{source}: " + format_validation_error(e, model, prefix)) from None
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate every block; stage blocks by the schema of their `type`."""
+    from ssl_kd.data import DataConfig
+    from ssl_kd.engine.registry import stage_types
+
+    cfg = _validate(Config, raw, (), source)
+    cfg.data = _validate(DataConfig, cfg.data or {}, ("data",), source)
+    types = stage_types()
+    typed: dict[str, StageConfig] = {}
+    for name, block in (cfg.stages or {}).items():
+        if not isinstance(block, dict):
+            raise UserError(
+                f"{source}: stages.{name}: must be a mapping with at least `type`, got {block!r}."
+            )
+        st = block.get("type")
+        if st is None:
+            raise UserError(
+                f"{source}: stages.{name}.type: required key is missing (one of {choices(types)})."
+            )
+        if st not in types:
+            raise UserError(
+                f"{source}: stages.{name}.type: unknown stage type '{st}'.{suggest(st, types)} "
+                f"Valid: {choices(types)}."
+            )
+        typed[name] = _validate(types[st].Config, block, ("stages", name), source)
+    cfg.stages = typed
+    _check_references(cfg, source)
+    return cfg
+
+
+def _check_references(cfg: Config, source: str) -> None:
+    if not cfg.stages:
+        raise UserError(
+            f"{source}: stages: at least one stage is needed (e.g. `stages: {{train: {{type: supervised}}}}`)."
+        )
+    names = list(cfg.stages)
+    for i, (name, st) in enumerate(cfg.stages.items()):
+        where = f"{source}: stages.{name}"
+        for key in ("train", "uses"):
+            for m in getattr(st, key):
+                if m not in cfg.models:
+                    raise UserError(
+                        f"{where}.{key}: model '{m}' is not defined under `models`.{suggest(m, cfg.models)} "
+                        f"Defined: {choices(cfg.models) or '(none)'}."
+                    )
+        overlap = set(st.train) & set(st.uses)
+        if overlap:
+            raise UserError(
+                f"{where}: {sorted(overlap)} listed in both `train` and `uses`; a model is one or the other."
+            )
+        if st.init.mode == "stage":
+            earlier = names[:i]
+            target = st.init.stage or (earlier[-1] if earlier else None)
+            if target is None:
+                raise UserError(
+                    f"{where}.init: mode 'stage' needs an earlier stage, but '{name}' is the first."
+                )
+            if target not in earlier:
+                raise UserError(
+                    f"{where}.init.stage: '{target}' is not an earlier stage.{suggest(target, earlier)} "
+                    f"Earlier stages: {choices(earlier) or '(none)'}."
+                )
+        if st.init.mode == "checkpoint" and not st.init.path:
+            raise UserError(f"{where}.init.path: mode 'checkpoint' needs a file path.")
+        for m in st.eval.models or []:
+            if m not in cfg.models:
+                raise UserError(f"{where}.eval.models: model '{m}' is not defined.{suggest(m, cfg.models)}")
+        for m in st.init.models or []:
+            if m not in cfg.models:
+                raise UserError(f"{where}.init.models: model '{m}' is not defined.{suggest(m, cfg.models)}")
+
+
+def resolve_config(path: str | Path, overrides: list[tuple[str, Any]]) -> tuple[Config, dict[str, Any]]:
+    """YAML (+ `_base_`) then CLI overrides (CLI wins) -> (typed config, raw resolved dict)."""
+    path = Path(path)
+    raw = apply_overrides(load_yaml(path), overrides)
+    exp = raw.setdefault("experiment", {}) or {}
+    raw["experiment"] = exp
+    if isinstance(exp, dict) and not exp.get("name"):
+        exp["name"] = path.stem if path.name != "config.yaml" else path.parent.name
+    cfg = validate_config(raw, str(path))
+    return cfg, raw
+
+
+def resolved_dict(cfg: Config) -> dict[str, Any]:
+    """The fully resolved config (defaults filled in) as plain data, for config.yaml and W&B."""
+    out = cfg.model_dump(mode="json")
+    out["data"] = cfg.data.model_dump(mode="json")
+    out["stages"] = {k: v.model_dump(mode="json") for k, v in cfg.stages.items()}
+    return out

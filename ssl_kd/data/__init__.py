@@ -1,0 +1,65 @@
+"""Data layer: datasets, the SSL split, seeded augmentation, the stream sampler and batch mixing."""
+
+from ssl_kd.data.augment import (
+    RANDAUGMENT_OPS,
+    StrongTransform,
+    Transform,
+    WeakTransform,
+    build_transform,
+    cutout,
+)
+from ssl_kd.data.config import AugmentConfig, DataConfig, SSLSplitConfig, StrongAugConfig, WeakAugConfig
+from ssl_kd.data.dataset import ViewDataset
+from ssl_kd.data.datasets import (
+    DATASET_STATS,
+    IMAGENET_STATS,
+    ConcatImageSet,
+    DatasetBundle,
+    FolderImageSet,
+    ImageSet,
+    SubsetImageSet,
+    balanced_subset,
+    concat_image_sets,
+    dataset_info,
+    decoded_npz,
+    image_stats,
+    load_dataset,
+)
+from ssl_kd.data.mixing import cutmix, mixup
+from ssl_kd.data.sampler import StreamSampler, mix_seed
+from ssl_kd.data.split import load_split, save_split, ssl_split
+
+__all__ = [
+    "DATASET_STATS",
+    "IMAGENET_STATS",
+    "RANDAUGMENT_OPS",
+    "AugmentConfig",
+    "ConcatImageSet",
+    "DataConfig",
+    "DatasetBundle",
+    "FolderImageSet",
+    "ImageSet",
+    "SSLSplitConfig",
+    "StreamSampler",
+    "StrongAugConfig",
+    "StrongTransform",
+    "SubsetImageSet",
+    "Transform",
+    "ViewDataset",
+    "WeakAugConfig",
+    "WeakTransform",
+    "balanced_subset",
+    "build_transform",
+    "concat_image_sets",
+    "cutmix",
+    "cutout",
+    "dataset_info",
+    "decoded_npz",
+    "image_stats",
+    "load_dataset",
+    "load_split",
+    "mix_seed",
+    "mixup",
+    "save_split",
+    "ssl_split",
+]

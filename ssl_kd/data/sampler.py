@@ -1,0 +1,109 @@
+"""An infinite, seeded, resumable batch sampler whose global stream does not depend on the process count."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + _GOLDEN) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*values: int) -> int:
+    """Hash integers into a seed in [0, 2**63): cheap, platform-independent, and different for any change."""
+    h = 0x243F6A8885A308D3
+    for v in values:
+        h = _splitmix64(h ^ (int(v) & _MASK64))
+    return h >> 1
+
+
+def _mix_seed_many(seed: int, values: np.ndarray) -> np.ndarray:
+    """`mix_seed(seed, v)` for an array of v (uint64 arithmetic wraps like the masks above)."""
+    c1, c2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    s30, s27, s31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+    def sm(x: np.ndarray) -> np.ndarray:
+        x = x + np.uint64(_GOLDEN)
+        x = (x ^ (x >> s30)) * c1
+        x = (x ^ (x >> s27)) * c2
+        return x ^ (x >> s31)
+
+    with np.errstate(over="ignore"):
+        h = np.uint64(_splitmix64(0x243F6A8885A308D3 ^ (int(seed) & _MASK64)))
+        return sm(h ^ values.astype(np.uint64)) >> np.uint64(1)
+
+
+class StreamSampler:
+    """Batch sampler (for `DataLoader(batch_sampler=...)`) over an endless stream of seeded permutations.
+
+    The global stream concatenates permutations of range(n); pass p is drawn by a generator seeded with
+    (seed, p). With drop_last each pass keeps its first (n // G) * G items, G = batch_size * world_size, so a
+    global batch never spans two passes; a set smaller than one global batch (e.g. 40 labels, batch 64)
+    cannot drop anything and streams across passes instead, like the references' samplers with replacement.
+    Rank r's t-th batch is global positions [t*G + r*b, t*G + (r+1)*b), so the ranks together see exactly the
+    single-process stream. Items are (pos, sample_seed) with sample_seed = mix_seed(seed, global position):
+    augmentation depends on where a sample sits in the stream, never on which worker or rank drew it.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, drop_last: bool = True,
+        start_batch: int = 0,
+    ):  # fmt: skip
+        if n < 1:
+            raise ValueError("StreamSampler needs a non-empty dataset")
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or start_batch < 0:
+            raise ValueError(
+                f"bad sampler layout: batch_size={batch_size} rank={rank}/{world_size} start={start_batch}"
+            )
+        self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.drop_last, self.start_batch = bool(drop_last), int(start_batch)
+        self.global_batch = self.batch_size * self.world_size
+        whole = (self.n // self.global_batch) * self.global_batch
+        self.pass_len = whole if self.drop_last and whole > 0 else self.n  # stream items per pass
+        self._perms: dict[int, np.ndarray] = {}
+
+    @property
+    def batches_per_pass(self) -> int:
+        """Global batches that make one pass over the data (rounded up when passes are not cut to batches)."""
+        return -(-self.pass_len // self.global_batch)
+
+    def permutation(self, p: int) -> np.ndarray:
+        if p not in self._perms:
+            if len(self._perms) >= 2:
+                self._perms.pop(min(self._perms))
+            rng = np.random.default_rng([self.seed & ((1 << 64) - 1), int(p)])
+            self._perms[p] = rng.permutation(self.n)
+        return self._perms[p]
+
+    def batch(self, t: int) -> list[tuple[int, int]]:
+        """This rank's t-th batch, computed directly (O(1) in t: resume needs no replay)."""
+        start = t * self.global_batch + self.rank * self.batch_size
+        q = np.arange(start, start + self.batch_size, dtype=np.int64)
+        passes, offsets = np.divmod(q, self.pass_len)
+        pos = np.empty(self.batch_size, np.int64)
+        for p in np.unique(passes):
+            sel = passes == p
+            pos[sel] = self.permutation(int(p))[offsets[sel]]
+        seeds = _mix_seed_many(self.seed, q)
+        return list(zip(pos.tolist(), seeds.tolist()))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        t = self.start_batch
+        while True:
+            yield self.batch(t)
+            t += 1
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamSampler(n={self.n}, batch_size={self.batch_size}, seed={self.seed}, rank={self.rank}, "
+            f"world_size={self.world_size}, drop_last={self.drop_last}, start_batch={self.start_batch})"
+        )

@@ -1,0 +1,73 @@
+"""Name -> model factory registry (timm-style), with user-facing errors for unknown names and options."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+from ssl_kd.errors import UserError, choices, suggest
+
+Factory = Callable[..., nn.Module]
+F = TypeVar("F", bound=Factory)
+
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register_model(name: str) -> Callable[[F], F]:
+    """Register ``factory(num_classes, **options) -> nn.Module`` under ``name``."""
+
+    def deco(factory: F) -> F:
+        if name in _REGISTRY:
+            # A programming error (two modules claim one name), not a user mistake.
+            raise ValueError(f"model '{name}' is already registered by {_REGISTRY[name].__module__}")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _get_factory(name: str) -> Factory:
+    if name not in _REGISTRY:
+        raise UserError(
+            f"Unknown model '{name}'.{suggest(name, _REGISTRY)} Valid models: {choices(_REGISTRY)}."
+        )
+    return _REGISTRY[name]
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """Options a model accepts besides ``num_classes``, with their defaults (for --dry-run and docs)."""
+    sig = inspect.signature(_get_factory(name))
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.name != "num_classes" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Build a registered model; unknown names or options raise ``UserError`` before anything is built."""
+    factory = _get_factory(name)
+    valid = model_options(name)
+    for key in kwargs:
+        if key not in valid:
+            opts = choices(valid) if valid else "(none)"
+            raise UserError(
+                f"Model '{name}' has no option '{key}'.{suggest(key, valid)} "
+                f"Valid options for '{name}': {opts}."
+            )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive integer, got {num_classes!r} (model '{name}').")
+    return factory(num_classes, **kwargs)
+
+
+def check_option(model: str, option: str, value: Any, ok: bool, expected: str) -> None:
+    """Raise a UserError for an option value outside its valid range (factories call this)."""
+    if not ok:
+        raise UserError(f"Model '{model}': option {option}={value!r} is invalid; expected {expected}.")

@@ -1,0 +1,59 @@
+"""torchvision ResNet-18/50 under the common output contract.
+
+``cifar_stem=True`` swaps the 7x7/2 conv + max-pool stem for a 3x3/1 conv (no pool), the usual choice for
+32px images; with it ``resnet50`` is the CIFAR "ResNet50" teacher of the KD literature (same layers and
+parameter count as RepDistiller's). Layers come from torchvision so ImageNet weights load by name.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.models import resnet as tv
+
+from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.registry import register_model
+
+
+class ResNet(ClassifierModel):
+    def __init__(
+        self,
+        block: type[tv.BasicBlock] | type[tv.Bottleneck],
+        layers: list[int],
+        num_classes: int,
+        cifar_stem: bool = False,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        net = tv.ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
+        if cifar_stem:
+            net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+            net.maxpool = nn.Identity()
+        # Same attribute names as torchvision, so its state_dicts load directly.
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.fc = net.fc
+        self.num_classes = num_classes
+        self.feat_dim = net.fc.in_features
+        exp = block.expansion
+        self.feat_channels = (64, 64 * exp, 128 * exp, 256 * exp, 512 * exp)
+
+    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        out = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        maps = [out]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            out = layer(out)
+            maps.append(out)
+        return maps, global_pool(out)
+
+
+@register_model("resnet18")
+def resnet18(num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2])."""
+    return ResNet(tv.BasicBlock, [2, 2, 2, 2], num_classes, cifar_stem, zero_init_residual)
+
+
+@register_model("resnet50")
+def resnet50(num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-50 (Bottleneck, [3, 4, 6, 3], stride on the 3x3 conv as in torchvision v1.5)."""
+    return ResNet(tv.Bottleneck, [3, 4, 6, 3], num_classes, cifar_stem, zero_init_residual)

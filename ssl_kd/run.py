@@ -1,0 +1,144 @@
+"""CLI: python -m ssl_kd.run CONFIG [key=value | --key=value ...] [--resume] [--dry-run]
+
+Overrides are dotted YAML paths; values parse like a W&B sweep agent renders them (1e-05, None, False, [1,2]).
+The CLI wins over the YAML. Mistakes in user input print one message and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+USAGE = """usage: python -m ssl_kd.run CONFIG [key=value | --key=value ...] [--resume] [--dry-run]
+
+  CONFIG         a YAML file (configs/quickstart.yaml), or runs/<name>/config.yaml of an earlier run
+  key=value      override any config value by its dotted path, e.g. stages.teacher.optimizer.lr=0.01
+  --key=value    the same (the form a W&B sweep agent sends with ${args})
+  --resume       continue the run in experiment.output_dir from checkpoints/last.pt, exactly
+  --dry-run      validate config, data and models, print the plan, and exit without training
+"""
+
+
+def parse_argv(argv: list[str]) -> tuple[str, list[str], bool, bool]:
+    from ssl_kd.errors import UserError
+
+    config, items, resume, dry = None, [], False, False
+    for a in argv:
+        if a in ("-h", "--help"):
+            print(USAGE)
+            raise SystemExit(0)
+        if a == "--resume":
+            resume = True
+        elif a == "--dry-run":
+            dry = True
+        elif "=" in a:
+            items.append(a)
+        elif a.startswith("-"):
+            raise UserError(
+                f"unknown option '{a}'. Options: --resume, --dry-run, and overrides as --key=value."
+            )
+        elif config is None:
+            config = a
+        else:
+            raise UserError(f"unexpected argument '{a}': give one CONFIG file, then overrides as key=value.")
+    if config is None:
+        raise UserError("no CONFIG given.\n" + USAGE)
+    return config, items, resume, dry
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def sweep_overrides(cfg) -> list[tuple[str, Any]]:
+    """Under a W&B sweep agent, wandb.config (dotted keys, unflattened here) applies as overrides too.
+
+    Only rank 0 starts W&B; the agent's ${args} already give every rank the same values on the command line.
+    """
+    if not os.environ.get("WANDB_SWEEP_ID") or os.environ.get("RANK", "0") != "0":
+        return []
+    import wandb
+
+    from ssl_kd.config.schema import WandbConfig
+
+    w = cfg.experiment.logger.wandb or WandbConfig()
+    run = wandb.init(project=w.project, entity=w.entity, mode=w.mode, group=w.group, tags=w.tags)
+    out = _flatten({k: v for k, v in dict(run.config).items() if not k.startswith("_")})
+    if cfg.experiment.logger.wandb is None:
+        out.insert(0, ("experiment.logger.wandb", {}))
+    if cfg.experiment.output_dir is None:  # one folder per sweep run, never on top of another
+        out.insert(0, ("experiment.output_dir", f"runs/{cfg.experiment.name}/sweep-{run.id}"))
+    return out
+
+
+def _main(argv: list[str]) -> int:
+    from accelerate import Accelerator
+
+    from ssl_kd.callbacks import experiment_callbacks
+    from ssl_kd.config import parse_overrides, resolve_config, resolved_dict
+    from ssl_kd.data import dataset_info
+    from ssl_kd.engine import RunDir, Runner
+    from ssl_kd.errors import UserError
+
+    config, items, resume, dry = parse_argv(argv)
+    overrides = parse_overrides(items)
+    cfg, _ = resolve_config(config, overrides)
+    extra = sweep_overrides(cfg)
+    if extra:
+        cfg, _ = resolve_config(config, extra + overrides)  # the command line still wins
+    resolved = resolved_dict(cfg)
+    run_dir = RunDir(cfg.experiment.output_dir or Path("runs") / cfg.experiment.name)
+    dataset_info(cfg.data)  # data must be findable before anything is written
+
+    try:
+        accelerator = Accelerator(mixed_precision=cfg.experiment.precision)
+    except ValueError as e:
+        raise UserError(f"experiment.precision: '{cfg.experiment.precision}' is not usable here ({e}). "
+                        f"Use 'no' or 'bf16' on CPU.") from None  # fmt: skip
+    if dry:
+        runner = Runner(cfg, run_dir, resolved, accelerator=accelerator, dry_run=True)
+        if accelerator.is_main_process:
+            print(runner.plan())
+        return 0
+    if resume:
+        run_dir.check_resumable()
+    else:
+        run_dir.check_new()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not resume:
+        run_dir.write_config(resolved)
+    runner = Runner(
+        cfg, run_dir, resolved, resume=resume, accelerator=accelerator, callbacks=experiment_callbacks(cfg)
+    )
+    runner.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ssl_kd.engine import TrainingStopped
+    from ssl_kd.errors import UserError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except UserError as e:
+        print(f"ssl_kd: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingStopped as e:
+        print(f"ssl_kd: stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ssl_kd: interrupted; continue with --resume (from the last checkpoint).", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
