@@ -36,9 +36,7 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], bool, bool]:
         elif "=" in a:
             items.append(a)
         elif a.startswith("-"):
-            raise UserError(
-                f"unknown option '{a}'. Options: --resume, --dry-run, and overrides as --key=value."
-            )
+            raise UserError(f"unknown option '{a}'. Options: --resume, --dry-run, and overrides as --key=value.")
         elif config is None:
             config = a
         else:
@@ -115,9 +113,7 @@ def _main(argv: list[str]) -> int:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and not resume:
         run_dir.write_config(resolved)
-    runner = Runner(
-        cfg, run_dir, resolved, resume=resume, accelerator=accelerator, callbacks=experiment_callbacks(cfg)
-    )
+    runner = Runner(cfg, run_dir, resolved, resume=resume, accelerator=accelerator, callbacks=experiment_callbacks(cfg))
     runner.run()
     return 0
 

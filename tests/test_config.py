@@ -79,13 +79,9 @@ def test_defaults_come_from_the_schema(tmp_path):
 
 
 def test_loss_weights_merge_with_stage_defaults(tmp_path):
-    text = BASIC.replace("type: supervised", "type: kd").replace(
-        "train: [net]", "train: [net]\n    uses: [t]"
-    )
+    text = BASIC.replace("type: supervised", "type: kd").replace("train: [net]", "train: [net]\n    uses: [t]")
     text = text.replace("models:\n  net: {arch: mlp}", "models:\n  net: {arch: mlp}\n  t: {arch: mlp}")
-    cfg, _ = resolve_config(
-        write(tmp_path / "x.yaml", text), parse_overrides(["stages.train.loss_weights.ce=0.5"])
-    )
+    cfg, _ = resolve_config(write(tmp_path / "x.yaml", text), parse_overrides(["stages.train.loss_weights.ce=0.5"]))
     assert cfg.stages["train"].loss_weights == {"ce": 0.5, "kd": 0.9}
 
 

@@ -135,14 +135,10 @@ def test_npz_decode_cache_and_pickle(tmp_path, monkeypatch):
     assert np.array_equal(b.train.images, arrays["x_train"])
     assert b.test.image(0).shape == (16, 16, 3)  # grayscale repeated to RGB
     (entry,) = (tmp_path / "cache").iterdir()
-    assert (entry / "x_train.npy").is_file() and not any(
-        p.name.startswith(".") for p in (tmp_path / "cache").iterdir()
-    )
+    assert (entry / "x_train.npy").is_file() and not any(p.name.startswith(".") for p in (tmp_path / "cache").iterdir())
     assert b.train._mmap_file is not None
     clone = pickle.loads(pickle.dumps(b.train))
-    assert len(pickle.dumps(b.train)) < arrays["x_train"].nbytes and np.array_equal(
-        clone.image(7), b.train.image(7)
-    )
+    assert len(pickle.dumps(b.train)) < arrays["x_train"].nbytes and np.array_equal(clone.image(7), b.train.image(7))
     info = dataset_info(cfg)
     assert (info["num_train"], info["num_test"], info["num_classes"]) == (30, 9, 3)
     # npz found under root by name, and a missing key is a clear error
@@ -296,9 +292,7 @@ def test_strong_changes_image_and_cutout_fill():
     fill = (torch.tensor([10, 20, 30]) / 255 - torch.tensor(bundle.mean)) / torch.tensor(bundle.std)
     sizes = []
     for seed in range(8):
-        hit = torch.isclose(
-            build_transform("strong", bundle, cfg)(img, seed), fill[:, None, None], atol=1e-5
-        ).all(0)
+        hit = torch.isclose(build_transform("strong", bundle, cfg)(img, seed), fill[:, None, None], atol=1e-5).all(0)
         rows, cols = hit.any(1).sum().item(), hit.any(0).sum().item()
         assert hit.sum().item() == rows * cols > 0  # one axis-aligned box, clipped at the border
         sizes.append(hit.sum().item())

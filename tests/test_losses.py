@@ -31,9 +31,7 @@ def test_kd_loss_matches_torch_kl_div_batchmean():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
     tau = 4.0
-    ref = F.kl_div(
-        F.log_softmax(s / tau, 1), F.log_softmax(t / tau, 1), reduction="batchmean", log_target=True
-    )
+    ref = F.kl_div(F.log_softmax(s / tau, 1), F.log_softmax(t / tau, 1), reduction="batchmean", log_target=True)
     assert torch.allclose(kd_loss(s, t, tau), ref * tau**2, atol=1e-6)
 
 

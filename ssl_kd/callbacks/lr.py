@@ -9,9 +9,9 @@ class LRScheduler(Callback):
     order = CallbackOrder.SCHEDULER
 
     def on_step_end(self, runner, terms) -> None:
-        if runner.scheduler is not None and not runner.scheduler_per_epoch:
-            if not getattr(runner.accelerator, "optimizer_step_was_skipped", False):
-                runner.scheduler.step()
+        skipped = getattr(runner.accelerator, "optimizer_step_was_skipped", False)  # fp16 overflow step
+        if runner.scheduler is not None and not runner.scheduler_per_epoch and not skipped:
+            runner.scheduler.step()
 
     def on_epoch_end(self, runner) -> None:
         if runner.scheduler is not None and runner.scheduler_per_epoch:

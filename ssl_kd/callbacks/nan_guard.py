@@ -44,11 +44,7 @@ class NanGuard(Callback):
         culprits = [k for k, f in zip(names, flags) if f and k != "loss"] or ["loss"]
         step = int(self.first_step.item()) if self.first_step is not None else -1
         last = runner.run_dir.last
-        kept = (
-            f"the last good checkpoint is kept: {last}"
-            if last.exists()
-            else "no checkpoint had been written yet"
-        )
+        kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written yet"
         raise TrainingStopped(
             f"stage '{runner.stage.name}': loss term(s) {culprits} became NaN/inf (first at step {step}); "
             f"training stopped and {kept}. Lower the learning rate, enable clip_grad_norm, or check the data."

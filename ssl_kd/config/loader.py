@@ -121,9 +121,7 @@ def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
             child = node[part] = {}
         elif not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
-            raise UserError(
-                f"override '{key}': '{where}' is a value ({child!r}), not a mapping with sub-keys."
-            )
+            raise UserError(f"override '{key}': '{where}' is a value ({child!r}), not a mapping with sub-keys.")
         node = child
     node[parts[-1]] = value
 

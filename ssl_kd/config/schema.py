@@ -67,9 +67,7 @@ class SchedulerConfig(Strict):
     """
 
     name: Literal["constant", "cosine", "cosine_cycles", "multistep", "linear"] = "constant"
-    interval: Literal["auto", "step", "epoch"] = (
-        "auto"  # auto: step for iters stages, epoch for epochs stages
-    )
+    interval: Literal["auto", "step", "epoch"] = "auto"  # auto: step for iters stages, epoch for epochs stages
     warmup: int = Field(0, ge=0)  # in intervals, linear from 0
     cycles: float = 0.4375
     milestones: list[int] = Field(default_factory=list)
@@ -78,9 +76,7 @@ class SchedulerConfig(Strict):
 
 
 class EvalConfig(Strict):
-    every: int | None = Field(
-        None, ge=1
-    )  # in `unit`; None: every epoch for epoch stages, at the end otherwise
+    every: int | None = Field(None, ge=1)  # in `unit`; None: every epoch for epoch stages, at the end otherwise
     unit: Literal["auto", "steps", "epochs"] = "auto"  # auto: the stage's length unit
     batch_size: int = Field(256, ge=1)
     models: list[str] | None = None  # default: the models the stage trains (or reads, for `evaluate`)

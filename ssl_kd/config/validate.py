@@ -32,9 +32,7 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def format_validation_error(
-    err: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = ()
-) -> str:
+def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -73,18 +71,13 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     typed: dict[str, StageConfig] = {}
     for name, block in (cfg.stages or {}).items():
         if not isinstance(block, dict):
-            raise UserError(
-                f"{source}: stages.{name}: must be a mapping with at least `type`, got {block!r}."
-            )
+            raise UserError(f"{source}: stages.{name}: must be a mapping with at least `type`, got {block!r}.")
         st = block.get("type")
         if st is None:
-            raise UserError(
-                f"{source}: stages.{name}.type: required key is missing (one of {choices(types)})."
-            )
+            raise UserError(f"{source}: stages.{name}.type: required key is missing (one of {choices(types)}).")
         if st not in types:
             raise UserError(
-                f"{source}: stages.{name}.type: unknown stage type '{st}'.{suggest(st, types)} "
-                f"Valid: {choices(types)}."
+                f"{source}: stages.{name}.type: unknown stage type '{st}'.{suggest(st, types)} Valid: {choices(types)}."
             )
         typed[name] = _validate(types[st].Config, block, ("stages", name), source)
     cfg.stages = typed
@@ -116,9 +109,7 @@ def _check_references(cfg: Config, source: str) -> None:
             earlier = names[:i]
             target = st.init.stage or (earlier[-1] if earlier else None)
             if target is None:
-                raise UserError(
-                    f"{where}.init: mode 'stage' needs an earlier stage, but '{name}' is the first."
-                )
+                raise UserError(f"{where}.init: mode 'stage' needs an earlier stage, but '{name}' is the first.")
             if target not in earlier:
                 raise UserError(
                     f"{where}.init.stage: '{target}' is not an earlier stage.{suggest(target, earlier)} "

@@ -65,9 +65,7 @@ def equalize(img: np.ndarray, v: float) -> np.ndarray:
     """PIL ImageOps.equalize: per channel, step = (#pixels - #in the top bin) // 255 and
     lut[i] = (step // 2 + #pixels below i) // step; step 0 (e.g. a single level) leaves the channel alone."""
     c = img.shape[2]
-    hist = np.stack([cv2.calcHist([img], [k], None, [256], (0, 256)).ravel() for k in range(c)]).astype(
-        np.int64
-    )
+    hist = np.stack([cv2.calcHist([img], [k], None, [256], (0, 256)).ravel() for k in range(c)]).astype(np.int64)
     top = hist[np.arange(c), 255 - np.argmax(hist[:, ::-1] > 0, axis=1)]
     step = (hist.sum(1) - top) // 255
     safe = np.maximum(step, 1)[:, None]

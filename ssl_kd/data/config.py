@@ -38,16 +38,10 @@ class StrongAugConfig(_Strict):
 
     num_ops: int = Field(3, ge=0, description="ops drawn with replacement per image")
     op_prob: float = Field(1.0, ge=0.0, le=1.0, description="probability that each drawn op is applied")
-    cutout: float = Field(
-        0.5, ge=0.0, le=1.0, description="cutout side as a fraction of the width (max if random)"
-    )
-    cutout_random_size: bool = Field(
-        True, description="side ~ U[0, cutout] (TorchSSL/USB); false = fixed (FullMatch)"
-    )
+    cutout: float = Field(0.5, ge=0.0, le=1.0, description="cutout side as a fraction of the width (max if random)")
+    cutout_random_size: bool = Field(True, description="side ~ U[0, cutout] (TorchSSL/USB); false = fixed (FullMatch)")
     cutout_fill: list[int] = Field(default_factory=lambda: [125, 123, 114], description="RGB fill, 0..255")
-    order: Literal["after", "before"] = Field(
-        "after", description="RandAugment after flip+crop (USB) or before"
-    )
+    order: Literal["after", "before"] = Field("after", description="RandAugment after flip+crop (USB) or before")
 
     @field_validator("cutout_fill")
     @classmethod
@@ -67,9 +61,7 @@ class AugmentConfig(_Strict):
 class SSLSplitConfig(_Strict):
     """Labelled/unlabelled split. Default = TorchSSL/USB: unlabelled set is the whole train set."""
 
-    num_labels: int | None = Field(
-        None, ge=1, description="labelled images in total, split evenly over classes"
-    )
+    num_labels: int | None = Field(None, ge=1, description="labelled images in total, split evenly over classes")
     include_labeled_in_unlabeled: bool = True
     seed: int | None = Field(None, description="split seed; null = the experiment seed")
 
@@ -88,9 +80,7 @@ class DataConfig(_Strict):
     root: str | None = Field(
         None, description=f"folder with the named datasets; null = $SSL_KD_DATA, else {DEFAULT_DATA_ROOT}"
     )
-    path: str | None = Field(
-        None, description="the .npz file (dataset: npz) or folder (dataset: image_folder)"
-    )
+    path: str | None = Field(None, description="the .npz file (dataset: npz) or folder (dataset: image_folder)")
     image_size: int | None = Field(
         None, ge=1, description="resize every image to this square size (image_folder: default = first image)"
     )
@@ -102,13 +92,9 @@ class DataConfig(_Strict):
     normalize: Literal["dataset", "imagenet", "none"] = Field(
         "dataset", description="dataset = TorchSSL's per-dataset constants (USB uses imagenet for CIFAR)"
     )
-    mean: list[float] | None = Field(
-        None, description="explicit per-channel mean on the 0..1 scale; overrides"
-    )
+    mean: list[float] | None = Field(None, description="explicit per-channel mean on the 0..1 scale; overrides")
     std: list[float] | None = Field(None, description="explicit per-channel std on the 0..1 scale; overrides")
-    limit_train: int | None = Field(
-        None, ge=1, description="keep a class-balanced deterministic train subset"
-    )
+    limit_train: int | None = Field(None, ge=1, description="keep a class-balanced deterministic train subset")
     limit_test: int | None = Field(None, ge=1, description="keep a class-balanced deterministic test subset")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     ssl: SSLSplitConfig = Field(default_factory=SSLSplitConfig)
@@ -133,11 +119,7 @@ class DataConfig(_Strict):
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"`std` must be positive, got {self.std}")
         if self.dataset in ("npz", "image_folder") and not self.path:
-            what = (
-                "the .npz file"
-                if self.dataset == "npz"
-                else "the folder holding train/<class>/ and test/<class>/"
-            )
+            what = "the .npz file" if self.dataset == "npz" else "the folder holding train/<class>/ and test/<class>/"
             raise ValueError(f"dataset '{self.dataset}' needs `path`: {what}")
         return self
 

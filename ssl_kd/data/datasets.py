@@ -128,9 +128,7 @@ class FolderImageSet(ImageSet):
 
     def subset(self, indices: np.ndarray) -> FolderImageSet:
         indices = np.asarray(indices, dtype=np.int64)
-        return FolderImageSet(
-            [self.files[i] for i in indices], self.targets[indices], self.size, self.classes
-        )
+        return FolderImageSet([self.files[i] for i in indices], self.targets[indices], self.size, self.classes)
 
 
 class ConcatImageSet(ImageSet):
@@ -401,9 +399,7 @@ def decoded_npz(path: str | Path) -> dict[str, np.ndarray]:
         try:
             _write_cache(path, cache, ident)
         except OSError as e:  # read-only home, full disk: still usable, just slow
-            warnings.warn(
-                f"could not write the decode cache {cache} ({e}); decoding {path} in memory", stacklevel=2
-            )
+            warnings.warn(f"could not write the decode cache {cache} ({e}); decoding {path} in memory", stacklevel=2)
             return _read_npz(path)
     meta = json.loads((cache / "meta.json").read_text())
     return {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in meta["arrays"]}
@@ -472,9 +468,7 @@ def _load_npz(path: Path, where: str) -> dict[str, Any]:
     _check_npz_keys(list(arrays), path, where)
     for k in ("x_train", "x_test", "x_unlabeled"):
         if k in arrays and arrays[k].dtype != np.uint8:
-            raise UserError(
-                f"{where}: {path}:{k} has dtype {arrays[k].dtype}; images must be uint8 (0..255)."
-            )
+            raise UserError(f"{where}: {path}:{k} has dtype {arrays[k].dtype}; images must be uint8 (0..255).")
     sets = {}
     for split in ("train", "test", "unlabeled"):
         if f"x_{split}" not in arrays:
@@ -488,9 +482,7 @@ def _load_npz(path: Path, where: str) -> dict[str, Any]:
         sets[split] = s
     names = arrays.get("label_names")
     classes = [str(v) for v in np.asarray(names)] if names is not None else None
-    num_classes = (
-        len(classes) if classes else int(max(sets["train"].targets.max(), sets["test"].targets.max()) + 1)
-    )
+    num_classes = len(classes) if classes else int(max(sets["train"].targets.max(), sets["test"].targets.max()) + 1)
     for s in sets.values():
         s.classes = classes
     return dict(**sets, num_classes=num_classes, classes=classes, source=str(path.absolute()))
@@ -512,11 +504,7 @@ def _npz_info(path: Path, where: str) -> tuple[int, int, int, int, int, str]:
             for member in zf.namelist():
                 with zf.open(member) as f:
                     major, _ = np.lib.format.read_magic(f)
-                    read = (
-                        np.lib.format.read_array_header_1_0
-                        if major == 1
-                        else np.lib.format.read_array_header_2_0
-                    )
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                     shapes[member.removesuffix(".npy")] = read(f)[0]
 
             def small(k: str) -> np.ndarray:
@@ -582,9 +570,7 @@ def _load_named(cfg: DataConfig) -> dict[str, Any]:
             return cls(root, split=split, download=download)
         except Exception as e:  # torchvision raises RuntimeError/URLError/... for bad or missing files
             verb = "download" if download else "read"
-            raise UserError(
-                f"data.dataset={name}: could not {verb} the {split} split under {root}: {e}"
-            ) from None
+            raise UserError(f"data.dataset={name}: could not {verb} the {split} split under {root}: {e}") from None
 
     def to_set(ds) -> ImageSet:
         x = np.asarray(ds.data)
@@ -594,9 +580,7 @@ def _load_named(cfg: DataConfig) -> dict[str, Any]:
         return ImageSet(np.ascontiguousarray(x), y, list(getattr(ds, "classes", [])) or None)
 
     train, test = to_set(get("train")), to_set(get("test"))
-    out = dict(
-        train=train, test=test, num_classes=_TV[name]["classes"], classes=train.classes, source=str(where)
-    )
+    out = dict(train=train, test=test, num_classes=_TV[name]["classes"], classes=train.classes, source=str(where))
     if name == "stl10":
         out["unlabeled"] = to_set(get("unlabeled"))
     elif name == "svhn" and cfg.extra_unlabeled:
@@ -623,9 +607,7 @@ def _scan_image_folder(
         )
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if not classes:
-        raise UserError(
-            f"data.path: {train_dir} has no class folders (expected {train_dir}/<class>/<images>)."
-        )
+        raise UserError(f"data.path: {train_dir} has no class folders (expected {train_dir}/<class>/<images>).")
     index = {c: i for i, c in enumerate(classes)}
 
     def scan(d: Path) -> tuple[list[str], list[int]]:

@@ -24,9 +24,7 @@ def _lam_and_perm(alpha: float, batch: int) -> tuple[float, torch.Tensor]:
     return lam, torch.randperm(batch)  # CPU generator even for CUDA batches: one RNG state to checkpoint
 
 
-def mixup(
-    x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x' = lam x + (1-lam) x[perm], lam ~ Beta(alpha, alpha); targets mixed the same way (rows sum to 1)."""
     lam, perm = _lam_and_perm(alpha, x.shape[0])
     perm = perm.to(x.device)
@@ -35,9 +33,7 @@ def mixup(
     return lam * x + (1.0 - lam) * x[perm], lam * t + (1.0 - lam) * t[perm]
 
 
-def cutmix(
-    x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste a box of x[perm] (area ~ 1-lam, centre uniform, clipped) into x; targets weighted by the real
     pasted area (Yun et al. 2019)."""
     lam, perm = _lam_and_perm(alpha, x.shape[0])

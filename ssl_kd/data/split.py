@@ -91,9 +91,7 @@ def load_split(
     if isinstance(obj, np.lib.npyio.NpzFile):
         with obj:
             if "lb_idx" not in obj.files:
-                raise UserError(
-                    f"split file {path}: has arrays {obj.files}; expected 'lb_idx' (and 'ulb_idx')."
-                )
+                raise UserError(f"split file {path}: has arrays {obj.files}; expected 'lb_idx' (and 'ulb_idx').")
             lb = obj["lb_idx"].astype(np.int64)
             ulb = obj["ulb_idx"].astype(np.int64) if "ulb_idx" in obj.files else None
     else:

@@ -96,7 +96,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool,
         if shape:
             k = shape[0]
             parts.append(
-                f"{len(shape)} tensor(s) differ in shape (e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+                f"{len(shape)} tensor(s) differ in shape "
+                f"(e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
             )
         if strict and missing:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")

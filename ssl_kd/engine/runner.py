@@ -147,9 +147,7 @@ class Runner:
                 ds, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
                 pin_memory=self.device.type == "cuda",
             )  # fmt: skip
-            self._eval_loaders[batch_size] = self.accelerator.prepare_data_loader(
-                loader, device_placement=True
-            )
+            self._eval_loaders[batch_size] = self.accelerator.prepare_data_loader(loader, device_placement=True)
         return self._eval_loaders[batch_size]
 
     @torch.no_grad()
@@ -196,9 +194,7 @@ class Runner:
         obj = load_checkpoint(path, where)
         state = extract_state_dict(obj, name)
         if state is None:
-            have = (
-                choices(obj["models"]) if isinstance(obj.get("models"), dict) else "no recognisable weights"
-            )
+            have = choices(obj["models"]) if isinstance(obj.get("models"), dict) else "no recognisable weights"
             raise UserError(f"{where}: {path} has no weights for model '{name}' (it has: {have}).")
         load_weights(model, state, strict, f"{where} ({path}, model '{name}')")
 
@@ -217,13 +213,9 @@ class Runner:
         else:
             path, where = init.path, f"stages.{name}.init.path"
         obj = load_checkpoint(path, where)
-        targets = init.models or [
-            m for m in (*cfg.train, *cfg.uses) if extract_state_dict(obj, m) is not None
-        ]
+        targets = init.models or [m for m in (*cfg.train, *cfg.uses) if extract_state_dict(obj, m) is not None]
         if not targets:
-            raise UserError(
-                f"{where}: {path} has weights for none of this stage's models {[*cfg.train, *cfg.uses]}."
-            )
+            raise UserError(f"{where}: {path} has weights for none of this stage's models {[*cfg.train, *cfg.uses]}.")
         for m in targets:
             self.load_model_file(self.models[m], m, str(path), where, init.strict)
 
@@ -235,7 +227,8 @@ class Runner:
         for i, (sname, stream) in enumerate(stage.streams.items()):
             if stream.batch_size % per:
                 raise UserError(
-                    f"stages.{stage.name}.batch_size: stream '{sname}' has global batch {stream.batch_size}, which must "
+                    f"stages.{stage.name}.batch_size: stream '{sname}' has global batch {stream.batch_size}, "
+                    f"which must "
                     f"divide evenly over {self.world_size} process(es) x {stage.cfg.grad_accum} accumulation step(s)."
                 )
             micro = stream.batch_size // per
@@ -377,20 +370,14 @@ class Runner:
             stage.setup()
             total, spe = self._stage_lengths(stage)
             if stage.trains:
-                for sname, stream in stage.streams.items():
+                for stream in stage.streams.values():
                     if stream.batch_size % (self.world_size * scfg.grad_accum):
                         raise UserError(
                             f"stages.{name}.batch_size: {stream.batch_size} does not divide over "
                             f"{self.world_size} process(es) x {scfg.grad_accum} accumulation step(s)."
                         )
-            length = (
-                f"{scfg.epochs} epochs x {spe} = {total} steps"
-                if scfg.epochs is not None
-                else f"{total} steps"
-            )
-            streams = ", ".join(
-                f"{k}: {len(s.dataset)} imgs, batch {s.batch_size}" for k, s in stage.streams.items()
-            )
+            length = f"{scfg.epochs} epochs x {spe} = {total} steps" if scfg.epochs is not None else f"{total} steps"
+            streams = ", ".join(f"{k}: {len(s.dataset)} imgs, batch {s.batch_size}" for k, s in stage.streams.items())
             parts = [f"  {i + 1}. {name:<14} {scfg.type:<11}"]
             if scfg.train:
                 parts.append(f"trains {scfg.train}")
@@ -400,9 +387,7 @@ class Runner:
             if streams:
                 parts.append(f"[{streams}]")
             if scfg.init.mode != "continue":
-                parts.append(
-                    f"init: {scfg.init.mode} {scfg.init.stage or scfg.init.path or ''} {scfg.init.which}"
-                )
+                parts.append(f"init: {scfg.init.mode} {scfg.init.stage or scfg.init.path or ''} {scfg.init.which}")
             lines.append(" ".join(parts))
         self.stage = None
         return "\n".join(lines)
@@ -502,9 +487,7 @@ class Runner:
         accum = cfg.grad_accum
         callbacks = self._all_callbacks()
         train_models = [stage._forward_models[n] for n in cfg.train]
-        params = (
-            [p for group in self.optimizer.param_groups for p in group["params"]] if self.optimizer else []
-        )
+        params = [p for group in self.optimizer.param_groups for p in group["params"]] if self.optimizer else []
         prog = stage.progress
         while prog.step < total:
             if prog.step % spe == 0:
@@ -512,9 +495,7 @@ class Runner:
                     cb.on_epoch_start(self)
             terms: dict[str, torch.Tensor] = {}
             for micro in range(accum):
-                batch = send_to_device(
-                    {k: next(it) for k, it in iters.items()}, self.device, non_blocking=True
-                )
+                batch = send_to_device({k: next(it) for k, it in iters.items()}, self.device, non_blocking=True)
                 with self._no_sync(train_models, micro < accum - 1):
                     with self.accelerator.autocast():
                         out = stage.train_step(batch)

@@ -84,7 +84,8 @@ class Stage:
         names = getattr(self.cfg, key)
         if len(names) != 1:
             raise UserError(
-                f"stages.{self.name}.{key}: a '{self.type_name}' stage needs exactly one model here, got {names or '[]'}."
+                f"stages.{self.name}.{key}: a '{self.type_name}' stage needs exactly one model here, "
+                f"got {names or '[]'}."
             )
         return names[0]
 

@@ -24,9 +24,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -42,14 +40,11 @@ class CifarResNet(ClassifierModel):
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
         self.num_classes = num_classes
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
         stages, in_ch = [], widths[0]
         for s, out_ch in enumerate(widths[1:]):
             blocks = [
-                BasicBlock(in_ch if i == 0 else out_ch, out_ch, (1 if s == 0 else 2) if i == 0 else 1)
-                for i in range(n)
+                BasicBlock(in_ch if i == 0 else out_ch, out_ch, (1 if s == 0 else 2) if i == 0 else 1) for i in range(n)
             ]
             stages.append(nn.Sequential(*blocks))
             in_ch = out_ch

@@ -35,9 +35,7 @@ def list_models() -> list[str]:
 
 def _get_factory(name: str) -> Factory:
     if name not in _REGISTRY:
-        raise UserError(
-            f"Unknown model '{name}'.{suggest(name, _REGISTRY)} Valid models: {choices(_REGISTRY)}."
-        )
+        raise UserError(f"Unknown model '{name}'.{suggest(name, _REGISTRY)} Valid models: {choices(_REGISTRY)}.")
     return _REGISTRY[name]
 
 
@@ -59,8 +57,7 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         if key not in valid:
             opts = choices(valid) if valid else "(none)"
             raise UserError(
-                f"Model '{name}' has no option '{key}'.{suggest(key, valid)} "
-                f"Valid options for '{name}': {opts}."
+                f"Model '{name}' has no option '{key}'.{suggest(key, valid)} Valid options for '{name}': {opts}."
             )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r} (model '{name}').")

@@ -15,16 +15,12 @@ class MLP(ClassifierModel):
     The fixed-grid pool makes the input layer independent of the image size (any size works).
     """
 
-    def __init__(
-        self, num_classes: int, hidden: int = 128, depth: int = 2, in_chans: int = 3, grid: int = 8
-    ) -> None:
+    def __init__(self, num_classes: int, hidden: int = 128, depth: int = 2, in_chans: int = 3, grid: int = 8) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.pool = nn.AdaptiveAvgPool2d(grid)
         dims = [in_chans * grid * grid] + [hidden] * depth
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Linear(dims[i], dims[i + 1]), nn.ReLU()) for i in range(depth)
-        )
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(dims[i], dims[i + 1]), nn.ReLU()) for i in range(depth))
         self.fc = nn.Linear(hidden, num_classes)
         self.feat_dim = hidden
         self.feat_channels = (hidden,) * depth
@@ -47,9 +43,7 @@ class SmallCNN(ClassifierModel):
         chans = (width, 2 * width, 4 * width)
 
         def block(i: int, o: int, s: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)
-            )
+            return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
         self.stem = block(in_chans, chans[0], 1)
         self.stages = nn.ModuleList([block(chans[0], chans[1], 2), block(chans[1], chans[2], 2)])
@@ -71,9 +65,7 @@ def mlp(num_classes: int, hidden: int = 128, depth: int = 2, in_chans: int = 3, 
     """MLP on an image pooled to ``grid`` x ``grid``; feats = each hidden layer's output."""
     check_option("mlp", "hidden", hidden, isinstance(hidden, int) and hidden >= 1, "a positive integer")
     check_option("mlp", "depth", depth, isinstance(depth, int) and depth >= 1, "a positive integer")
-    check_option(
-        "mlp", "in_chans", in_chans, isinstance(in_chans, int) and in_chans >= 1, "a positive integer"
-    )
+    check_option("mlp", "in_chans", in_chans, isinstance(in_chans, int) and in_chans >= 1, "a positive integer")
     check_option("mlp", "grid", grid, isinstance(grid, int) and grid >= 1, "a positive integer")
     return MLP(num_classes, hidden, depth, in_chans, grid)
 
@@ -82,7 +74,5 @@ def mlp(num_classes: int, hidden: int = 128, depth: int = 2, in_chans: int = 3, 
 def cnn_small(num_classes: int, width: int = 32, in_chans: int = 3) -> SmallCNN:
     """Three conv blocks; feats = stem and the two stride-2 stages."""
     check_option("cnn_small", "width", width, isinstance(width, int) and width >= 1, "a positive integer")
-    check_option(
-        "cnn_small", "in_chans", in_chans, isinstance(in_chans, int) and in_chans >= 1, "a positive integer"
-    )
+    check_option("cnn_small", "in_chans", in_chans, isinstance(in_chans, int) and in_chans >= 1, "a positive integer")
     return SmallCNN(num_classes, width, in_chans)

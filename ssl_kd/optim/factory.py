@@ -16,9 +16,7 @@ def _no_decay(name: str, p: nn.Parameter) -> bool:
     return "bn" in name or "bias" in name or p.ndim <= 1
 
 
-def build_optimizer(
-    cfg: OptimizerConfig, named_params: list[tuple[str, nn.Parameter]]
-) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimizerConfig, named_params: list[tuple[str, nn.Parameter]]) -> torch.optim.Optimizer:
     named_params = [(n, p) for n, p in named_params if p.requires_grad]
     if cfg.no_decay_bn_bias:
         decay = [p for n, p in named_params if not _no_decay(n, p)]

@@ -15,6 +15,4 @@ def labelled_views(stage: Stage, augment: Augment, subset: Subset):
     from ssl_kd.data import ViewDataset
 
     indices = stage.ssl_split()[0] if subset == "labeled" else None
-    return ViewDataset(
-        stage.data.train, {"x": stage.transform("test" if augment == "none" else augment)}, indices
-    )
+    return ViewDataset(stage.data.train, {"x": stage.transform("test" if augment == "none" else augment)}, indices)

@@ -18,9 +18,7 @@ class SupervisedConfig(StageConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mixup_alpha: float = Field(0.0, ge=0)
     cutmix_alpha: float = Field(0.0, ge=0)
-    mix_prob: float = Field(
-        1.0, ge=0, le=1
-    )  # chance a batch is mixed (one of mixup/cutmix, 50/50 when both on)
+    mix_prob: float = Field(1.0, ge=0, le=1)  # chance a batch is mixed (one of mixup/cutmix, 50/50 when both on)
     augment: Augment = "weak"
     subset: Subset = "all"  # "labeled": only data.ssl's labelled subset (the SSL supervised baseline)
 
