@@ -16,33 +16,30 @@ class NanGuard(Callback):
     order = CallbackOrder.GUARD
 
     def __init__(self) -> None:
-        self.bad: dict[str, torch.Tensor] = {}
-        self.first_step: torch.Tensor | None = None
+        self.first: dict[str, torch.Tensor] = {}  # per term: the first step it was non-finite, -1 if never
 
     def on_step_end(self, runner, terms: dict[str, Any]) -> None:
         step = runner.stage.progress.step
         for k, v in terms.items():
             nf = ~torch.isfinite(v).all()
-            if k in self.bad:
-                self.bad[k] |= nf
-            else:
-                self.bad[k] = nf
-            if k == "loss":
-                if self.first_step is None:
-                    self.first_step = torch.full((), -1, dtype=torch.long, device=v.device)
-                self.first_step = torch.where((self.first_step < 0) & nf, step, self.first_step)
+            first = self.first.get(k)
+            if first is None:
+                first = self.first[k] = torch.full((), -1, dtype=torch.long, device=v.device)
+            self.first[k] = torch.where((first < 0) & nf, step, first)
 
     def check(self, runner) -> None:
         from ssl_kd.engine.runner import TrainingStopped
 
-        if not self.bad:
+        if not self.first:
             return
-        names = sorted(self.bad)
-        flags = torch.stack([self.bad[k] for k in names]).tolist()
-        if not any(flags):
+        names = sorted(self.first)
+        steps = dict(zip(names, torch.stack([self.first[k] for k in names]).tolist()))
+        bad = {k: s for k, s in steps.items() if s >= 0}
+        if not bad:
             return
-        culprits = [k for k, f in zip(names, flags) if f and k != "loss"] or ["loss"]
-        step = int(self.first_step.item()) if self.first_step is not None else -1
+        step = min(bad.values())
+        # the term that went first is the cause; the others follow from the poisoned weights
+        culprits = [k for k, s in bad.items() if s == step and k != "loss"] or ["loss"]
         last = runner.run_dir.last
         kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written yet"
         raise TrainingStopped(
