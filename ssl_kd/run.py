@@ -97,7 +97,10 @@ def _main(argv: list[str]) -> int:
     dataset_info(cfg.data)  # data must be findable before anything is written
 
     try:
-        accelerator = Accelerator(mixed_precision=cfg.experiment.precision)
+        import torch
+
+        # without a GPU, accelerate only forms a (gloo) process group when told it runs on CPU
+        accelerator = Accelerator(mixed_precision=cfg.experiment.precision, cpu=not torch.cuda.is_available())
     except ValueError as e:
         raise UserError(f"experiment.precision: '{cfg.experiment.precision}' is not usable here ({e}). "
                         f"Use 'no' or 'bf16' on CPU.") from None  # fmt: skip
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except UserError as e:
-        print(f"ssl_kd: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank sees the same mistake; say it once
+            print(f"ssl_kd: error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:
         print(f"ssl_kd: stopped: {e}", file=sys.stderr)

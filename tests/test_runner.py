@@ -11,9 +11,9 @@ import time
 
 import pytest
 import torch
+from conftest import CONFIGS, ROOT, run_cli
 
 import ssl_kd.callbacks as callbacks_mod
-from conftest import CONFIGS, ROOT, run_cli
 from ssl_kd.engine import Callback, read_metrics
 
 QUICK = CONFIGS / "quickstart.yaml"

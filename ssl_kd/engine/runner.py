@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import send_to_device
 from torch import nn
 
 from ssl_kd.config.schema import Config, StageConfig
@@ -137,39 +137,40 @@ class Runner:
         return self.stage.progress.step if self.stage else 0
 
     def eval_loader(self, batch_size: int):
+        """This rank's share of the test split (every world_size-th image), in fixed order."""
         if batch_size not in self._eval_loaders:
             from ssl_kd.data import ViewDataset
 
             ds = ViewDataset(self.data.test, {"x": self.transform("test")})
-            n = len(ds)
-            sampler = [[(i, 0) for i in range(s, min(n, s + batch_size))] for s in range(0, n, batch_size)]
-            loader = torch.utils.data.DataLoader(
-                ds, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
-                pin_memory=self.device.type == "cuda",
+            mine = list(range(self.accelerator.process_index, len(ds), self.world_size))
+            batches = [[(i, 0) for i in mine[s : s + batch_size]] for s in range(0, len(mine), batch_size)]
+            self._eval_loaders[batch_size] = torch.utils.data.DataLoader(
+                ds, batch_sampler=batches, num_workers=self.cfg.data.num_workers,
+                pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(0),
             )  # fmt: skip
-            self._eval_loaders[batch_size] = self.accelerator.prepare_data_loader(loader, device_placement=True)
         return self._eval_loaders[batch_size]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batch_size: int) -> dict[str, float]:
-        """Top-1/top-5 and CE on the full test split, gathered across ranks without duplicates."""
+        """Top-1/top-5 and CE on the full test split; each rank takes a shard, sums are all-reduced (exact)."""
         was_training = model.training
         model.eval()
-        correct1 = correct5 = loss_sum = 0.0
-        count = 0
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # top1, top5, ce, count
         for batch in self.eval_loader(batch_size):
+            batch = send_to_device(batch, self.device, non_blocking=True)
             with self.accelerator.autocast():
-                logits = model(batch["x"]).logits
-            logits, y = self.accelerator.gather_for_metrics((logits.float(), batch["y"]))
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            hit = top == y[:, None]
-            correct1 += hit[:, 0].sum().item()
-            correct5 += hit.any(dim=1).sum().item()
-            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            count += y.numel()
+                logits = model(batch["x"]).logits.float()
+            y = batch["y"]
+            hit = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+            sums += torch.stack([
+                hit[:, 0].sum(), hit.any(dim=1).sum(),
+                torch.nn.functional.cross_entropy(logits, y, reduction="sum"), torch.tensor(y.numel()),
+            ]).to(sums)  # fmt: skip
         model.train(was_training)
-        return {"top1": correct1 / count, "top5": correct5 / count, "loss": loss_sum / count}
+        if self.world_size > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        top1, top5, ce, n = sums.tolist()
+        return {"top1": top1 / n, "top5": top5 / n, "loss": ce / n}
 
     def reduce_mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         if not values:
@@ -292,7 +293,12 @@ class Runner:
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         rng = capture_rng()
-        state["rng"] = gather_object([rng]) if self.world_size > 1 else [rng]
+        if self.world_size > 1:
+            per_rank: list[Any] = [None] * self.world_size
+            torch.distributed.all_gather_object(per_rank, rng)
+            state["rng"] = per_rank
+        else:
+            state["rng"] = [rng]
         return state
 
     def save_checkpoint(self, in_stage: bool = True) -> None:
