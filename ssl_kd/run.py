@@ -98,7 +98,10 @@ def _main(argv: list[str]) -> int:
 
     try:
         import torch
+        from accelerate.state import AcceleratorState
 
+        # a second run in the same process (tests, notebooks) may change precision; the process group stays
+        AcceleratorState._reset_state(reset_partial_state=False)
         # without a GPU, accelerate only forms a (gloo) process group when told it runs on CPU
         accelerator = Accelerator(mixed_precision=cfg.experiment.precision, cpu=not torch.cuda.is_available())
     except ValueError as e:

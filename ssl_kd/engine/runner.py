@@ -401,6 +401,8 @@ class Runner:
     # ================================================================ the loop
     def run(self) -> dict[str, dict[str, Any]]:
         exp = self.cfg.experiment
+        if self.is_main:
+            self.run_dir.root.mkdir(parents=True, exist_ok=True)
         seed_everything(exp.seed, exp.deterministic)
         self.build_models(self.data.num_classes)
         ckpt = self._load_resume()

@@ -1,0 +1,33 @@
+"""W&B in offline mode (real wandb calls, no network) and mixed precision on CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CONFIGS, run_cli
+from ssl_kd.engine.run_dir import read_metrics
+
+TINY = ["stages.teacher.epochs=1", "stages.distill.epochs=1"]
+
+
+def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    (tmp_path / "wb").mkdir()
+    out = tmp_path / "r"
+    assert run_cli(CONFIGS / "quickstart.yaml", *TINY, "experiment.logger.wandb.project=ssl_kd-test",
+                   "experiment.logger.wandb.mode=offline", f"experiment.output_dir={out}") == 0  # fmt: skip
+    runs = list((tmp_path / "wb").rglob("offline-run-*")) + list(out.rglob("offline-run-*"))
+    assert runs, "wandb wrote no offline run"
+    files = [p for r in runs for p in r.rglob("*.wandb")]
+    assert files and files[0].stat().st_size > 0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu(tmp_path, precision):
+    """Autocast (and for fp16 the grad scaler, checkpointed with the run) through accelerate."""
+    out = tmp_path / precision
+    args = ["stages.teacher.epochs=3", "stages.distill.enabled=false", f"experiment.precision={precision}"]
+    assert run_cli(CONFIGS / "quickstart.yaml", *args, f"experiment.output_dir={out}") == 0
+    evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
+    assert evals[-1]["test/teacher/top1"] > 0.5
