@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import CONFIGS, run_cli
+
 from ssl_kd.engine.run_dir import read_metrics
 
 TINY = ["stages.teacher.epochs=1", "stages.distill.epochs=1"]
