@@ -14,6 +14,8 @@ TF FixMatch code it was ported from: conv1 reads the activated input, the shortc
 
 from __future__ import annotations
 
+import inspect
+
 from torch import Tensor, nn
 
 from ssl_kd.models.base import ClassifierModel, global_pool
@@ -148,14 +150,14 @@ def _build(
     depth: int,
     widen_factor: int,
     num_groups: int,
-    first_stride: int,
-    drop_rate: float,
-    bn_momentum: float,
-    bn_eps: float,
-    leaky_slope: float,
-    block_bias: bool,
-    faithful_preact: bool,
-    conv_init: str,
+    first_stride: int = 1,
+    drop_rate: float = 0.0,
+    bn_momentum: float = 0.001,
+    bn_eps: float = 1e-3,
+    leaky_slope: float = 0.1,
+    block_bias: bool = True,
+    faithful_preact: bool = True,
+    conv_init: str = "kaiming_normal",
 ) -> SSLWideResNet:
     check_option(name, "first_stride", first_stride, first_stride in (1, 2), "1 or 2 (2 for 96px STL-10)")
     check_option(name, "drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "a float in [0, 1)")
@@ -178,94 +180,40 @@ def _build(
     )
 
 
-@register_model("wrn_28_2")
-def wrn_28_2(
-    num_classes: int,
-    first_stride: int = 1,
-    drop_rate: float = 0.0,
-    bn_momentum: float = 0.001,
-    bn_eps: float = 1e-3,
-    leaky_slope: float = 0.1,
-    block_bias: bool = True,
-    faithful_preact: bool = True,
-    conv_init: str = "kaiming_normal",
-) -> SSLWideResNet:
-    """WRN-28-2 (1.47M params): the CIFAR-10 / SVHN backbone of FixMatch-family papers."""
-    return _build(
-        "wrn_28_2",
-        num_classes,
-        depth=28,
-        widen_factor=2,
-        num_groups=3,
-        first_stride=first_stride,
-        drop_rate=drop_rate,
-        bn_momentum=bn_momentum,
-        bn_eps=bn_eps,
-        leaky_slope=leaky_slope,
-        block_bias=block_bias,
-        faithful_preact=faithful_preact,
-        conv_init=conv_init,
-    )
+_ARCH_KEYS = ("depth", "widen_factor", "num_groups")
 
 
-@register_model("wrn_28_8")
-def wrn_28_8(
-    num_classes: int,
-    first_stride: int = 1,
-    drop_rate: float = 0.0,
-    bn_momentum: float = 0.001,
-    bn_eps: float = 1e-3,
-    leaky_slope: float = 0.1,
-    block_bias: bool = True,
-    faithful_preact: bool = True,
-    conv_init: str = "kaiming_normal",
-) -> SSLWideResNet:
-    """WRN-28-8 (23.4M params): the CIFAR-100 backbone of TorchSSL / FullMatch."""
-    return _build(
-        "wrn_28_8",
-        num_classes,
-        depth=28,
-        widen_factor=8,
-        num_groups=3,
-        first_stride=first_stride,
-        drop_rate=drop_rate,
-        bn_momentum=bn_momentum,
-        bn_eps=bn_eps,
-        leaky_slope=leaky_slope,
-        block_bias=block_bias,
-        faithful_preact=faithful_preact,
-        conv_init=conv_init,
-    )
+def _register_variant(name: str, doc: str, **arch: int) -> None:
+    """Register one WRN size; its user options (and their defaults) are _build's, shown in its signature."""
+    fixed = {k: arch.pop(k) for k in _ARCH_KEYS}
+    defaults = arch  # option defaults that differ per variant (first_stride for STL)
+
+    def factory(num_classes: int, **options):
+        return _build(name, num_classes, **fixed, **{**defaults, **options})
+
+    params = [inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int)]
+    for p in inspect.signature(_build).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _ARCH_KEYS:
+            params.append(p.replace(default=defaults.get(p.name, p.default)))
+    factory.__signature__ = inspect.Signature(params, return_annotation=SSLWideResNet)
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    register_model(name)(factory)
 
 
-@register_model("wrn_var_37_2")
-def wrn_var_37_2(
-    num_classes: int,
-    first_stride: int = 2,
-    drop_rate: float = 0.0,
-    bn_momentum: float = 0.001,
-    bn_eps: float = 1e-3,
-    leaky_slope: float = 0.1,
-    block_bias: bool = True,
-    faithful_preact: bool = True,
-    conv_init: str = "kaiming_normal",
-) -> SSLWideResNet:
-    """The STL-10 variant: a 4th group of 128*w channels and first-group stride 2 for 96px inputs.
-
-    Despite the name, TorchSSL and USB build it with depth=28 (4 blocks per group, 4 groups).
-    """
-    return _build(
-        "wrn_var_37_2",
-        num_classes,
-        depth=28,
-        widen_factor=2,
-        num_groups=4,
-        first_stride=first_stride,
-        drop_rate=drop_rate,
-        bn_momentum=bn_momentum,
-        bn_eps=bn_eps,
-        leaky_slope=leaky_slope,
-        block_bias=block_bias,
-        faithful_preact=faithful_preact,
-        conv_init=conv_init,
-    )
+_register_variant(
+    "wrn_28_2",
+    "WRN-28-2 (1.47M params): the CIFAR-10 / SVHN backbone of FixMatch-family papers.",
+    depth=28, widen_factor=2, num_groups=3,
+)  # fmt: skip
+_register_variant(
+    "wrn_28_8",
+    "WRN-28-8 (23.4M params): the CIFAR-100 backbone of TorchSSL / FullMatch.",
+    depth=28, widen_factor=8, num_groups=3,
+)  # fmt: skip
+_register_variant(
+    "wrn_var_37_2",
+    "The STL-10 variant: a 4th group of 128*w channels and first-group stride 2 for 96px inputs. Despite the "
+    "name, TorchSSL and USB build it with depth=28 (4 blocks per group, 4 groups).",
+    depth=28, widen_factor=2, num_groups=4, first_stride=2,
+)  # fmt: skip
