@@ -165,3 +165,12 @@ def test_resolved_config_round_trips(tmp_path):
     cfg, _ = resolve_config(write(tmp_path / "x.yaml", BASIC), [])
     again = validate_config(yaml.safe_load(yaml.safe_dump(resolved_dict(cfg))))
     assert resolved_dict(again) == resolved_dict(cfg)
+
+
+def test_partial_override_keeps_stage_type_nested_defaults(tmp_path):
+    text = BASIC.replace("type: supervised", "type: fullmatch").replace("iters: 3", "iters: 3\n    ema: {decay: 0.99}")
+    cfg, _ = resolve_config(write(tmp_path / "x.yaml", text), parse_overrides(["stages.train.optimizer.lr=0.01"]))
+    st = cfg.stages["train"]
+    assert st.ema.enabled and st.ema.decay == 0.99  # fullmatch enables EMA; the YAML only changed the decay
+    assert st.optimizer.lr == 0.01 and st.optimizer.nesterov and st.optimizer.no_decay_bn_bias
+    assert st.scheduler.name == "cosine_cycles" and st.loss_weights["eml"] == 1.0

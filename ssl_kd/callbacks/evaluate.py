@@ -61,6 +61,7 @@ class Evaluation(Callback):
             if self.save_best and weights:
                 runner.save_stage_weights("best", weights)
         record[f"best/{self.models[0]}/top1"] = self.best
+        record.update(stage.eval_extras())
         self.last_eval_step = step
         runner.log({"kind": "eval", **record})
         runner.results[stage.name] = {

@@ -135,6 +135,22 @@ class StageConfig(Strict):
     init: InitConfig = Field(default_factory=InitConfig)
     nan_guard: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_nested_defaults(cls, data: Any) -> Any:
+        """`ema: {decay: 0.99}` updates this stage type's EMA defaults (e.g. enabled) instead of replacing them."""
+        if not isinstance(data, dict):
+            return data
+        from ssl_kd.config.loader import deep_merge
+
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            if isinstance(out.get(name), dict) and field.default_factory is not None:
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, BaseModel):
+                    out[name] = deep_merge(default.model_dump(exclude_unset=True), out[name])
+        return out
+
     @field_validator("loss_weights", mode="before")
     @classmethod
     def _merge_weights(cls, value: Any) -> Any:

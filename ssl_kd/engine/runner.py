@@ -172,6 +172,17 @@ class Runner:
         top1, top5, ce, n = sums.tolist()
         return {"top1": top1 / n, "top5": top5 / n, "loss": ce / n}
 
+    def all_reduce_max(self, t: torch.Tensor) -> torch.Tensor:
+        """Element-wise max over ranks (e.g. FullMatch's adaptive k must agree on every rank)."""
+        if self.world_size > 1:
+            t = t.clone()
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return t
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate a tensor over ranks along dim 0 (rank order), e.g. to keep one global history."""
+        return self.accelerator.gather(t) if self.world_size > 1 else t
+
     def reduce_mean(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         if not values:
             return {}

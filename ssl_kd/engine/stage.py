@@ -71,6 +71,10 @@ class Stage:
     def train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def eval_extras(self) -> dict[str, Any]:
+        """Values to add to each evaluation record (e.g. per-class thresholds); JSON-serialisable."""
+        return {}
+
     # ---------------------------------------------------------------- what the runner offers a method
     @property
     def data(self) -> DatasetBundle:

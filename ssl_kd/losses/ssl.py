@@ -1,0 +1,112 @@
+"""Semi-supervised terms of the FixMatch family: consistency, FlexMatch thresholds, FullMatch's ANL and EML.
+
+Restated from the reference code (specs/ssl.md §1, §4, §5). Conventions shared by all functions:
+`logits_w` (weak view) is treated as detached; `logits_s` (strong view) carries the gradient; `mask` is a
+float/bool tensor over the unlabelled batch. Probabilities are computed in float32 even under autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_EPS_LOG = 1e-10  # the references' eps inside log(.) for ANL and EML
+_EPS_Q = 1e-7  # the reference's eps in EML's soft target
+
+
+def consistency_loss(logits_s: torch.Tensor, pseudo_labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FixMatch's L_u = (1/B_u) sum_b mask_b CE(z^s_b, yhat_b).
+
+    Normalised by the unlabelled batch size B_u, not by the number of masked samples (as all references do).
+    `pseudo_labels` are class indices (B,) or soft targets (B, C).
+    """
+    log_p = F.log_softmax(logits_s.float(), dim=1)
+    if pseudo_labels.ndim == 1:
+        ce = -log_p.gather(1, pseudo_labels[:, None].long()).squeeze(1)
+    else:
+        ce = -(pseudo_labels.float() * log_p).sum(dim=1)
+    return (ce * mask.float()).mean()
+
+
+def topk_rank(logits_w: torch.Tensor, logits_s: torch.Tensor) -> torch.Tensor:
+    """Max over the batch of the rank (1 = top) of the weak pseudo-label in the strong logits, as a 0-dim tensor.
+
+    This is the closed form of FullMatch's `cal_topK` loop (first k whose top-k accuracy exceeds 99.99 %):
+    rank_b = 1 + #{c : z^s_bc > z^s_b,yhat_b}. Kept as a tensor so the runner can take the max over ranks.
+    """
+    zw, zs = logits_w.detach().float(), logits_s.detach().float()
+    yhat = zw.argmax(dim=1)
+    target = zs.gather(1, yhat[:, None])
+    return (1 + (zs > target).sum(dim=1)).max()
+
+
+def adaptive_topk(logits_w: torch.Tensor, logits_s: torch.Tensor) -> int:
+    """FullMatch's adaptive k for one batch: max(2, max_b rank of yhat_b in z^s_b). One host sync.
+
+    Under DDP the stage takes the max of `topk_rank` over ranks first (the reference all-reduces the accuracy).
+    """
+    return max(2, int(topk_rank(logits_w, logits_s).item()))
+
+
+def anl_loss(logits_w: torch.Tensor, logits_s: torch.Tensor, k: int, tau: float = 0.95) -> torch.Tensor:
+    """Adaptive Negative Learning, on every unlabelled sample (no confidence mask).
+
+    The negatives of sample b are the C - k classes outside the weak view's top-k; a negative whose strong
+    probability already exceeds tau^2 is dropped. L = (1/B_u) sum_b sum_{c in N_b, p^s_bc <= tau^2} -log(1 - p^s_bc).
+    """
+    p_w = F.softmax(logits_w.detach().float(), dim=1)
+    p_s = F.softmax(logits_s.float(), dim=1)
+    negatives = torch.ones_like(p_s).scatter_(1, p_w.topk(k, dim=1).indices, 0.0)
+    keep = negatives * (p_s.detach() <= tau**2)
+    return (keep * -torch.log(1.0 - p_s + _EPS_LOG)).sum(dim=1).mean()
+
+
+def eml_loss(
+    logits_w: torch.Tensor,
+    logits_s: torch.Tensor,
+    k: int,
+    mask: torch.Tensor,
+    tau: float = 0.95,
+    detach_target: bool = False,
+) -> torch.Tensor:
+    """Entropy Meaning Loss, on the selected (masked) samples only.
+
+    The k - 1 runner-up classes of the weak view (top-k minus the pseudo-label) are pushed towards one shared
+    soft target q_b = (1 - sum_{c not candidate} p^s_bc) / (k - 1), i.e. towards equal probability, by a binary
+    CE per (sample, candidate) entry; entries with p^s > tau^2 are dropped. Mean over the active entries.
+    The reference does not stop the gradient through q (`detach_target=False`).
+    """
+    p_w = F.softmax(logits_w.detach().float(), dim=1)
+    p_s = F.softmax(logits_s.float(), dim=1)
+    candidates = torch.zeros_like(p_s).scatter_(1, p_w.topk(k, dim=1).indices, 1.0)
+    candidates.scatter_(1, p_w.argmax(dim=1, keepdim=True), 0.0)
+    q = (1.0 - (p_s * (1.0 - candidates)).sum(dim=1, keepdim=True) + _EPS_Q) / (k - 1)
+    if detach_target:
+        q = q.detach()
+    active = candidates * mask.float()[:, None] * (p_s.detach() <= tau**2)
+    bce = -(q * torch.log(p_s + _EPS_LOG) + (1.0 - q) * torch.log(1.0 - p_s + _EPS_LOG))
+    return (active * bce).sum() / (active.sum() + _EPS_LOG)
+
+
+def convex_mapping(beta: torch.Tensor) -> torch.Tensor:
+    """FlexMatch's M(x) = x / (2 - x): low thresholds for classes that are still learning."""
+    return beta / (2.0 - beta)
+
+
+def flexmatch_beta(selected_label: torch.Tensor, num_classes: int, warmup: bool = True) -> torch.Tensor:
+    """Learning effect beta_c from the history (-1 = never selected), with torch.bincount on the device.
+
+    With warm-up, the count of unused samples takes part in the normaliser, so thresholds rise slowly while
+    most of the data has never been confidently predicted. At the start (all unused) beta = 0.
+    """
+    counts = torch.bincount(selected_label.long() + 1, minlength=num_classes + 1).float()
+    unused, per_class = counts[0], counts[1:]
+    denom = torch.maximum(unused, per_class.max()) if warmup else per_class.max()
+    return per_class / denom.clamp_min(1.0)
+
+
+def flexmatch_class_thresholds(
+    selected_label: torch.Tensor, num_classes: int, tau: float = 0.95, warmup: bool = True
+) -> torch.Tensor:
+    """Per-class threshold tau * M(beta_c) (the reference's convex mapping), shape (C,)."""
+    return tau * convex_mapping(flexmatch_beta(selected_label, num_classes, warmup))

@@ -1,0 +1,5 @@
+"""State that lives across steps and must survive a restart (each with state_dict / load_state_dict)."""
+
+from ssl_kd.memory.pseudo_label_history import PseudoLabelHistory
+
+__all__ = ["PseudoLabelHistory"]

@@ -1,0 +1,357 @@
+"""Run report: PNG plots and a short report.md from a run folder, so a run can be judged without W&B.
+
+    python -m ssl_kd.report RUN_DIR [--out DIR]      # default DIR: RUN_DIR/report/
+
+Reads `metrics.jsonl` (and `config.yaml` for stage order, types and models when present). Every `train/*` number
+is plotted, so new stage types need no change here; plots whose data is absent are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ssl_kd.errors import UserError
+
+# SSL diagnostics get their own plots; every other train/* number goes into the training-terms grid.
+SSL_PLOTS = [  # file, {key: legend name}, title, y label
+    (
+        "pseudo_labels.png",
+        {"train/mask": "mask rate", "train/pl_acc": "pseudo-label accuracy"},
+        "pseudo-labels on the unlabelled batch",
+        "fraction",
+    ),
+    ("adaptive_k.png", {"train/k": "k"}, "adaptive k", "k"),
+    ("threshold.png", {"train/threshold": "threshold"}, "mean class threshold", "threshold"),
+]
+SSL_KEYS = {k for _, keys, _, _ in SSL_PLOTS for k in keys}
+PLOTS = ["accuracy.png", "losses.png", *(name for name, *_ in SSL_PLOTS), "class_thresholds.png"]
+_TOP1 = re.compile(r"^test/(.+)/top1$")
+
+
+@dataclass
+class Run:
+    root: Path
+    name: str
+    stages: dict[str, dict[str, Any]]  # stage name -> its config (empty when config.yaml lacks it), in run order
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def of(self, stage: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["stage"] == stage]
+
+    def span(self, stage: str) -> tuple[int, int] | None:
+        """(first, last) global step of a stage (records carry both counters), None if it logged nothing."""
+        recs = self.of(stage)
+        if not recs:
+            return None
+        return min(r["global_step"] - r["step"] for r in recs), max(r["global_step"] for r in recs)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read and check a run folder; every problem is a UserError naming the file (and line)."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such run folder.")
+    path = root / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; is {root} a run folder (python -m ssl_kd.run writes it)?")
+    records = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: malformed line, not JSON ({e.msg}).") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("stage"), str) or not _number(rec.get("step")):
+                raise UserError(f"{path}:{lineno}: malformed line, expected an object with 'stage' and 'step'.")
+            rec.setdefault("global_step", rec["step"])
+            records.append(rec)
+    if not records:
+        raise UserError(f"{path}: empty, no records (did the run log anything yet?).")
+
+    cfg: dict[str, Any] = {}
+    cfg_path = root / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{cfg_path}: not valid YAML ({e}).") from None
+    stage_cfgs = cfg.get("stages") if isinstance(cfg.get("stages"), dict) else {}
+    stages: dict[str, dict[str, Any]] = {n: c or {} for n, c in stage_cfgs.items() if (c or {}).get("enabled", True)}
+    for r in records:  # stages missing from the config still get reported, in the order they logged
+        stages.setdefault(r["stage"], {})
+    name = (cfg.get("experiment") or {}).get("name") or root.resolve().name
+    return Run(root, str(name), stages, records)
+
+
+def series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[int], list[float]]:
+    """(global steps, stage steps, values) of the records holding a finite number under key."""
+    rows = [(r["global_step"], r["step"], float(r[key])) for r in records if _number(r.get(key))]
+    rows = [row for row in rows if math.isfinite(row[2])]
+    return [g for g, _, _ in rows], [s for _, s, _ in rows], [v for _, _, v in rows]
+
+
+def eval_models(records: list[dict[str, Any]]) -> list[str]:
+    """Models with a test top-1 in these records, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in records:
+        for k in r:
+            m = _TOP1.match(k)
+            if m:
+                seen.setdefault(m.group(1), None)
+    return list(seen)
+
+
+def accuracy_series(run: Run, stage: str) -> list[tuple[str, str, str]]:
+    """(model, label, key) of each test top-1 curve of a stage: the EMA model and the raw one when EMA is on."""
+    recs = run.of(stage)
+    out = []
+    for m in eval_models(recs):
+        has_raw = any(f"test/{m}/raw_top1" in r for r in recs)
+        out.append((m, f"{m} (EMA)" if has_raw else m, f"test/{m}/top1"))
+        if has_raw:
+            out.append((m, f"{m} (raw)", f"test/{m}/raw_top1"))
+    return out
+
+
+def train_keys(run: Run) -> list[str]:
+    """train/* numbers (plus lr) outside the SSL diagnostics: train/loss first, then by name."""
+    keys = {k for r in run.records for k, v in r.items() if k.startswith("train/") and _number(v)} - SSL_KEYS
+    ordered = sorted(keys, key=lambda k: (k != "train/loss", k))
+    return ordered + (["lr"] if any(_number(r.get("lr")) for r in run.records) else [])
+
+
+# --------------------------------------------------------------------------------------------------- plots
+
+
+def _figure(nrows: int = 1, ncols: int = 1, w: float = 7.5, h: float = 4.2) -> tuple[Figure, list[Any]]:
+    fig = Figure(figsize=(w * ncols, h * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    return fig, axes
+
+
+def _color(i: int) -> str:
+    return f"C{i % 10}"
+
+
+def _mark_stages(ax: Any, run: Run) -> None:
+    """Dotted line where each stage begins and its name on a top axis over its span, so curves read per stage."""
+    spans = [(stage, run.span(stage)) for stage in run.stages if run.span(stage)]
+    lo, hi = ax.get_xlim()
+    for start, _ in [span for _, span in spans[1:]]:
+        if lo < start < hi:
+            ax.axvline(start, color="0.5", ls=":", lw=1)
+    ax.set_xlim(lo, hi)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([(a + b) / 2 for _, (a, b) in spans], labels=[stage for stage, _ in spans], fontsize=8)
+    top.tick_params(length=0, colors="0.35")
+
+
+def _per_stage_lines(ax: Any, run: Run, key: str, label_suffix: str = "", ls: str = "-") -> bool:
+    drew = False
+    for i, stage in enumerate(run.stages):
+        x, _, y = series(run.of(stage), key)
+        if x:
+            ax.plot(x, y, ls, color=_color(i), marker="." if len(x) < 30 else None, label=f"{stage}{label_suffix}")
+            drew = True
+    return drew
+
+
+def _best(y: list[float]) -> int:
+    """Index of the first maximum: the runner keeps the earliest best (strict improvement)."""
+    return max(range(len(y)), key=lambda i: (y[i], -i))
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_accuracy(run: Run, path: Path) -> Path | None:
+    fig, (ax,) = _figure()
+    colors: dict[tuple[str, str], str] = {}
+    for stage in run.stages:
+        recs = run.of(stage)
+        for model, label, key in accuracy_series(run, stage):
+            x, _, y = series(recs, key)
+            if not x:
+                continue
+            raw = label.endswith("(raw)")
+            color = colors.setdefault((stage, model), _color(len(colors)))
+            y = [100 * v for v in y]
+            ax.plot(x, y, "--" if raw else "-", color=color, marker="o", ms=3, label=f"{stage}: {label}")
+            b = _best(y)
+            ax.plot(x[b], y[b], marker="*", ms=13, color=color, mfc="none" if raw else color, ls="none")
+            below = (4, -12) if raw else (4, 5)  # keeps the EMA and raw labels apart when the bests coincide
+            ax.annotate(f"{y[b]:.2f}", (x[b], y[b]), textcoords="offset points", xytext=below, fontsize=8)
+    if not colors:
+        return None
+    ax.plot([], [], "*", color="0.3", ms=11, ls="none", label="best")
+    _mark_stages(ax, run)
+    ax.set(title=f"{run.name}: test top-1", xlabel="global step", ylabel="top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_losses(run: Run, path: Path) -> Path | None:
+    keys = train_keys(run)
+    if not keys:
+        return None
+    ncols = min(3, len(keys))
+    fig, axes = _figure(math.ceil(len(keys) / ncols), ncols, w=5.2, h=3.4)
+    for ax, key in zip(axes, keys):
+        _per_stage_lines(ax, run, key)
+        _mark_stages(ax, run)
+        ax.set(title=key, xlabel="global step", ylabel="learning rate" if key == "lr" else "value per log interval")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in axes[len(keys) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{run.name}: training terms")
+    return _save(fig, path)
+
+
+def plot_ssl_terms(run: Run, path: Path, keys: dict[str, str], title: str, ylabel: str) -> Path | None:
+    """One panel, one line per (stage, key); keys maps a train/* key to its legend name."""
+    fig, (ax,) = _figure()
+    drew = False
+    for (key, name), ls in zip(keys.items(), ("-", "--")):
+        drew |= _per_stage_lines(ax, run, key, label_suffix=f": {name}" if len(keys) > 1 else "", ls=ls)
+    if not drew:
+        return None
+    _mark_stages(ax, run)
+    ax.set(title=f"{run.name}: {title}", xlabel="global step", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def last_class_thresholds(run: Run) -> dict[str, tuple[int, list[float]]]:
+    """Per stage, (step, thresholds) of the last record that carries a class_thresholds list."""
+    out = {}
+    for r in run.records:
+        t = r.get("class_thresholds")
+        if isinstance(t, list) and t and all(_number(v) for v in t):
+            out[r["stage"]] = (r["step"], [float(v) for v in t])
+    return out
+
+
+def plot_class_thresholds(run: Run, path: Path) -> Path | None:
+    last = last_class_thresholds(run)
+    if not last:
+        return None
+    fig, axes = _figure(len(last), 1, w=max(7.5, 0.25 * max(len(t) for _, t in last.values())), h=3.4)
+    for ax, (stage, (step, t)) in zip(axes, last.items()):
+        ax.bar(range(len(t)), t, color=_color(list(run.stages).index(stage)))
+        ax.axhline(statistics.fmean(t), color="0.3", ls="--", lw=1, label=f"mean {statistics.fmean(t):.3f}")
+        ax.set(title=f"{stage}: class thresholds at step {step}", xlabel="class", ylabel="threshold")
+        ax.set_xticks(range(len(t)) if len(t) <= 20 else range(0, len(t), max(1, len(t) // 20)))
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def stage_rows(run: Run) -> list[list[str]]:
+    """One row per (stage, accuracy curve): type, models, steps, last / best (step) / median of last 5 top-1."""
+    rows = []
+    for stage, cfg in run.stages.items():
+        recs = run.of(stage)
+        steps = str(max(r["step"] for r in recs)) if recs else "not run"
+        head = [stage, str(cfg.get("type", "?")), ", ".join(cfg.get("train") or []) or "—"]
+        head += [", ".join(cfg.get("uses") or []) or "—", steps]
+        curves = accuracy_series(run, stage)
+        if not curves:
+            rows.append(head + ["—"] * 4)
+        for _, label, key in curves:
+            _, s, y = series(recs, key)
+            if not y:
+                continue
+            b = _best(y)
+            rows.append(head + [label, _pct(y[-1]), f"{_pct(y[b])} (step {s[b]})", _pct(statistics.median(y[-5:]))])
+    return rows
+
+
+def final_terms(run: Run) -> list[str]:
+    """Per stage, the last logged value of each train/* term: where the losses ended up."""
+    lines = []
+    for stage in run.stages:
+        recs = [r for r in run.of(stage) if any(k.startswith("train/") for k in r)]
+        if not recs:
+            continue
+        last: dict[str, Any] = {}
+        for r in recs:
+            last.update({k: (r["step"], v) for k, v in r.items() if k.startswith("train/") and _number(v)})
+        terms = sorted(last, key=lambda k: (k != "train/loss", k))
+        text = ", ".join(f"{k.removeprefix('train/')} {last[k][1]:.4g}" for k in terms)
+        lines.append(f"- **{stage}** (step {max(s for s, _ in last.values())}): {text}")
+    return lines
+
+
+def write_markdown(run: Run, images: list[Path], path: Path) -> Path:
+    header = ["stage", "type", "trains", "reads", "steps", "model", "last top-1", "best top-1", "median last 5"]
+    lines = [f"# Run report: {run.name}", "", f"Run folder: `{run.root}` ({len(run.records)} records)", ""]
+    lines += ["## Stages", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in stage_rows(run)]
+    terms = final_terms(run)
+    if terms:
+        lines += ["", "## Final training terms", "", "Last logged value (averaged over the log interval).", ""]
+        lines += terms
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in images]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the plots and report.md of a run into out_dir (default RUN_DIR/report); return report.md's path."""
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in PLOTS:  # a plot skipped now must not survive from an earlier report
+        (out / name).unlink(missing_ok=True)
+    made = [plot_accuracy(run, out / "accuracy.png"), plot_losses(run, out / "losses.png")]
+    made += [plot_ssl_terms(run, out / name, keys, title, ylabel) for name, keys, title, ylabel in SSL_PLOTS]
+    made.append(plot_class_thresholds(run, out / "class_thresholds.png"))
+    return write_markdown(run, [p for p in made if p is not None], out / "report.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ssl_kd.report", description="Plots and report.md of a run.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (holds metrics.jsonl)")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/report)")
+    args = parser.parse_args(argv)
+    try:
+        path = make_report(args.run_dir, args.out)
+    except UserError as e:
+        print(f"ssl_kd: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

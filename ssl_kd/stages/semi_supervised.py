@@ -1,0 +1,154 @@
+"""The FixMatch-family step, composed from parts chosen by config (specs/ssl.md §1, §4, §5).
+
+    zl, zw, zs = model([x_lb; weak(x_ulb); strong(x_ulb)])        one pass, BN over the concatenation
+    conf, yhat = max / argmax softmax(zw)                           pseudo-labels from the weak view
+    mask       = conf >= tau                  (threshold: fixed)    FixMatch
+               = conf >= tau * M(beta[yhat])  (threshold: flex)     FlexMatch curriculum
+    L = w_sup CE(zl, y) + w_unsup L_u(zs, yhat, mask) + w_anl ANL(zw, zs, k) + w_eml EML(zw, zs, k, mask)
+
+FixMatch, FlexMatch, FullMatch (= FixMatch + EML + ANL) and FullFlex (= FlexMatch + EML + ANL) are presets of
+this one step: they differ only in the defaults of `threshold` and `loss_weights`, so e.g. FixMatch + ANL is
+`type: fixmatch` with `loss_weights: {anl: 1.0}`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ssl_kd.config.schema import EMAConfig, EvalConfig, OptimizerConfig, SchedulerConfig, StageConfig
+from ssl_kd.engine import Stage, register_stage
+from ssl_kd.losses import accuracy
+from ssl_kd.losses.ssl import anl_loss, consistency_loss, eml_loss, topk_rank
+from ssl_kd.memory import PseudoLabelHistory
+
+
+class SemiSupervisedConfig(StageConfig):
+    """Defaults reproduce TorchSSL/USB classic_cv on CIFAR-10 (ssl.md §1.2–1.3); paper settings in configs/."""
+
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"sup": 1.0, "unsup": 1.0, "eml": 0.0, "anl": 0.0})
+    iters: int | None = Field(2**20, ge=0)
+    batch_size: int = Field(64, ge=1)  # labelled, global
+    uratio: int = Field(7, ge=1)  # mu: unlabelled batch = uratio * batch_size
+    threshold: Literal["fixed", "flex"] = "fixed"
+    tau: float = Field(0.95, gt=0, le=1)
+    flex_warmup: bool = True  # FlexMatch's threshold warm-up (unused samples count in the normaliser)
+    pseudo_label: Literal["hard", "soft"] = "hard"  # the references use hard labels
+    soft_temperature: float = Field(0.5, gt=0)  # T for soft pseudo-labels (unused with hard labels)
+    use_cat: bool = True  # one forward over [lb; weak; strong]; False: separate passes, weak under no_grad
+    detach_eml_target: bool = False  # the reference lets the gradient flow through EML's soft target q
+    eml_anl_start: int = Field(0, ge=0)  # steps without EML/ANL (FullMatch's --loss_warm: 5 * 1024)
+    optimizer: OptimizerConfig = Field(
+        default_factory=lambda: OptimizerConfig(
+            lr=0.03, momentum=0.9, nesterov=True, weight_decay=5e-4, no_decay_bn_bias=True
+        )  # fmt: skip
+    )
+    scheduler: SchedulerConfig = Field(
+        default_factory=lambda: SchedulerConfig(name="cosine_cycles", cycles=7 / 16, interval="step")
+    )
+    ema: EMAConfig = Field(default_factory=lambda: EMAConfig(enabled=True, decay=0.999))
+    eval: EvalConfig = Field(default_factory=lambda: EvalConfig(every=5000, unit="steps", batch_size=1024))
+
+
+class FlexMatchConfig(SemiSupervisedConfig):
+    threshold: Literal["fixed", "flex"] = "flex"
+
+
+class FullMatchConfig(SemiSupervisedConfig):
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"sup": 1.0, "unsup": 1.0, "eml": 1.0, "anl": 1.0})
+
+
+class FullFlexConfig(FullMatchConfig):
+    threshold: Literal["fixed", "flex"] = "flex"
+
+
+@register_stage("fixmatch")
+class SemiSupervised(Stage):
+    Config = SemiSupervisedConfig
+    cfg: SemiSupervisedConfig
+
+    def setup(self) -> None:
+        from ssl_kd.data import ViewDataset, concat_image_sets
+
+        c = self.cfg
+        self.net = self.single("train")
+        lb, ulb = self.ssl_split()
+        pool, ulb = self.data.train, np.asarray(ulb)
+        if self.data.unlabeled is not None:  # STL-10 unlabeled split / SVHN extra join the unlabelled pool
+            pool = concat_image_sets(self.data.train, self.data.unlabeled)
+            ulb = np.concatenate([ulb, len(self.data.train) + np.arange(len(self.data.unlabeled))])
+        weak, strong = self.transform("weak"), self.transform("strong")
+        self.add_stream("labeled", ViewDataset(self.data.train, {"x": weak}, lb), c.batch_size)
+        self.add_stream("unlabeled", ViewDataset(pool, {"w": weak, "s": strong}, ulb), c.uratio * c.batch_size)
+        self.history = None
+        if c.threshold == "flex":
+            # indexed by position in the pool; one global history (all ranks' batches), equal to 1-GPU training
+            self.history = PseudoLabelHistory(len(pool), self.data.num_classes, c.tau, c.flex_warmup,
+                                              self.runner.device)  # fmt: skip
+            self.register_state("selected_label", self.history)
+        w = c.loss_weights
+        self.negative_terms = bool(w.get("eml") or w.get("anl"))
+
+    def train_step(self, batch):
+        c = self.cfg
+        xl, yl = batch["labeled"]["x"], batch["labeled"]["y"]
+        u = batch["unlabeled"]
+        net = self.model(self.net)
+        if c.use_cat:
+            zl, zw, zs = net(torch.cat([xl, u["w"], u["s"]])).logits.split([len(xl), len(u["w"]), len(u["s"])])
+            zw = zw.detach()
+        else:
+            zl = net(xl).logits
+            with torch.no_grad():
+                zw = net(u["w"]).logits
+            zs = net(u["s"]).logits
+
+        conf, yhat = F.softmax(zw.float(), dim=1).max(dim=1)
+        if self.history is not None:
+            thresholds = self.history.class_thresholds()
+            mask = (conf >= thresholds[yhat]).float()
+        else:
+            mask = (conf >= c.tau).float()
+        target = yhat if c.pseudo_label == "hard" else F.softmax(zw.float() / c.soft_temperature, dim=1)
+
+        terms = {"sup": F.cross_entropy(zl, yl), "unsup": consistency_loss(zs, target, mask)}
+        if self.negative_terms:
+            k = max(2, int(self.runner.all_reduce_max(topk_rank(zw, zs)).item()))
+            on = float(self.progress.step >= c.eml_anl_start)
+            terms["anl"] = on * anl_loss(zw, zs, k, c.tau)
+            terms["eml"] = on * eml_loss(zw, zs, k, mask, c.tau, c.detach_eml_target)
+            terms["k"] = torch.tensor(float(k), device=zl.device)
+        if self.history is not None:
+            self.history.update(self.runner.gather(u["idx"]), self.runner.gather(conf), self.runner.gather(yhat))
+            terms["threshold"] = thresholds.mean()
+
+        # diagnostics (true labels of the unlabelled batch are never used for training)
+        known = u["y"] >= 0  # STL-10's unlabeled split has no labels at all
+        terms["mask"] = mask.mean()
+        terms["pl_acc"] = ((yhat == u["y"]) & known).sum() / known.sum().clamp_min(1)
+        terms["sup_acc"] = accuracy(zl, yl)
+        return terms
+
+    def eval_extras(self) -> dict:
+        if self.history is None:
+            return {}
+        return {"class_thresholds": [round(v, 5) for v in self.history.class_thresholds().tolist()]}
+
+
+@register_stage("flexmatch")
+class FlexMatch(SemiSupervised):
+    Config = FlexMatchConfig
+
+
+@register_stage("fullmatch")
+class FullMatch(SemiSupervised):
+    Config = FullMatchConfig
+
+
+@register_stage("fullflex")
+class FullFlex(SemiSupervised):
+    Config = FullFlexConfig
