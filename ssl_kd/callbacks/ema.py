@@ -56,8 +56,8 @@ class EMA(Callback):
         horizon, total = 1.0 / (1.0 - decay), runner.stage.progress.total_steps
         if runner.is_main and total < 2 * horizon:
             print(
-                f"  note: stages.{runner.stage.name}.ema.decay={decay} averages over ~{horizon:.0f} steps but the stage "
-                f"has {total}; the EMA model will stay close to the starting weights (lower the decay for short runs).",
+                f"  note: stages.{runner.stage.name}.ema.decay={decay} averages over ~{horizon:.0f} steps but "
+                f"the stage has {total}; the EMA model will stay close to the starting weights (lower the decay for short runs).",
                 flush=True,
             )
         self.models = {n: EMAModel(runner.models[n], decay, average_buffers) for n in runner.stage.cfg.train}
