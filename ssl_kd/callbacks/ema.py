@@ -57,7 +57,8 @@ class EMA(Callback):
         if runner.is_main and total < 2 * horizon:
             print(
                 f"  note: stages.{runner.stage.name}.ema.decay={decay} averages over ~{horizon:.0f} steps but "
-                f"the stage has {total}; the EMA model will stay close to the starting weights (lower the decay for short runs).",
+                f"the stage has {total}; the EMA model will stay close to the starting weights "
+                "(lower the decay for short runs).",
                 flush=True,
             )
         self.models = {n: EMAModel(runner.models[n], decay, average_buffers) for n in runner.stage.cfg.train}
