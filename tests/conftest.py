@@ -25,7 +25,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def write_fake_npz(path: Path, num_classes: int, per_class_train: int, per_class_test: int, size: int = 32) -> Path:
+def write_fake_npz(
+    path: Path, num_classes: int, per_class_train: int, per_class_test: int, size: int = 32, unlabeled: int = 0
+) -> Path:
     """Real-format (uint8 NHWC) stand-ins with class-dependent colour so a few steps can learn something."""
     rng = np.random.default_rng(num_classes)
 
@@ -37,7 +39,11 @@ def write_fake_npz(path: Path, num_classes: int, per_class_train: int, per_class
 
     x_tr, y_tr = make(per_class_train)
     x_te, y_te = make(per_class_test)
-    np.savez(path, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    extra = {}
+    if unlabeled:
+        extra["x_unlabeled"] = rng.integers(0, 256, size=(unlabeled, size, size, 3), dtype=np.uint8)
+        extra["y_unlabeled"] = np.full(unlabeled, -1, dtype=np.int64)
+    np.savez(path, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, **extra)
     return path
 
 
@@ -47,6 +53,8 @@ def fake_data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fake_data")
     write_fake_npz(root / "cifar10.npz", 10, 20, 10)
     write_fake_npz(root / "cifar100.npz", 100, 2, 1)
+    write_fake_npz(root / "svhn.npz", 10, 20, 10, unlabeled=40)
+    write_fake_npz(root / "stl10.npz", 10, 4, 2, size=96, unlabeled=40)
     return root
 
 

@@ -49,13 +49,27 @@ class ModelConfig(Strict):
 
 # --------------------------------------------------------------------------------------------- stage parts
 class OptimizerConfig(Strict):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    """`dot`: the Distillation-Oriented Trainer (SGD with task / distillation momenta momentum -/+ delta)."""
+
+    name: Literal["sgd", "adam", "adamw", "dot"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = False
     weight_decay: float = Field(5.0e-4, ge=0)
     no_decay_bn_bias: bool = False  # TorchSSL/USB: no wd on params named *bn* or *bias* (and 1-d params)
     betas: tuple[float, float] = (0.9, 0.999)
+    delta: float = Field(0.075, ge=0)  # dot: momentum gap (mdistiller CIFAR 0.075, ImageNet 0.09)
+    # optimizers that backpropagate loss groups separately (dot: distill, task): which loss terms each group holds;
+    # null = the optimizer's default (dot: task = [ce], distill = every other weighted term)
+    loss_groups: dict[str, list[str]] | None = None
+
+    @model_validator(mode="after")
+    def _dot_options(self) -> OptimizerConfig:
+        if self.name == "dot" and self.nesterov:
+            raise ValueError("nesterov: optimizer 'dot' has no Nesterov variant; set nesterov: false")
+        if self.name == "dot" and self.delta > self.momentum:
+            raise ValueError(f"delta: must be <= momentum ({self.momentum}) so the task momentum stays >= 0")
+        return self
 
 
 class SchedulerConfig(Strict):
@@ -169,6 +183,14 @@ class StageConfig(Strict):
     def _one_length(self) -> StageConfig:
         if self.iters is not None and self.epochs is not None:
             raise ValueError("give the stage length as `iters` or `epochs`, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _loss_groups(self) -> StageConfig:
+        """An optimizer with loss groups (dot) must find each group's terms among this stage's loss terms."""
+        from ssl_kd.optim.factory import loss_groups
+
+        loss_groups(self.optimizer, self.loss_weights)
         return self
 
     @property

@@ -34,7 +34,7 @@ from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.stage import Stage
 from ssl_kd.errors import UserError, choices
-from ssl_kd.optim import build_optimizer, build_scheduler
+from ssl_kd.optim import GroupGrads, build_optimizer, build_scheduler, loss_groups
 
 
 class TrainingStopped(RuntimeError):
@@ -266,6 +266,8 @@ class Runner:
             raise RuntimeError(f"stage type '{stage.type_name}' declared no training stream in setup()")
         first = next(iter(stage.streams.values()))
         spe = cfg.steps_per_epoch or len(first.dataset) // first.batch_size
+        if cfg.iters is not None:
+            spe = max(1, spe)  # an epoch is only a reporting unit here (40 labels < one batch of 64 is fine)
         if spe < 1:
             raise UserError(
                 f"stages.{stage.name}.batch_size: {first.batch_size} is larger than the training data "
@@ -456,9 +458,15 @@ class Runner:
         stage._forward_models = {**{n: self.models[n] for n in cfg.uses}, **prepared}
 
         params = stage.parameters_to_train() if stage.trains else []
-        self.optimizer = self.scheduler = None
+        self.optimizer = self.scheduler = self.loss_groups = None
         if params:
             raw_opt = build_optimizer(cfg.optimizer, params)
+            self.loss_groups = loss_groups(cfg.optimizer, cfg.loss_weights)  # e.g. dot: [distill, task]
+            if self.loss_groups and getattr(self.accelerator, "scaler", None) is not None:
+                raise UserError(
+                    f"stages.{stage.name}.optimizer.name: '{cfg.optimizer.name}' backpropagates its loss groups "
+                    f"separately, which fp16 loss scaling does not support; use experiment.precision=bf16 or no."
+                )
             self.optimizer = self.accelerator.prepare_optimizer(raw_opt)
             interval = cfg.scheduler.interval
             per_epoch = interval == "epoch" or (interval == "auto" and cfg.unit == "epochs")
@@ -507,24 +515,39 @@ class Runner:
         callbacks = self._all_callbacks()
         train_models = [stage._forward_models[n] for n in cfg.train]
         params = [p for group in self.optimizer.param_groups for p in group["params"]] if self.optimizer else []
+        # an optimizer with loss groups (DOT) gets each group's gradient separately: one backward per group,
+        # synchronised across processes by hand (DDP's hooks assume one backward per forward)
+        groups = self.loss_groups
         prog = stage.progress
         while prog.step < total:
             if prog.step % spe == 0:
                 for cb in callbacks:
                     cb.on_epoch_start(self)
             terms: dict[str, torch.Tensor] = {}
+            grads = GroupGrads(params, [g for g, _ in groups]) if groups else None
             for micro in range(accum):
                 batch = send_to_device({k: next(it) for k, it in iters.items()}, self.device, non_blocking=True)
-                with self._no_sync(train_models, micro < accum - 1):
+                with self._no_sync(train_models, micro < accum - 1 or grads is not None):
                     with self.accelerator.autocast():
                         out = stage.train_step(batch)
                     loss = _weighted_sum(out, weights, stage)
-                    self.accelerator.backward(loss / accum if accum > 1 else loss)
+                    if grads is None:
+                        self.accelerator.backward(loss / accum if accum > 1 else loss)
+                    for i, (group, group_weights) in enumerate(groups or []):
+                        part = _weighted_sum(out, group_weights, stage)
+                        self.accelerator.backward(part / accum if accum > 1 else part, retain_graph=i < len(groups) - 1)
+                        grads.take(group)
                 out = {k: v.detach() for k, v in out.items()}
                 out["loss"] = loss.detach()
                 for k, v in out.items():
                     terms[k] = terms[k] + v / accum if k in terms else (v / accum if accum > 1 else v)
-            if cfg.clip_grad_norm:
+            if grads is not None:
+                if self.world_size > 1:
+                    grads.reduce(lambda g: self.accelerator.reduce(g, reduction="mean"))
+                if cfg.clip_grad_norm:
+                    grads.clip_(cfg.clip_grad_norm)
+                grads.hand_over(getattr(self.optimizer, "optimizer", self.optimizer))  # the unwrapped optimizer
+            elif cfg.clip_grad_norm:
                 self.accelerator.clip_grad_norm_(params, cfg.clip_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,8 @@
 """Pure loss functions: no state, no config; stages compose them."""
 
 from ssl_kd.losses.ce import accuracy, soft_cross_entropy
+from ssl_kd.losses.dkd import dkd_loss, dkd_parts
+from ssl_kd.losses.ka import knowledge_adjust
 from ssl_kd.losses.kd import kd_loss
 from ssl_kd.losses.ssl import (
     adaptive_topk,
@@ -12,8 +14,25 @@ from ssl_kd.losses.ssl import (
     flexmatch_class_thresholds,
     topk_rank,
 )
+from ssl_kd.losses.temperature import (
+    GlobalTemperature,
+    InstanceTemperature,
+    as_column,
+    ctkd_lambda,
+    dtd_temperature,
+    grad_reverse,
+)
 
 __all__ = [
+    "GlobalTemperature",
+    "InstanceTemperature",
+    "as_column",
+    "ctkd_lambda",
+    "dkd_loss",
+    "dkd_parts",
+    "dtd_temperature",
+    "grad_reverse",
+    "knowledge_adjust",
     "accuracy",
     "adaptive_topk",
     "anl_loss",

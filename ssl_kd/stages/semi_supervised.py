@@ -32,6 +32,7 @@ class SemiSupervisedConfig(StageConfig):
 
     loss_weights: dict[str, float] = Field(default_factory=lambda: {"sup": 1.0, "unsup": 1.0, "eml": 0.0, "anl": 0.0})
     iters: int | None = Field(2**20, ge=0)
+    steps_per_epoch: int | None = Field(1024, ge=1)  # USB's "epoch" of 1024 iterations (a reporting unit)
     batch_size: int = Field(64, ge=1)  # labelled, global
     uratio: int = Field(7, ge=1)  # mu: unlabelled batch = uratio * batch_size
     threshold: Literal["fixed", "flex"] = "fixed"

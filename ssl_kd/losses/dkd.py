@@ -1,0 +1,58 @@
+"""Decoupled KD (DKD, CVPR'22): KL(teacher || student) split into a target-class and a non-target-class part.
+
+KL(p_t || p_s) = KL(b_t || b_s) + (1 - p_t,y) * KL(p^_t || p^_s), with b = [p_y, 1 - p_y] and p^ the softmax over
+the classes other than y. DKD drops the (1 - p_t,y) coupling and weights the parts: alpha * TCKD + beta * NCKD
+(kd_and_frameworks.md §A2). Computed in log space, so a confident teacher (p_y -> 1) gives no log(0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ssl_kd.losses.temperature import as_column
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(p || q) from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def dkd_parts(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float | torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD): each tau^2 * KL, summed over its classes and averaged over the batch.
+
+    `temperature` is a float or a per-sample (B,) tensor (then sample i uses tau_i and tau_i^2).
+    """
+    t = as_column(temperature)
+    zs, zt = student_logits.float() / t, teacher_logits.float() / t
+    is_target = F.one_hot(target, zs.shape[1]).bool()
+    b, c = zs.shape
+
+    def parts(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        others = z[~is_target].reshape(b, c - 1)  # exact exclusion of the target class (no -1000 trick)
+        log_all, log_others = z.logsumexp(dim=1), others.logsumexp(dim=1)
+        log_binary = torch.stack([z[is_target] - log_all, log_others - log_all], dim=1)  # log [p_y, 1 - p_y]
+        return log_binary, F.log_softmax(others, dim=1)
+
+    bin_s, non_s = parts(zs)
+    bin_t, non_t = parts(zt)
+    scale = t.reshape(-1) ** 2 if isinstance(t, torch.Tensor) else t * t
+    return (_kl_rows(bin_t, bin_s) * scale).mean(), (_kl_rows(non_t, non_s) * scale).mean()
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    beta: float,
+    temperature: float | torch.Tensor,
+) -> torch.Tensor:
+    """DKD = alpha * TCKD + beta * NCKD (tau^2 included; mdistiller's warm-up factor is the caller's, per epoch)."""
+    tckd, nckd = dkd_parts(student_logits, teacher_logits, target, temperature)
+    return alpha * tckd + beta * nckd
