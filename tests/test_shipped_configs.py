@@ -31,6 +31,8 @@ def tiny_overrides(path, data_root):
                 f"stages.{name}.eval.batch_size=25"]  # fmt: skip
         if st.get("type") in SSL_TYPES:
             out.append(f"stages.{name}.uratio=1")
+        if "unlabeled_batch_size" in st:
+            out.append(f"stages.{name}.unlabeled_batch_size=16")
     return out
 
 
