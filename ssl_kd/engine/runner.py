@@ -231,19 +231,22 @@ class Runner:
         for m in targets:
             self.load_model_file(self.models[m], m, str(path), where, init.strict)
 
+    def _micro_batch(self, stage: Stage, stream: str) -> int:
+        """Per-process, per-accumulation-step batch of a stream: the global batch must divide evenly."""
+        size, per = stage.streams[stream].batch_size, self.world_size * stage.cfg.grad_accum
+        if size % per:
+            raise UserError(
+                f"stages.{stage.name}.batch_size: stream '{stream}' has global batch {size}, which must divide "
+                f"evenly over {self.world_size} process(es) x {stage.cfg.grad_accum} accumulation step(s)."
+            )
+        return size // per
+
     def _make_iterators(self, stage: Stage, start_step: int) -> dict[str, Iterator]:
         from ssl_kd.data import StreamSampler
 
         iters = {}
-        per = self.world_size * stage.cfg.grad_accum
         for i, (sname, stream) in enumerate(stage.streams.items()):
-            if stream.batch_size % per:
-                raise UserError(
-                    f"stages.{stage.name}.batch_size: stream '{sname}' has global batch {stream.batch_size}, "
-                    f"which must "
-                    f"divide evenly over {self.world_size} process(es) x {stage.cfg.grad_accum} accumulation step(s)."
-                )
-            micro = stream.batch_size // per
+            micro = self._micro_batch(stage, sname)
             sampler = StreamSampler(
                 len(stream.dataset), micro, seed=self.cfg.experiment.seed * 1000 + 17 * self.stage_index + i,
                 rank=self.accelerator.process_index, world_size=self.world_size, drop_last=True,
@@ -388,13 +391,8 @@ class Runner:
                 load_checkpoint(scfg.init.path, f"stages.{name}.init.path")
             stage.setup()
             total, spe = self._stage_lengths(stage)
-            if stage.trains:
-                for stream in stage.streams.values():
-                    if stream.batch_size % (self.world_size * scfg.grad_accum):
-                        raise UserError(
-                            f"stages.{name}.batch_size: {stream.batch_size} does not divide over "
-                            f"{self.world_size} process(es) x {scfg.grad_accum} accumulation step(s)."
-                        )
+            for sname in stage.streams if stage.trains else ():
+                self._micro_batch(stage, sname)
             length = f"{scfg.epochs} epochs x {spe} = {total} steps" if scfg.epochs is not None else f"{total} steps"
             streams = ", ".join(f"{k}: {len(s.dataset)} imgs, batch {s.batch_size}" for k, s in stage.streams.items())
             parts = [f"  {i + 1}. {name:<14} {scfg.type:<11}"]
