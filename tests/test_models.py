@@ -134,6 +134,19 @@ def test_kd_zoo_param_counts() -> None:
     assert n_params(create_model("resnet50", 100, cifar_stem=True)) == 23_705_252
 
 
+def test_vgg_and_shufflenet_students() -> None:
+    # vgg8 by hand: five 3x3 conv (+bias) + BN blocks 3->64->128->256->512->512, then fc 512 -> 100
+    convs = sum(i * o * 9 + o + 2 * o for i, o in ((3, 64), (64, 128), (128, 256), (256, 512), (512, 512)))
+    assert n_params(create_model("vgg8", 100)) == convs + 512 * 100 + 100 == 3_965_028
+    # measured; the KD literature quotes vgg13 9.46M, ShuffleV1 0.95M, ShuffleV2 1.36M
+    assert n_params(create_model("vgg13", 100)) == 9_462_180
+    assert n_params(create_model("shufflenetv1", 100)) == 949_258
+    assert n_params(create_model("shufflenetv2", 100)) == 1_355_528
+    assert create_model("shufflenetv2", 100).feat_dim == 1024  # the final 1x1 conv, as the reference
+    x = torch.randn(2, 3, 64, 64)  # the reference VGG pools a fourth time only for 64px inputs
+    assert [f.shape[-1] for f in create_model("vgg8", 10)(x, return_feats=True).feats] == [64, 32, 16, 8, 4]
+
+
 def test_wrn_quirk_unused_bn1_gets_no_grad() -> None:
     torch.manual_seed(0)
     model = create_model("wrn_28_2", 10).train()

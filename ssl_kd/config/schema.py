@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -63,13 +63,20 @@ class OptimizerConfig(Strict):
     # null = the optimizer's default (dot: task = [ce], distill = every other weighted term)
     loss_groups: dict[str, list[str]] | None = None
 
-    @model_validator(mode="after")
-    def _dot_options(self) -> OptimizerConfig:
-        if self.name == "dot" and self.nesterov:
-            raise ValueError("nesterov: optimizer 'dot' has no Nesterov variant; set nesterov: false")
-        if self.name == "dot" and self.delta > self.momentum:
-            raise ValueError(f"delta: must be <= momentum ({self.momentum}) so the task momentum stays >= 0")
-        return self
+    @field_validator("nesterov")
+    @classmethod
+    def _dot_nesterov(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("name") == "dot":
+            raise ValueError("optimizer 'dot' has no Nesterov variant; set nesterov: false")
+        return value
+
+    @field_validator("delta")
+    @classmethod
+    def _dot_delta(cls, value: float, info: ValidationInfo) -> float:
+        momentum = info.data.get("momentum", 0.9)
+        if info.data.get("name") == "dot" and value > momentum:
+            raise ValueError(f"must be <= momentum ({momentum}) so that dot's task momentum stays >= 0")
+        return value
 
 
 class SchedulerConfig(Strict):

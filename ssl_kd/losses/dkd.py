@@ -29,6 +29,7 @@ def dkd_parts(
     `temperature` is a float or a per-sample (B,) tensor (then sample i uses tau_i and tau_i^2).
     """
     t = as_column(temperature)
+    target = target.reshape(-1).long()
     zs, zt = student_logits.float() / t, teacher_logits.float() / t
     is_target = F.one_hot(target, zs.shape[1]).bool()
     b, c = zs.shape

@@ -52,9 +52,14 @@ class DOT(torch.optim.Optimizer):
         self._kd_grads: list[list[torch.Tensor | None]] | None = None
 
     @torch.no_grad()
-    def step_kd(self) -> None:
+    def step_kd(self, closure: Any = None) -> Any:
         """Record the distillation gradients now in `.grad`; parameters do not change until `step()`."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self._kd_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+        return loss
 
     def step_group(self, group: str) -> None:
         """Loss-group protocol: the runner hands over each group but the last (here only `distill`)."""

@@ -80,10 +80,10 @@ class KDConfig(StageConfig):
     ctkd: CTKDOptions = Field(default_factory=CTKDOptions)
     dtd: DTDOptions = Field(default_factory=DTDOptions)
     ka: KAOptions = Field(default_factory=KAOptions)
-    augment: Augment = "weak"
-    subset: Subset = "all"
     unlabeled: bool = False  # KD also on data.ssl's unlabelled images (needs data.ssl.num_labels)
     unlabeled_batch_size: int | None = Field(None, ge=1)  # default: batch_size
+    augment: Augment = "weak"
+    subset: Subset = "all"  # with unlabeled: true always "labeled"
     cache_teacher: bool = False  # keep each image's teacher logits after the first epoch (needs augment: none)
 
     @model_validator(mode="before")
@@ -102,19 +102,21 @@ class KDConfig(StageConfig):
         if value and augment != "none":
             raise ValueError(
                 f"teacher logits can only be cached when the teacher sees the same image every epoch, but augment "
-                f"is '{augment}' (a new random view each time); set augment: none, or cache_teacher: false"
+                f"is '{augment}' (a new random view each time); set augment: none to cache"
             )
+        return value
+
+    @field_validator("subset")
+    @classmethod
+    def _labelled_when_unlabeled(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("unlabeled") and value != "labeled":
+            raise ValueError("with unlabeled: true the CE batch is data.ssl's labelled subset; set subset: labeled")
         return value
 
     @model_validator(mode="after")
     def _unlabeled_subset(self) -> KDConfig:
         if self.unlabeled:
-            if "subset" in self.model_fields_set and self.subset != "labeled":
-                raise ValueError(
-                    "subset: with unlabeled: true the CE batch is data.ssl's labelled subset; set subset: labeled "
-                    "(or leave it out)"
-                )
-            self.subset = "labeled"
+            self.subset = "labeled"  # the default "all" would put every image in the CE batch
         return self
 
 
