@@ -99,6 +99,8 @@ def main() -> int:
                 t0 = time.perf_counter()
             batch = {k: next(it) for k, it in iters.items()}
         data_s = (time.perf_counter() - t0) / n
+        for it in iters.values():  # stop the prefetching workers before timing compute on the same cores
+            it._shutdown_workers()
         del iters
 
         # 2) compute alone: one batch on the device, step repeated

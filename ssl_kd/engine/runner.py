@@ -545,8 +545,11 @@ class Runner:
                 if cfg.clip_grad_norm:
                     grads.clip_(cfg.clip_grad_norm)
                 grads.hand_over(getattr(self.optimizer, "optimizer", self.optimizer))  # the unwrapped optimizer
-            elif cfg.clip_grad_norm:
-                self.accelerator.clip_grad_norm_(params, cfg.clip_grad_norm)
+            else:
+                if self.world_size > 1:
+                    self._average_module_grads(stage)
+                if cfg.clip_grad_norm:
+                    self.accelerator.clip_grad_norm_(params, cfg.clip_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             prog.step += 1
@@ -556,6 +559,13 @@ class Runner:
             if prog.step % spe == 0 or prog.step == total:
                 for cb in callbacks:
                     cb.on_epoch_end(self)
+
+    def _average_module_grads(self, stage: Stage) -> None:
+        """A stage's extra modules (e.g. CTKD's temperature) are not DDP-wrapped: average their gradients here."""
+        for module in stage.modules.values():
+            for p in module.parameters():
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
 
     @contextlib.contextmanager
     def _no_sync(self, models: list[nn.Module], skip_sync: bool):

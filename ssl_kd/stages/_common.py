@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+
 from ssl_kd.engine.stage import Stage
 
 Augment = Literal["weak", "strong", "none"]
@@ -16,3 +18,16 @@ def labelled_views(stage: Stage, augment: Augment, subset: Subset):
 
     indices = stage.ssl_split()[0] if subset == "labeled" else None
     return ViewDataset(stage.data.train, {"x": stage.transform("test" if augment == "none" else augment)}, indices)
+
+
+def unlabelled_pool(stage: Stage):
+    """(images, indices) of the unlabelled set: the split's unlabelled train images plus, when the dataset has
+    one, its separate unlabelled split (STL-10 unlabeled, SVHN extra). Train images keep their own indices."""
+    from ssl_kd.data import concat_image_sets
+
+    ulb = np.asarray(stage.ssl_split()[1])
+    extra = stage.data.unlabeled
+    if extra is None:
+        return stage.data.train, ulb
+    pool = concat_image_sets(stage.data.train, extra)
+    return pool, np.concatenate([ulb, len(stage.data.train) + np.arange(len(extra))])

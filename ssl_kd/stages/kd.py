@@ -33,7 +33,8 @@ from ssl_kd.losses import (
     kd_loss,
     knowledge_adjust,
 )
-from ssl_kd.stages._common import Augment, Subset, labelled_views
+from ssl_kd.memory import TeacherLogitCache
+from ssl_kd.stages._common import Augment, Subset, labelled_views, unlabelled_pool
 
 
 class DKDOptions(Strict):
@@ -120,37 +121,6 @@ class KDConfig(StageConfig):
         return self
 
 
-class TeacherLogitCache:
-    """Teacher logits per training image, filled the first time an image is seen; checkpointed with the stage.
-
-    Valid only because the teacher's input for an image never changes (no augmentation, frozen eval-mode teacher).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.logits: torch.Tensor | None = None
-        self.filled: torch.Tensor | None = None
-
-    def lookup(self, idx: torch.Tensor, compute: Any) -> torch.Tensor:
-        if self.logits is not None and self.logits.device != idx.device:  # restored from a CPU checkpoint
-            self.logits, self.filled = self.logits.to(idx.device), self.filled.to(idx.device)
-        if self.logits is not None and bool(self.filled[idx].all()):
-            return self.logits[idx]
-        out = compute()
-        if self.logits is None:
-            self.logits = out.new_zeros(self.size, out.shape[1])
-            self.filled = torch.zeros(self.size, dtype=torch.bool, device=out.device)
-        self.logits[idx] = out
-        self.filled[idx] = True
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"logits": self.logits, "filled": self.filled}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.logits, self.filled = state["logits"], state["filled"]
-
-
 @register_stage("kd")
 class KD(Stage):
     Config = KDConfig
@@ -169,11 +139,14 @@ class KD(Stage):
                 f"distilled, got {classes}; check models.<name>.num_classes."
             )
         self.add_stream("train", labelled_views(self, c.augment, c.subset))
+        pool = self.data.train
         if c.unlabeled:
             transform = self.transform("test" if c.augment == "none" else c.augment)
-            unlabeled = ViewDataset(self.data.train, {"x": transform}, self.ssl_split()[1])
-            self.add_stream("unlabeled", unlabeled, c.unlabeled_batch_size or c.batch_size)
-        self.cache = TeacherLogitCache(len(self.data.train)) if c.cache_teacher else None
+            pool, ulb = unlabelled_pool(self)
+            self.add_stream(
+                "unlabeled", ViewDataset(pool, {"x": transform}, ulb), c.unlabeled_batch_size or c.batch_size
+            )
+        self.cache = TeacherLogitCache(len(pool)) if c.cache_teacher else None
         if self.cache is not None:
             self.register_state("teacher_logits", self.cache)
         num_classes = classes[self.student] or self.data.num_classes

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -25,6 +24,7 @@ from ssl_kd.engine import Stage, register_stage
 from ssl_kd.losses import accuracy
 from ssl_kd.losses.ssl import anl_loss, consistency_loss, eml_loss, topk_rank
 from ssl_kd.memory import PseudoLabelHistory
+from ssl_kd.stages._common import unlabelled_pool
 
 
 class SemiSupervisedConfig(StageConfig):
@@ -73,15 +73,12 @@ class SemiSupervised(Stage):
     cfg: SemiSupervisedConfig
 
     def setup(self) -> None:
-        from ssl_kd.data import ViewDataset, concat_image_sets
+        from ssl_kd.data import ViewDataset
 
         c = self.cfg
         self.net = self.single("train")
-        lb, ulb = self.ssl_split()
-        pool, ulb = self.data.train, np.asarray(ulb)
-        if self.data.unlabeled is not None:  # STL-10 unlabeled split / SVHN extra join the unlabelled pool
-            pool = concat_image_sets(self.data.train, self.data.unlabeled)
-            ulb = np.concatenate([ulb, len(self.data.train) + np.arange(len(self.data.unlabeled))])
+        lb = self.ssl_split()[0]
+        pool, ulb = unlabelled_pool(self)  # with STL-10's unlabeled split / SVHN extra when present
         weak, strong = self.transform("weak"), self.transform("strong")
         self.add_stream("labeled", ViewDataset(self.data.train, {"x": weak}, lb), c.batch_size)
         self.add_stream("unlabeled", ViewDataset(pool, {"w": weak, "s": strong}, ulb), c.uratio * c.batch_size)
