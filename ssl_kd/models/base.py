@@ -24,8 +24,9 @@ class ModelOutput(NamedTuple):
 class ClassifierModel(nn.Module):
     """Feature extractor + linear ``fc`` head.
 
-    Subclasses implement ``forward_features(x) -> (stage_maps, pooled)``. Keeping the classifier in one
-    attribute (``fc``) lets stages re-apply it to mixed or memorised features without a second forward.
+    ``forward_features(x) -> (stage_maps, pooled)`` has a default for stem -> stages models. Keeping the
+    classifier in one attribute (``fc``) lets stages re-apply it to mixed or memorised features without a
+    second forward.
     ``feat_channels`` gives the channel count of each entry of ``feats`` (feature-KD connectors need it).
     """
 
@@ -34,8 +35,18 @@ class ClassifierModel(nn.Module):
     feat_channels: tuple[int, ...]
     fc: nn.Linear
 
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The common shape (``stem`` then ``stages``): every stage output is a feature map, pooled after
+        ``pre_pool``. Models of another shape override this."""
+        out = self.stem(x)
+        maps = [out]
+        for stage in self.stages:
+            out = stage(out)
+            maps.append(out)
+        return maps, global_pool(self.pre_pool(out))
+
+    def pre_pool(self, x: Tensor) -> Tensor:
+        return x
 
     def forward(self, x: Tensor, return_feats: bool = False) -> ModelOutput:
         maps, feat = self.forward_features(x)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.base import ClassifierModel
 from ssl_kd.models.registry import register_model
 
 NARROW = (16, 16, 32, 64)
@@ -58,14 +58,6 @@ class CifarResNet(ClassifierModel):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.stem(x)
-        maps = [out]
-        for stage in self.stages:
-            out = stage(out)
-            maps.append(out)
-        return maps, global_pool(out)
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

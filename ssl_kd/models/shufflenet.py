@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.base import ClassifierModel
 from ssl_kd.models.registry import check_option, register_model
 
 
@@ -70,14 +70,6 @@ class ShuffleNetV1(ClassifierModel):
         self.fc = nn.Linear(widths[-1], num_classes)
         self.feat_dim = widths[-1]
         self.feat_channels = (24, *widths)
-
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.stem(x)
-        maps = [out]
-        for stage in self.stages:
-            out = stage(out)
-            maps.append(out)
-        return maps, global_pool(out)
 
 
 # --------------------------------------------------------------------------------------------- ShuffleNet V2
@@ -135,13 +127,8 @@ class ShuffleNetV2(ClassifierModel):
         self.feat_dim = last
         self.feat_channels = (24, *widths)
 
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.stem(x)
-        maps = [out]
-        for stage in self.stages:
-            out = stage(out)
-            maps.append(out)
-        return maps, global_pool(self.head(out))
+    def pre_pool(self, x: Tensor) -> Tensor:
+        return self.head(x)
 
 
 @register_model("shufflenetv1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.base import ClassifierModel
 from ssl_kd.models.registry import check_option, register_model
 
 
@@ -50,14 +50,6 @@ class SmallCNN(ClassifierModel):
         self.fc = nn.Linear(chans[2], num_classes)
         self.feat_dim = chans[2]
         self.feat_channels = chans
-
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.stem(x)
-        maps = [out]
-        for stage in self.stages:
-            out = stage(out)
-            maps.append(out)
-        return maps, global_pool(out)
 
 
 @register_model("mlp")
