@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ssl_kd.engine import Callback
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SSL_KD_CACHE", tempfile.mkdtemp(prefix="ssl_kd_cache_"))
@@ -56,6 +58,19 @@ def fake_data_root(tmp_path_factory) -> Path:
     write_fake_npz(root / "svhn.npz", 10, 20, 10, unlabeled=40)
     write_fake_npz(root / "stl10.npz", 10, 4, 2, size=96, unlabeled=40)
     return root
+
+
+class Crash(Callback):
+    """Simulates a crash (Ctrl-C) right after global step `at`; the run then resumes from its last checkpoint."""
+
+    order = 1000
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, runner, terms) -> None:
+        if runner.global_step == self.at:
+            raise KeyboardInterrupt
 
 
 def run_cli(*args) -> int:

@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS, run_cli
+from conftest import CONFIGS, Crash, run_cli
 
 import ssl_kd.callbacks as callbacks_mod
-from ssl_kd.engine import Callback, read_metrics
+from ssl_kd.engine import read_metrics
 from ssl_kd.stages import kd as kd_stage
 from ssl_kd.stages.kd import KDConfig, TeacherLogitCache
 
@@ -63,17 +63,6 @@ def test_every_combination_trains(tmp_path, teacher_file, extra, tau):
         assert all(tau[0] - 1e-4 <= r["train/tau"] <= tau[1] + 1e-4 for r in recs)
     evals = [r for r in read_metrics(out) if r["kind"] == "eval"]
     assert evals[-1]["test/student/top1"] > 0.2  # 10 classes, one epoch: well above chance
-
-
-class Crash(Callback):
-    order = 1000
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, runner, terms) -> None:
-        if runner.global_step == self.at:
-            raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize(

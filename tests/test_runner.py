@@ -11,10 +11,10 @@ import time
 
 import pytest
 import torch
-from conftest import CONFIGS, ROOT, run_cli
+from conftest import CONFIGS, ROOT, Crash, run_cli
 
 import ssl_kd.callbacks as callbacks_mod
-from ssl_kd.engine import Callback, read_metrics
+from ssl_kd.engine import read_metrics
 
 QUICK = CONFIGS / "quickstart.yaml"
 TINY = [
@@ -68,17 +68,6 @@ def test_resolved_config_is_rerunnable(tmp_path):
     assert resolved["stages"]["teacher"]["optimizer"]["lr"] == 0.02
     assert resolved["stages"]["distill"]["ema"]["decay"] == 0.999  # defaults are filled in
     assert run_cli(out / "config.yaml", "--dry-run") == 0
-
-
-class Crash(Callback):
-    order = 1000
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_step_end(self, runner, terms) -> None:
-        if runner.global_step == self.at:
-            raise KeyboardInterrupt
 
 
 RESUME_ARGS = [

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIGS, run_cli
+from conftest import CONFIGS, Crash, run_cli
 
 import ssl_kd.callbacks as callbacks_mod
-from ssl_kd.engine import Callback, read_metrics
+from ssl_kd.engine import read_metrics
 
 CFG = """
 _base_: {base}
@@ -80,20 +80,12 @@ def test_unknown_term_weight_is_a_config_error(tmp_path, capsys):
     assert "emll" in capsys.readouterr().err
 
 
-class Crash(Callback):
-    order = 1000
-
-    def on_step_end(self, runner, terms) -> None:
-        if runner.global_step == 13:
-            raise KeyboardInterrupt
-
-
 def test_fullflex_resume_is_bit_identical_with_its_history(tmp_path, monkeypatch):
     cfg = write_cfg(tmp_path, "fullflex")
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli(cfg, f"experiment.output_dir={full}") == 0
     orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash()])
+    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(13)])
     assert run_cli(cfg, f"experiment.output_dir={cut}") == 130
     mid = torch.load(cut / "checkpoints/last.pt", weights_only=True)
     assert mid["step"] == 10 and (mid["stage"]["states"]["selected_label"]["selected_label"] >= 0).any()
