@@ -6,6 +6,7 @@ Methods that need features (feature KD, contrastive heads, FullMatch's EML on lo
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -58,3 +59,21 @@ def global_pool(x: Tensor) -> Tensor:
     """Adaptive average pool to 1x1 and flatten, so any input size >= 8px works (the reference repos hard-code
     ``AvgPool2d(8)``, which silently assumes 32px inputs)."""
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def repdistiller_init(model: nn.Module, linear_std: float | None) -> None:
+    """The KD repos' (RepDistiller/mdistiller) init: conv N(0, sqrt(2 / (k*k*out))) i.e. kaiming fan_out, zero conv
+    bias, BN 1/0, Linear bias 0 and weight N(0, linear_std) (None keeps torch's default Linear weight init)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(m.weight, 0.0, linear_std)
+            nn.init.zeros_(m.bias)

@@ -6,11 +6,9 @@ to both conv1 and the shortcut (the original Zagoruyko & Komodakis block), so ev
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.base import ClassifierModel, global_pool, repdistiller_init
 from ssl_kd.models.registry import check_option, register_model
 
 
@@ -61,15 +59,7 @@ class CifarWideResNet(ClassifierModel):
         self.fc = nn.Linear(widths[-1], num_classes)
         self.feat_dim = widths[-1]
         self.feat_channels = widths
-        for m in self.modules():  # the KD repos' init: N(0, sqrt(2 / (k*k*out))) = kaiming fan_out
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self, linear_std=None)  # the KD repos' init: N(0, sqrt(2 / (k*k*out))) = kaiming fan_out
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         out = self.stem(x)

@@ -7,11 +7,9 @@ is kept even when t=1, ReLU (not ReLU6), stem stride 2 (so 32px -> 2x2 at the en
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.base import ClassifierModel, global_pool, repdistiller_init
 from ssl_kd.models.registry import check_option, register_model
 
 
@@ -67,16 +65,7 @@ class MobileNetV2(ClassifierModel):
         self.fc = nn.Linear(last, num_classes)
         self.feat_dim = last
         self.feat_channels = tuple(channels)
-        for m in self.modules():  # RepDistiller's init
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self, linear_std=0.01)  # RepDistiller's init
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         out = self.stem(x)

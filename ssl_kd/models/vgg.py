@@ -7,12 +7,10 @@ fourth max-pool on 32px inputs (it only pools when the input is 64px); here it p
 
 from __future__ import annotations
 
-import math
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.base import ClassifierModel, global_pool, repdistiller_init
 from ssl_kd.models.registry import register_model
 
 # channels of each conv in each of the five blocks
@@ -39,17 +37,7 @@ class CifarVGG(ClassifierModel):
         self.fc = nn.Linear(layout[-1][-1], num_classes)
         self.feat_dim = layout[-1][-1]
         self.feat_channels = tuple(b[-1] for b in layout)
-        for m in self.modules():  # RepDistiller's init
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        repdistiller_init(self, linear_std=0.01)  # RepDistiller's init
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         pool_four = x.shape[-2] >= 64
