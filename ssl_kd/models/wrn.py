@@ -15,6 +15,7 @@ TF FixMatch code it was ported from: conv1 reads the activated input, the shortc
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -143,48 +144,24 @@ class SSLWideResNet(ClassifierModel):
         return maps, global_pool(self.act(self.bn(out)))
 
 
-def _build(
-    name: str,
-    num_classes: int,
-    *,
-    depth: int,
-    widen_factor: int,
-    num_groups: int,
-    first_stride: int = 1,
-    drop_rate: float = 0.0,
-    bn_momentum: float = 0.001,
-    bn_eps: float = 1e-3,
-    leaky_slope: float = 0.1,
-    block_bias: bool = True,
-    faithful_preact: bool = True,
-    conv_init: str = "kaiming_normal",
-) -> SSLWideResNet:
-    check_option(name, "first_stride", first_stride, first_stride in (1, 2), "1 or 2 (2 for 96px STL-10)")
-    check_option(name, "drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "a float in [0, 1)")
-    check_option(name, "bn_momentum", bn_momentum, 0.0 < bn_momentum <= 1.0, "a float in (0, 1]")
-    check_option(name, "bn_eps", bn_eps, bn_eps > 0, "a positive float")
-    check_option(name, "conv_init", conv_init, conv_init in _CONV_INITS, " or ".join(_CONV_INITS))
-    return SSLWideResNet(
-        num_classes,
-        depth=depth,
-        widen_factor=widen_factor,
-        num_groups=num_groups,
-        first_stride=first_stride,
-        drop_rate=drop_rate,
-        bn_momentum=bn_momentum,
-        bn_eps=bn_eps,
-        leaky_slope=leaky_slope,
-        block_bias=block_bias,
-        faithful_preact=faithful_preact,
-        conv_init=conv_init,
-    )
+def _build(name: str, num_classes: int, **options: Any) -> SSLWideResNet:
+    """Check user options (names them in the error) and build; the options and defaults are SSLWideResNet's."""
+    opts = inspect.signature(SSLWideResNet).bind(num_classes, **options)
+    opts.apply_defaults()
+    o = opts.arguments
+    check_option(name, "first_stride", o["first_stride"], o["first_stride"] in (1, 2), "1 or 2 (2 for 96px STL-10)")
+    check_option(name, "drop_rate", o["drop_rate"], 0.0 <= o["drop_rate"] < 1.0, "a float in [0, 1)")
+    check_option(name, "bn_momentum", o["bn_momentum"], 0.0 < o["bn_momentum"] <= 1.0, "a float in (0, 1]")
+    check_option(name, "bn_eps", o["bn_eps"], o["bn_eps"] > 0, "a positive float")
+    check_option(name, "conv_init", o["conv_init"], o["conv_init"] in _CONV_INITS, " or ".join(_CONV_INITS))
+    return SSLWideResNet(*opts.args, **opts.kwargs)
 
 
 _ARCH_KEYS = ("depth", "widen_factor", "num_groups")
 
 
 def _register_variant(name: str, doc: str, **arch: int) -> None:
-    """Register one WRN size; its user options (and their defaults) are _build's, shown in its signature."""
+    """Register one WRN size; its user options (and their defaults) are SSLWideResNet's, shown in its signature."""
     fixed = {k: arch.pop(k) for k in _ARCH_KEYS}
     defaults = arch  # option defaults that differ per variant (first_stride for STL)
 
@@ -192,9 +169,10 @@ def _register_variant(name: str, doc: str, **arch: int) -> None:
         return _build(name, num_classes, **fixed, **{**defaults, **options})
 
     params = [inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int)]
-    for p in inspect.signature(_build).parameters.values():
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _ARCH_KEYS:
-            params.append(p.replace(default=defaults.get(p.name, p.default)))
+    for p in inspect.signature(SSLWideResNet).parameters.values():
+        if p.name not in ("num_classes", *_ARCH_KEYS):
+            kind = inspect.Parameter.KEYWORD_ONLY
+            params.append(p.replace(kind=kind, default=defaults.get(p.name, p.default)))
     factory.__signature__ = inspect.Signature(params, return_annotation=SSLWideResNet)
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = doc
