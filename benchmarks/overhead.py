@@ -70,9 +70,10 @@ def runner_loop(npz: Path, arch: str, batch: int, steps: int, warmup: int, out: 
     """The same work through `python -m ssl_kd.run`'s code path (all stage callbacks on, eval at the end)."""
     from accelerate import Accelerator
 
-    from ssl_kd.callbacks import experiment_callbacks
+    import ssl_kd.stages  # noqa: F401  (registers the stage types)
     from ssl_kd.config import resolved_dict, validate_config
-    from ssl_kd.engine import Callback, RunDir, Runner
+    from ssl_kd.engine import Callback, RunDir
+    from ssl_kd.run import make_runner
 
     class StepClock(Callback):
         order = 10_000
@@ -92,9 +93,7 @@ def runner_loop(npz: Path, arch: str, batch: int, steps: int, warmup: int, out: 
     }  # fmt: skip
     cfg = validate_config(raw)
     clock = StepClock()
-    runner = Runner(cfg, RunDir(out), resolved_dict(cfg), accelerator=Accelerator(cpu=True),
-                    callbacks=[*experiment_callbacks(cfg), clock])  # fmt: skip
-    runner.run()
+    make_runner(cfg, RunDir(out), resolved_dict(cfg), Accelerator(cpu=True), extra=[clock]).run()
     return steps / (clock.t[warmup + steps] - clock.t[warmup])
 
 

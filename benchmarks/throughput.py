@@ -40,9 +40,10 @@ def build(args, npz: Path, out: Path, iters: int):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from ssl_kd.callbacks import experiment_callbacks
+    import ssl_kd.stages  # noqa: F401  (registers the stage types)
     from ssl_kd.config import load_yaml, resolved_dict, validate_config
-    from ssl_kd.engine import RunDir, Runner
+    from ssl_kd.engine import RunDir
+    from ssl_kd.run import make_runner
 
     raw = load_yaml(ROOT / "configs" / "fullmatch_cifar10_40.yaml")
     raw["data"].update({"dataset": "npz", "path": str(npz), "num_workers": args.workers, "limit_test": 100})
@@ -55,7 +56,7 @@ def build(args, npz: Path, out: Path, iters: int):
     cfg = validate_config(raw)
     AcceleratorState._reset_state(reset_partial_state=False)
     acc = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())
-    return Runner(cfg, RunDir(out), resolved_dict(cfg), accelerator=acc, callbacks=experiment_callbacks(cfg))
+    return make_runner(cfg, RunDir(out), resolved_dict(cfg), acc)
 
 
 def main() -> int:
@@ -72,6 +73,7 @@ def main() -> int:
     from accelerate.utils import send_to_device
 
     from ssl_kd.engine import Callback
+    from ssl_kd.engine.build import build_models
     from ssl_kd.optim import build_optimizer
 
     imgs = args.batch * (1 + 2 * args.uratio)
@@ -88,11 +90,11 @@ def main() -> int:
         # 1) data alone: the stage's own streams through the runner's loaders
         from ssl_kd.stages.semi_supervised import FullMatch
 
-        runner.build_models(runner.data.num_classes)
+        runner.models = build_models(runner.cfg, runner.data.num_classes, dev)
         stage = FullMatch("fullmatch", runner.cfg.stages["fullmatch"], runner)
         runner.stage = stage
         stage.setup()
-        iters = runner._make_iterators(stage, 0)
+        iters = runner._make_iterators(stage)
         batch = None
         for i in range(args.warmup + n):
             if i == args.warmup:
@@ -105,7 +107,7 @@ def main() -> int:
 
         # 2) compute alone: one batch on the device, step repeated
         net = runner.models["net"].train()
-        stage._forward_models = {"net": net}
+        stage._prepared.models = {"net": net}
         opt = build_optimizer(stage.cfg.optimizer, list(net.named_parameters()))
         batch = send_to_device(batch, dev)
         weights = {k: w for k, w in stage.cfg.loss_weights.items() if w}
@@ -115,7 +117,7 @@ def main() -> int:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
             with runner.accelerator.autocast():
-                terms = stage.train_step(batch)
+                terms, _ = stage.train_step(batch)
             loss = sum(w * terms[k] for k, w in weights.items())
             loss.backward()
             opt.step()

@@ -1,4 +1,4 @@
-"""User-facing errors: one clear message, exit code 2, no traceback."""
+"""User-facing errors: one clear message, no traceback (exit 2 for a user mistake, 1 for a stopped run)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from collections.abc import Iterable
 
 class UserError(Exception):
     """A mistake in user input (config, files, data). The CLI prints the message and exits 2."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. a loss became NaN); the message says why and what was kept. The CLI exits 1."""
 
 
 def suggest(name: str, valid: Iterable[str]) -> str:

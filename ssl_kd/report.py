@@ -3,7 +3,9 @@
     python -m ssl_kd.report RUN_DIR [--out DIR]      # default DIR: RUN_DIR/report/
 
 Reads `metrics.jsonl` (and `config.yaml` for stage order, types and models when present). Every `train/*` number
-is plotted, so new stage types need no change here; plots whose data is absent are skipped.
+is plotted, so new stage types need no change here: the diagnostics a stage type declares (`Stage.plots`, e.g. the
+SSL stages' mask rate, adaptive k and class thresholds) get their own plots, every other number goes into the
+training-terms grid. Plots whose data is absent are skipped.
 """
 
 from __future__ import annotations
@@ -22,21 +24,12 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+import ssl_kd.stages  # noqa: F401  (the built-in stage types and their declared plots)
+from ssl_kd.config.registry import stage_types
+from ssl_kd.engine.stage import Plot
 from ssl_kd.errors import UserError
 
-# SSL diagnostics get their own plots; every other train/* number goes into the training-terms grid.
-SSL_PLOTS = [  # file, {key: legend name}, title, y label
-    (
-        "pseudo_labels.png",
-        {"train/mask": "mask rate", "train/pl_acc": "pseudo-label accuracy"},
-        "pseudo-labels on the unlabelled batch",
-        "fraction",
-    ),
-    ("adaptive_k.png", {"train/k": "k"}, "adaptive k", "k"),
-    ("threshold.png", {"train/threshold": "threshold"}, "mean class threshold", "threshold"),
-]
-SSL_KEYS = {k for _, keys, _, _ in SSL_PLOTS for k in keys}
-PLOTS = ["accuracy.png", "losses.png", *(name for name, *_ in SSL_PLOTS), "class_thresholds.png"]
+BASE_PLOTS = ["accuracy.png", "losses.png"]
 _TOP1 = re.compile(r"^test/(.+)/top1$")
 
 
@@ -131,9 +124,26 @@ def accuracy_series(run: Run, stage: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def declared_plots(run: Run) -> list[Plot]:
+    """The plots the run's stage types declare, in stage order, each once (by name)."""
+    types = stage_types()
+    out: dict[str, Plot] = {}
+    for cfg in run.stages.values():
+        for plot in getattr(types.get(str(cfg.get("type"))), "plots", ()):
+            out.setdefault(plot.name, plot)
+    return list(out.values())
+
+
+def all_plot_files() -> list[str]:
+    """Every file a report may write (stale ones from an earlier report are removed first)."""
+    names = {p.name for cls in stage_types().values() for p in getattr(cls, "plots", ())}
+    return BASE_PLOTS + sorted(f"{n}.png" for n in names)
+
+
 def train_keys(run: Run) -> list[str]:
-    """train/* numbers (plus lr) outside the SSL diagnostics: train/loss first, then by name."""
-    keys = {k for r in run.records for k, v in r.items() if k.startswith("train/") and _number(v)} - SSL_KEYS
+    """train/* numbers (plus lr) outside the declared diagnostics: train/loss first, then by name."""
+    declared = {f"train/{k}" for p in declared_plots(run) if p.kind == "lines" for k in p.keys}
+    keys = {k for r in run.records for k, v in r.items() if k.startswith("train/") and _number(v)} - declared
     ordered = sorted(keys, key=lambda k: (k != "train/loss", k))
     return ordered + (["lr"] if any(_number(r.get("lr")) for r in run.records) else [])
 
@@ -230,11 +240,11 @@ def plot_losses(run: Run, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_ssl_terms(run: Run, path: Path, keys: dict[str, str], title: str, ylabel: str) -> Path | None:
+def plot_lines(run: Run, path: Path, keys: dict[str, str], title: str, ylabel: str) -> Path | None:
     """One panel, one line per (stage, key); keys maps a train/* key to its legend name."""
     fig, (ax,) = _figure()
     drew = False
-    for (key, name), ls in zip(keys.items(), ("-", "--")):
+    for (key, name), ls in zip(keys.items(), ("-", "--", ":", "-.")):
         drew |= _per_stage_lines(ax, run, key, label_suffix=f": {name}" if len(keys) > 1 else "", ls=ls)
     if not drew:
         return None
@@ -245,25 +255,26 @@ def plot_ssl_terms(run: Run, path: Path, keys: dict[str, str], title: str, ylabe
     return _save(fig, path)
 
 
-def last_class_thresholds(run: Run) -> dict[str, tuple[int, list[float]]]:
-    """Per stage, (step, thresholds) of the last record that carries a class_thresholds list."""
+def last_list(run: Run, key: str) -> dict[str, tuple[int, list[float]]]:
+    """Per stage, (step, values) of the last record that carries a list of numbers under key."""
     out = {}
     for r in run.records:
-        t = r.get("class_thresholds")
+        t = r.get(key)
         if isinstance(t, list) and t and all(_number(v) for v in t):
             out[r["stage"]] = (r["step"], [float(v) for v in t])
     return out
 
 
-def plot_class_thresholds(run: Run, path: Path) -> Path | None:
-    last = last_class_thresholds(run)
+def plot_bars(run: Run, path: Path, key: str, title: str, ylabel: str) -> Path | None:
+    """Per stage, the last logged list under key as bars (one per class), with its mean."""
+    last = last_list(run, key)
     if not last:
         return None
     fig, axes = _figure(len(last), 1, w=max(7.5, 0.25 * max(len(t) for _, t in last.values())), h=3.4)
     for ax, (stage, (step, t)) in zip(axes, last.items()):
         ax.bar(range(len(t)), t, color=_color(list(run.stages).index(stage)))
         ax.axhline(statistics.fmean(t), color="0.3", ls="--", lw=1, label=f"mean {statistics.fmean(t):.3f}")
-        ax.set(title=f"{stage}: class thresholds at step {step}", xlabel="class", ylabel="threshold")
+        ax.set(title=f"{stage}: {title} at step {step}", xlabel="class", ylabel=ylabel)
         ax.set_xticks(range(len(t)) if len(t) <= 20 else range(0, len(t), max(1, len(t) // 20)))
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -331,11 +342,15 @@ def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     run = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for name in PLOTS:  # a plot skipped now must not survive from an earlier report
+    for name in all_plot_files():  # a plot skipped now must not survive from an earlier report
         (out / name).unlink(missing_ok=True)
     made = [plot_accuracy(run, out / "accuracy.png"), plot_losses(run, out / "losses.png")]
-    made += [plot_ssl_terms(run, out / name, keys, title, ylabel) for name, keys, title, ylabel in SSL_PLOTS]
-    made.append(plot_class_thresholds(run, out / "class_thresholds.png"))
+    for p in declared_plots(run):
+        path = out / f"{p.name}.png"
+        if p.kind == "bars":
+            made += [plot_bars(run, path, next(iter(p.keys)), p.title, p.ylabel)]
+        else:
+            made += [plot_lines(run, path, {f"train/{k}": v for k, v in p.keys.items()}, p.title, p.ylabel)]
     return write_markdown(run, [p for p in made if p is not None], out / "report.md")
 
 

@@ -77,13 +77,26 @@ def sweep_overrides(cfg) -> list[tuple[str, Any]]:
     return out
 
 
+def make_runner(cfg, run_dir, resolved, accelerator, *, resume: bool = False, dry_run: bool = False, extra=()):
+    """The runner with ssl_kd's callbacks: the loggers for the whole run, and every stage's standard callbacks."""
+    import ssl_kd.callbacks as callbacks
+    import ssl_kd.stages  # noqa: F401  (the built-in stage types, also when ssl_kd is not installed)
+    from ssl_kd.engine import Runner
+
+    exp_cbs = [] if dry_run else [*callbacks.experiment_callbacks(cfg), *extra]
+    return Runner(
+        cfg, run_dir, resolved, resume=resume, accelerator=accelerator, callbacks=exp_cbs,
+        stage_callbacks=callbacks.stage_callbacks, dry_run=dry_run,
+    )  # fmt: skip
+
+
 def _main(argv: list[str]) -> int:
     from accelerate import Accelerator
 
-    from ssl_kd.callbacks import experiment_callbacks
+    import ssl_kd.stages  # noqa: F401  (registers the built-in stage types before the config is validated)
     from ssl_kd.config import parse_overrides, resolve_config, resolved_dict
     from ssl_kd.data import dataset_info
-    from ssl_kd.engine import RunDir, Runner
+    from ssl_kd.engine import RunDir
     from ssl_kd.errors import UserError
 
     config, items, resume, dry = parse_argv(argv)
@@ -108,7 +121,7 @@ def _main(argv: list[str]) -> int:
         raise UserError(f"experiment.precision: '{cfg.experiment.precision}' is not usable here ({e}). "
                         f"Use 'no' or 'bf16' on CPU.") from None  # fmt: skip
     if dry:
-        runner = Runner(cfg, run_dir, resolved, accelerator=accelerator, dry_run=True)
+        runner = make_runner(cfg, run_dir, resolved, accelerator, dry_run=True)
         if accelerator.is_main_process:
             print(runner.plan())
         return 0
@@ -119,14 +132,12 @@ def _main(argv: list[str]) -> int:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and not resume:
         run_dir.write_config(resolved)
-    runner = Runner(cfg, run_dir, resolved, resume=resume, accelerator=accelerator, callbacks=experiment_callbacks(cfg))
-    runner.run()
+    make_runner(cfg, run_dir, resolved, accelerator, resume=resume).run()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssl_kd.engine import TrainingStopped
-    from ssl_kd.errors import UserError
+    from ssl_kd.errors import TrainingStopped, UserError
 
     argv = sys.argv[1:] if argv is None else argv
     try:

@@ -15,7 +15,7 @@ from ssl_kd.engine.callback import Callback
 
 
 def stage_callbacks(runner, stage) -> list[Callback]:
-    """The callbacks a stage runs with, built from its config."""
+    """The callbacks every stage runs with, built from its config (the stage adds its own via `callbacks()`)."""
     cfg = stage.cfg
     cbs: list[Callback] = []
     if stage.trains:
@@ -23,7 +23,7 @@ def stage_callbacks(runner, stage) -> list[Callback]:
             cbs.append(NanGuard())
         cbs += [LRScheduler(), TrainMetrics(runner)]
         if cfg.ema.enabled:
-            cbs.append(EMA(runner, cfg.ema.decay, cfg.ema.average_buffers, cfg.ema.apply_at_end))
+            cbs.append(EMA(runner, cfg.ema.decay, cfg.ema.apply_at_end))
     cbs += [Evaluation(runner), Checkpoint(runner)]
     return sorted(cbs, key=lambda c: c.order)
 

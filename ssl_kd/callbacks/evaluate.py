@@ -1,5 +1,9 @@
-"""Periodic evaluation on the test split: top-1/top-5 of the EMA model (when there is one) and the raw model;
-tracks the best value, writes the stage's best weights, and records last/best for the run summary."""
+"""Periodic evaluation on the test split: what each model's `predict` returns (the stage may say what that is),
+of the EMA model when there is one and the raw model, plus any extra targets the stage declares (e.g. an
+ensemble); tracks the best value, writes the stage's best weights, and records last/best for the run summary.
+
+Evaluation at an epoch boundary runs at the epoch's end, after the stage's own epoch-end hook (e.g. pruning masks)
+and the per-epoch LR step, so what is scored is what the next epoch starts from."""
 
 from __future__ import annotations
 
@@ -23,13 +27,15 @@ class Evaluation(Callback):
         self.last_eval_step = -1
 
     def on_step_end(self, runner, terms) -> None:
-        step = runner.stage.progress.step
-        if self.period and step % self.period == 0:
+        prog = runner.stage.progress
+        at_epoch_end = prog.step % prog.steps_per_epoch == 0 or prog.step == prog.total_steps
+        if self.period and prog.step % self.period == 0 and not at_epoch_end:
             self.run(runner)
 
     def on_epoch_end(self, runner) -> None:
         prog = runner.stage.progress
-        if prog.step == prog.total_steps and self.last_eval_step != prog.step:
+        due = self.period and prog.step % self.period == 0
+        if (due or prog.step == prog.total_steps) and self.last_eval_step != prog.step:
             self.run(runner)
 
     def on_stage_end(self, runner) -> None:
@@ -39,27 +45,32 @@ class Evaluation(Callback):
     def run(self, runner) -> None:
         if not self.models:
             return
-        runner._check_finite()
+        runner.check_finite()
         stage = runner.stage
         record: dict[str, float] = {}
         weights = {}
         for n in self.models:
             live = runner.models[n]
-            ema = runner.ema.get(n)
+            ema = stage.ema_models.get(n)
             model = ema.eval_module() if ema is not None else live
-            for k, v in runner.evaluate(model, self.cfg.batch_size).items():
+            for k, v in self._score(runner, n, model).items():
                 record[f"test/{n}/{k}"] = v
             if ema is not None and self.cfg.raw:
-                for k, v in runner.evaluate(live, self.cfg.batch_size).items():
+                for k, v in self._score(runner, n, live).items():
                     record[f"test/{n}/raw_{k}"] = v
             if n in stage.cfg.train:
-                weights[n] = {k: t.detach().clone() for k, t in model.state_dict().items()}
+                weights[n] = _copy(model)
+        for name, predict in stage.eval_targets().items():
+            models = tuple(runner.models[m] for m in self.models)
+            for k, v in runner.evaluate(predict, self.cfg.batch_size, models).items():
+                record[f"test/{name}/{k}"] = v
         metric = record[f"test/{self.models[0]}/top1"]
         step = stage.progress.step
         if self.best is None or metric > self.best:
             self.best, self.best_step = metric, step
             if self.save_best and weights:
-                runner.save_stage_weights("best", weights)
+                modules = {k: _copy(m) for k, m in stage.modules.items()}
+                runner.save_stage_weights("best", {"models": weights, "modules": modules})
         record[f"best/{self.models[0]}/top1"] = self.best
         record.update(stage.eval_extras())
         self.last_eval_step = step
@@ -73,6 +84,10 @@ class Evaluation(Callback):
             "step": step,
         }
 
+    def _score(self, runner, name: str, model) -> dict[str, float]:
+        stage = runner.stage
+        return runner.evaluate(lambda batch: stage.predict(name, model, batch), self.cfg.batch_size, (model,))
+
     def state_dict(self) -> dict:
         return {"best": self.best, "best_step": self.best_step, "last_eval_step": self.last_eval_step}
 
@@ -80,3 +95,7 @@ class Evaluation(Callback):
         if state:
             self.best, self.best_step = state["best"], state["best_step"]
             self.last_eval_step = state["last_eval_step"]
+
+
+def _copy(module) -> dict:
+    return {k: t.detach().clone() for k, t in module.state_dict().items()}

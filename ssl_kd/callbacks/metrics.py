@@ -30,7 +30,7 @@ class TrainMetrics(Callback):
     def flush(self, runner) -> None:
         if not self.count:
             return
-        runner._check_finite()
+        runner.check_finite()
         means = runner.reduce_mean({k: v / self.count for k, v in self.sums.items()})
         now = time.perf_counter()
         record = {"kind": "train", **{f"train/{k}": v for k, v in means.items()}}

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ssl_kd.engine.callback import Callback, CallbackOrder
+from ssl_kd.errors import TrainingStopped
 
 
 class NanGuard(Callback):
@@ -28,8 +29,6 @@ class NanGuard(Callback):
             self.first[k] = torch.where((first < 0) & nf, step, first)
 
     def check(self, runner) -> None:
-        from ssl_kd.engine.runner import TrainingStopped
-
         if not self.first:
             return
         names = sorted(self.first)

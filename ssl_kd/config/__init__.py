@@ -8,6 +8,7 @@ from ssl_kd.config.loader import (
     parse_value,
     unflatten,
 )
+from ssl_kd.config.registry import register_stage, stage_types
 from ssl_kd.config.schema import (
     CheckpointConfig,
     Config,
@@ -38,8 +39,10 @@ __all__ = [
     "load_yaml",
     "parse_overrides",
     "parse_value",
+    "register_stage",
     "resolve_config",
     "resolved_dict",
+    "stage_types",
     "unflatten",
     "validate_config",
 ]

@@ -1,16 +1,17 @@
-"""Typed config schema. Defaults live here; paper settings live in configs/."""
+"""Typed config schema of the experiment, its models and the keys every stage has. Defaults live here; paper
+settings live in configs/. Blocks owned by a lower layer (`data:`, `optimizer:`, `scheduler:`) are defined there
+and assembled here."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-
-class Strict(BaseModel):
-    """Unknown keys are errors: a typo must never be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from ssl_kd.config.loader import deep_merge
+from ssl_kd.optim.config import OptimizerConfig, SchedulerConfig
+from ssl_kd.optim.groups import loss_groups
+from ssl_kd.options import Strict
 
 
 # --------------------------------------------------------------------------------------------- experiment
@@ -48,54 +49,6 @@ class ModelConfig(Strict):
 
 
 # --------------------------------------------------------------------------------------------- stage parts
-class OptimizerConfig(Strict):
-    """`dot`: the Distillation-Oriented Trainer (SGD with task / distillation momenta momentum -/+ delta)."""
-
-    name: Literal["sgd", "adam", "adamw", "dot"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    nesterov: bool = False
-    weight_decay: float = Field(5.0e-4, ge=0)
-    no_decay_bn_bias: bool = False  # TorchSSL/USB: no wd on params named *bn* or *bias* (and 1-d params)
-    betas: tuple[float, float] = (0.9, 0.999)
-    delta: float = Field(0.075, ge=0)  # dot: momentum gap (mdistiller CIFAR 0.075, ImageNet 0.09)
-    # optimizers that backpropagate loss groups separately (dot: distill, task): which loss terms each group holds;
-    # null = the optimizer's default (dot: task = [ce], distill = every other weighted term)
-    loss_groups: dict[str, list[str]] | None = None
-
-    @field_validator("nesterov")
-    @classmethod
-    def _dot_nesterov(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("name") == "dot":
-            raise ValueError("optimizer 'dot' has no Nesterov variant; set nesterov: false")
-        return value
-
-    @field_validator("delta")
-    @classmethod
-    def _dot_delta(cls, value: float, info: ValidationInfo) -> float:
-        momentum = info.data.get("momentum", 0.9)
-        if info.data.get("name") == "dot" and value > momentum:
-            raise ValueError(f"must be <= momentum ({momentum}) so that dot's task momentum stays >= 0")
-        return value
-
-
-class SchedulerConfig(Strict):
-    """LR multiplier as a function of progress k/K, stepped every `interval`.
-
-    cosine: 0.5(1+cos(pi k/K)) down to min_lr; cosine_cycles: max(0, cos(pi*cycles*k/K)) — TorchSSL/USB's
-    `cos(7 pi k / 16K)` is cycles=0.4375; multistep: gamma^(#milestones <= k) with milestones in the stage's
-    length unit (epochs for epoch stages, as mdistiller's 150/180/210).
-    """
-
-    name: Literal["constant", "cosine", "cosine_cycles", "multistep", "linear"] = "constant"
-    interval: Literal["auto", "step", "epoch"] = "auto"  # auto: step for iters stages, epoch for epochs stages
-    warmup: int = Field(0, ge=0)  # in intervals, linear from 0
-    cycles: float = 0.4375
-    milestones: list[int] = Field(default_factory=list)
-    gamma: float = 0.1
-    min_lr: float = Field(0.0, ge=0)
-
-
 class EvalConfig(Strict):
     every: int | None = Field(None, ge=1)  # in `unit`; None: every epoch for epoch stages, at the end otherwise
     unit: Literal["auto", "steps", "epochs"] = "auto"  # auto: the stage's length unit
@@ -162,8 +115,6 @@ class StageConfig(Strict):
         """`ema: {decay: 0.99}` updates this stage type's EMA defaults (e.g. enabled) instead of replacing them."""
         if not isinstance(data, dict):
             return data
-        from ssl_kd.config.loader import deep_merge
-
         out = dict(data)
         for name, field in cls.model_fields.items():
             if isinstance(out.get(name), dict) and field.default_factory is not None:
@@ -195,8 +146,6 @@ class StageConfig(Strict):
     @model_validator(mode="after")
     def _loss_groups(self) -> StageConfig:
         """An optimizer with loss groups (dot) must find each group's terms among this stage's loss terms."""
-        from ssl_kd.optim.factory import loss_groups
-
         loss_groups(self.optimizer, self.loss_weights)
         return self
 

@@ -8,7 +8,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ssl_kd.config.loader import apply_overrides, load_yaml
+from ssl_kd.config.registry import stage_types
 from ssl_kd.config.schema import Config, StageConfig
+from ssl_kd.data.config import DataConfig
 from ssl_kd.errors import UserError, choices, suggest
 
 
@@ -62,9 +64,6 @@ def _validate(model: type[BaseModel], raw: Any, prefix: tuple[Any, ...], source:
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate every block; stage blocks by the schema of their `type`."""
-    from ssl_kd.data import DataConfig
-    from ssl_kd.engine.registry import stage_types
-
     cfg = _validate(Config, raw, (), source)
     cfg.data = _validate(DataConfig, cfg.data or {}, ("data",), source)
     types = stage_types()

@@ -9,17 +9,19 @@ from ssl_kd.data.augment import (
     cutout,
 )
 from ssl_kd.data.config import AugmentConfig, DataConfig, SSLSplitConfig, StrongAugConfig, WeakAugConfig
-from ssl_kd.data.dataset import ViewDataset
-from ssl_kd.data.datasets import (
-    DATASET_STATS,
-    IMAGENET_STATS,
+from ssl_kd.data.containers import (
     ConcatImageSet,
     DatasetBundle,
     FolderImageSet,
     ImageSet,
     SubsetImageSet,
-    balanced_subset,
     concat_image_sets,
+)
+from ssl_kd.data.dataset import ViewDataset
+from ssl_kd.data.datasets import (
+    DATASET_STATS,
+    IMAGENET_STATS,
+    balanced_subset,
     dataset_info,
     decoded_npz,
     image_stats,

@@ -6,17 +6,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from ssl_kd.options import Strict
 
 DEFAULT_DATA_ROOT = "~/.cache/ssl_kd/data"
 DATASETS = ("cifar10", "cifar100", "svhn", "stl10", "npz", "image_folder", "digits")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class WeakAugConfig(_Strict):
+class WeakAugConfig(Strict):
     """Flip + pad-and-crop. Defaults = TorchSSL/USB: HFlip(0.5), RandomCrop(32, padding=4, reflect).
 
     FullMatch pads with zeros (`pad_mode: constant`). USB pads int(size * 0.125) px, i.e. 12 for STL-10's
@@ -28,7 +26,7 @@ class WeakAugConfig(_Strict):
     pad_mode: Literal["reflect", "constant"] = "reflect"
 
 
-class StrongAugConfig(_Strict):
+class StrongAugConfig(Strict):
     """FixMatch-style RandAugment (14 ops, magnitude uniform per op) followed by Cutout.
 
     Defaults = TorchSSL/USB `RandAugment(3, 5)`: 3 ops, always applied, cutout side U[0, 0.5]*W, fill
@@ -53,12 +51,12 @@ class StrongAugConfig(_Strict):
         return v
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     weak: WeakAugConfig = Field(default_factory=WeakAugConfig)
     strong: StrongAugConfig = Field(default_factory=StrongAugConfig)
 
 
-class SSLSplitConfig(_Strict):
+class SSLSplitConfig(Strict):
     """Labelled/unlabelled split. Default = TorchSSL/USB: unlabelled set is the whole train set."""
 
     num_labels: int | None = Field(None, ge=1, description="labelled images in total, split evenly over classes")
@@ -66,7 +64,7 @@ class SSLSplitConfig(_Strict):
     seed: int | None = Field(None, description="split seed; null = the experiment seed")
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Which dataset, where it lives, how it is normalized and augmented.
 
     The default dataset is `digits` (scikit-learn's 1,797 8x8 digits, shipped in the wheel) so that a config

@@ -1,7 +1,6 @@
-"""Datasets as plain image arrays: where to find them, how to load them, and their normalization constants.
-
-Every split becomes an `ImageSet` (HWC uint8 RGB images + int64 targets). Augmentation, views and sampling
-live elsewhere, so a dataset is only ever "N images and N labels".
+"""Dataset sources: where to find each dataset, how to load it into `ImageSet`s (containers.py), and its
+normalization constants. Named datasets (torchvision's files or `<root>/<name>.npz`), any `.npz` (decoded once
+into a memory-mapped cache), image folders, and the `digits` set that ships with scikit-learn.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import uuid
 import warnings
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ssl_kd.data.config import DEFAULT_DATA_ROOT, DataConfig
+from ssl_kd.data.containers import DatasetBundle, FolderImageSet, ImageSet
 from ssl_kd.errors import UserError
 
 # Per-channel mean/std on the 0..1 scale (specs/ssl.md §3.5). CIFAR-10 uses TorchSSL/FullMatch's numbers;
@@ -62,134 +61,6 @@ _TV: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 _CACHE_MIN_BYTES = 16 << 20  # smaller .npz files decode fast enough that caching them is not worth the disk
-
-
-# ---------------------------------------------------------------- ImageSet
-class ImageSet:
-    """One split held in memory as an (N, H, W, 3) uint8 array (often a read-only memmap of the decode cache).
-
-    Subclasses (`FolderImageSet`, `ConcatImageSet`) decode or dispatch lazily and keep `images = None`.
-    """
-
-    def __init__(self, images: np.ndarray | None, targets: np.ndarray, classes: Sequence[str] | None = None):
-        self.targets = np.asarray(targets, dtype=np.int64)
-        self.classes = list(classes) if classes is not None else None
-        self._mmap_file: str | None = None
-        self.images = None
-        if images is not None:
-            images = _as_rgb_batch(np.asarray(images))
-            if len(images) != len(self.targets):
-                raise ValueError(f"{len(images)} images but {len(self.targets)} targets")
-            self.images = images
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def image(self, i: int) -> np.ndarray:
-        return self.images[i]
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        """(H, W) of the images."""
-        return tuple(self.images.shape[1:3]) if len(self) else (0, 0)
-
-    def subset(self, indices: np.ndarray) -> ImageSet:
-        indices = np.asarray(indices, dtype=np.int64)
-        return ImageSet(self.images[indices], self.targets[indices], self.classes)
-
-    # A memmapped set pickles as its file name, so DataLoader workers started by spawn/forkserver (the
-    # default from Python 3.14) re-map the cache instead of receiving 150 MB through a pipe.
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if self._mmap_file is not None:
-            state["images"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        if self._mmap_file is not None and self.images is None:
-            self.images = _as_rgb_batch(np.asarray(np.load(self._mmap_file, mmap_mode="r")))
-
-
-class FolderImageSet(ImageSet):
-    """Image files decoded on access (PIL), resized to `size` (H, W) when they differ from it."""
-
-    def __init__(self, files: Sequence[str], targets: np.ndarray, size: tuple[int, int], classes=None):
-        super().__init__(None, targets, classes)
-        self.files = [str(f) for f in files]
-        self.size = (int(size[0]), int(size[1]))
-
-    def image(self, i: int) -> np.ndarray:
-        return _read_image(self.files[i], self.size)
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        return self.size
-
-    def subset(self, indices: np.ndarray) -> FolderImageSet:
-        indices = np.asarray(indices, dtype=np.int64)
-        return FolderImageSet([self.files[i] for i in indices], self.targets[indices], self.size, self.classes)
-
-
-class ConcatImageSet(ImageSet):
-    """Several sets seen as one (e.g. STL-10 train + unlabeled as the unlabelled pool) without copying."""
-
-    def __init__(self, parts: Sequence[ImageSet]):
-        super().__init__(None, np.concatenate([p.targets for p in parts]) if parts else np.zeros(0, np.int64))
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in parts])
-        self.classes = next((p.classes for p in parts if p.classes is not None), None)
-
-    def image(self, i: int) -> np.ndarray:
-        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
-        return self.parts[k].image(i - int(self.offsets[k]))
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        return self.parts[0].image_shape
-
-    def subset(self, indices: np.ndarray) -> ImageSet:
-        return SubsetImageSet(self, indices)
-
-
-class SubsetImageSet(ImageSet):
-    """A lazy view of selected images of another set."""
-
-    def __init__(self, base: ImageSet, indices: np.ndarray):
-        self.indices = np.asarray(indices, dtype=np.int64)
-        super().__init__(None, base.targets[self.indices], base.classes)
-        self.base = base
-
-    def image(self, i: int) -> np.ndarray:
-        return self.base.image(int(self.indices[i]))
-
-    @property
-    def image_shape(self) -> tuple[int, int]:
-        return self.base.image_shape
-
-    def subset(self, indices: np.ndarray) -> ImageSet:
-        return SubsetImageSet(self.base, self.indices[np.asarray(indices, dtype=np.int64)])
-
-
-def concat_image_sets(*sets: ImageSet) -> ImageSet:
-    return ConcatImageSet(sets)
-
-
-@dataclass
-class DatasetBundle:
-    """A loaded dataset: the splits plus what models and transforms need to know about them."""
-
-    name: str
-    train: ImageSet
-    test: ImageSet
-    num_classes: int
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    unlabeled: ImageSet | None = None
-    classes: list[str] | None = None
-    source: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- public loaders
@@ -634,16 +505,6 @@ def _first_image_size(file: str) -> tuple[int, int]:
     return h, w
 
 
-def _read_image(file: str, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(file) as im:
-        im = im.convert("RGB")
-        if im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(im)
-
-
 def _load_image_folder(root: Path, image_size: int | None) -> dict[str, Any]:
     (ftr, ytr), (fte, yte), classes = _scan_image_folder(root)
     if image_size is None:
@@ -663,19 +524,6 @@ def _load_image_folder(root: Path, image_size: int | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- utils
-def _as_rgb_batch(x: np.ndarray) -> np.ndarray:
-    """(N,H,W) or (N,H,W,1) -> (N,H,W,3); anything else with 3 channels passes through untouched."""
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise UserError(f"images must be N x H x W x 3 (or grayscale N x H x W), got shape {x.shape}.")
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=3)
-    if x.dtype != np.uint8:
-        raise UserError(f"images must be uint8 (0..255), got {x.dtype}.")
-    return x
-
-
 def _resize_set(s: ImageSet, size: tuple[int, int]) -> ImageSet:
     if s.image_shape == size or len(s) == 0:
         return s
@@ -686,4 +534,4 @@ def _resize_set(s: ImageSet, size: tuple[int, int]) -> ImageSet:
     out = np.empty((len(s), size[0], size[1], 3), np.uint8)
     for i in range(len(s)):
         out[i] = cv2.resize(np.ascontiguousarray(s.image(i)), (size[1], size[0]), interpolation=interp)
-    return ImageSet(out, s.targets, s.classes)
+    return ImageSet(out, s.targets, s.classes, s.fields)

@@ -1,24 +1,50 @@
-"""The Stage base class: a method is `setup()` plus `train_step(batch) -> named terms`.
+"""The Stage base class: a method is `setup()` plus `train_step(batch) -> (losses, diagnostics)`, and the lifecycle
+hooks it needs.
 
-A stage never moves tensors between devices, never opens autocast, never logs or checkpoints: the runner
-does all of that. What a stage needs to survive a restart it registers (`register_state`, `register_module`).
+A stage never moves tensors between devices, never opens autocast, never calls a collective, never logs or
+checkpoints: the runner does all of that. What a stage needs to survive a restart it registers
+(`register_state`, `register_module`); what it composes (a frozen teacher, scheduled scalars, the EMA model, a
+threshold or temperature policy) it asks for here or builds from `ssl_kd.components`.
+
+Lifecycle (Catalyst-style; the runner calls these, a method never subclasses the runner):
+
+    setup()                          every time the stage is entered, fresh or resumed: streams, modules, state
+    on_stage_start()                 once, before the first step (not again on resume)
+      on_epoch_start()               at steps 0, spe, 2 spe, ...
+        train_step(batch)            per micro-batch: the loss terms (and diagnostics)
+        after_backward()             the step's gradient is in .grad (synchronised), before clipping and the step
+        on_step_end()                after the optimizer step, before the callbacks see the step
+      on_epoch_end()                 after the epoch's last step, before the callbacks' epoch end (eval, checkpoint)
+    on_stage_end()                   once, after the last step, before the stage's final checkpoint
+    callbacks()                      stage-specific callbacks, run with the runner's in CallbackOrder
+
+Each hook runs exactly once at its point of an uninterrupted run: a resumed run does not repeat the hooks that
+ran before its checkpoint (their effects are in the registered state), so hooks and resume compose.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from ssl_kd.components import Schedule, ScheduleConfig, Scheduled, Teacher
 from ssl_kd.config.schema import StageConfig
 from ssl_kd.errors import UserError
 
 if TYPE_CHECKING:
     from ssl_kd.data import DatasetBundle, Transform
+    from ssl_kd.engine.callback import Callback
     from ssl_kd.engine.runner import Runner
+    from ssl_kd.memory import EMAModel
+    from ssl_kd.models import Prediction
+
+Terms = dict[str, torch.Tensor]
+StepOutput = Terms | tuple[Terms, Terms]  # losses, or (losses, diagnostics)
 
 
 class Stateful(Protocol):
@@ -49,10 +75,34 @@ class Progress:
         return self.step / max(1, self.total_steps)
 
 
+@dataclass(frozen=True)
+class Plot:
+    """A diagnostic the run report draws for this stage type.
+
+    `lines`: one panel with a curve per `train/<key>` (keys -> legend names); `bars`: the last value of an
+    evaluation record's list entry (e.g. per-class thresholds), one bar per element. The file is `<name>.png`.
+    """
+
+    name: str
+    keys: Mapping[str, str]
+    title: str
+    ylabel: str
+    kind: str = "lines"  # lines | bars
+
+
+@dataclass
+class _Prepared:
+    """What the runner prepares for the stage's forward passes (DDP-wrapped when trained on several processes)."""
+
+    models: dict[str, nn.Module] = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+
+
 class Stage:
     type_name: ClassVar[str] = ""
     Config: ClassVar[type[StageConfig]] = StageConfig
     trains: ClassVar[bool] = True  # False for stages that only evaluate
+    plots: ClassVar[tuple[Plot, ...]] = ()  # diagnostics the report draws (any other train/* number: the grid)
 
     def __init__(self, name: str, cfg: StageConfig, runner: Runner) -> None:
         self.name = name
@@ -62,27 +112,85 @@ class Stage:
         self.streams: dict[str, Stream] = {}
         self.modules: dict[str, nn.Module] = {}
         self.states: dict[str, Stateful] = {}
-        self._forward_models: dict[str, nn.Module] = {}
+        self.ema_models: dict[str, EMAModel] = {}  # filled by the runner when the stage's `ema` is enabled
+        self._prepared = _Prepared()
 
-    # ---------------------------------------------------------------- what a method writes
+    # ================================================================ what a method writes
     def setup(self) -> None:
-        """Declare streams, extra modules and state. Called once per stage (also on resume)."""
+        """Declare streams, extra modules and state. Called every time the stage is entered (also on resume)."""
 
-    def train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: dict[str, dict[str, torch.Tensor]]) -> StepOutput:
+        """The step's loss terms (named as in `loss_weights`), optionally with diagnostics: `return losses, diag`.
+        Diagnostics are logged like losses but never enter the optimized sum."""
         raise NotImplementedError
+
+    # lifecycle hooks (see the module docstring for when each runs); no-ops by default
+    def on_stage_start(self) -> None: ...
+    def on_epoch_start(self) -> None: ...
+    def after_backward(self) -> None: ...
+    def on_step_end(self) -> None: ...
+    def on_epoch_end(self) -> None: ...
+    def on_stage_end(self) -> None: ...
+
+    def callbacks(self) -> list[Callback]:
+        """Stage-specific callbacks, added to the runner's for this stage."""
+        return []
 
     def eval_extras(self) -> dict[str, Any]:
         """Values to add to each evaluation record (e.g. per-class thresholds); JSON-serialisable."""
         return {}
 
-    # ---------------------------------------------------------------- what the runner offers a method
+    def predict(self, name: str, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> Prediction:
+        """What evaluation scores for model `name` (the live or EMA module): the model's own `predict`."""
+        predict = getattr(model, "predict", None)
+        return predict(batch) if predict is not None else model(batch["x"]).logits
+
+    def eval_targets(self) -> dict[str, Callable[[Mapping[str, torch.Tensor]], Prediction]]:
+        """Extra things to evaluate besides the models, by name (e.g. an ensemble of the stage's models)."""
+        return {}
+
+    # ================================================================ what the runner offers a method
     @property
     def data(self) -> DatasetBundle:
         return self.runner.data
 
     def model(self, name: str) -> nn.Module:
         """The model to call in train_step (DDP-wrapped when trained on several processes)."""
-        return self._forward_models[name]
+        return self._prepared.models[name]
+
+    def module(self, name: str) -> nn.Module:
+        """A registered module to call in train_step (DDP-wrapped when it trains on several processes)."""
+        return self._prepared.modules[name]
+
+    def forward(self, name: str, part: Mapping[str, torch.Tensor], x: torch.Tensor | None = None, **kwargs: Any):
+        """Run model `name` on a batch part: its image `x` (or the given tensor, e.g. a mixed batch) plus the extra
+        inputs the model declares (e.g. `meta`), taken from the part by name unless given in `kwargs`."""
+        raw = self.runner.models[name]
+        inputs = raw.inputs_from(part) if getattr(raw, "extra_inputs", ()) else {}
+        return self.model(name)(part["x"] if x is None else x, **{**inputs, **kwargs})
+
+    def frozen_teacher(self, name: str, cache: bool = False) -> Teacher:
+        """A frozen teacher over model `name` (which the stage must list in `uses`); `cache=True` keeps each
+        training image's logits (checkpointed with the stage; valid only for un-augmented inputs)."""
+        if name not in self.cfg.uses:
+            raise UserError(f"stages.{self.name}.uses: the teacher '{name}' must be listed under `uses`.")
+        t = Teacher(lambda: self.model(name), cache_size=self.teacher_cache_size() if cache else None)
+        if cache:
+            self.register_state(f"teacher_logits/{name}", t)
+        return t
+
+    def teacher_cache_size(self) -> int:
+        """Rows of a teacher-logit cache: one per image index any stream can produce."""
+        return max(len(getattr(s.dataset, "images", s.dataset)) for s in self.streams.values())
+
+    def ema(self, name: str) -> nn.Module | None:
+        """The EMA model of trained model `name` (eval mode, no grad), or None when the stage keeps no EMA."""
+        m = self.ema_models.get(name)
+        return None if m is None else m.eval_module()
+
+    def schedule(self, schedule: Schedule | ScheduleConfig) -> Scheduled:
+        """A scheduled scalar bound to this stage's progress: read `.value` in train_step."""
+        return Scheduled(schedule if isinstance(schedule, Schedule) else Schedule(schedule), self.progress)
 
     def single(self, key: str) -> str:
         names = getattr(self.cfg, key)
@@ -102,12 +210,14 @@ class Stage:
     def add_stream(self, name: str, dataset: torch.utils.data.Dataset, batch_size: int | None = None) -> None:
         self.streams[name] = Stream(dataset, batch_size or self.cfg.batch_size)
 
-    def register_state(self, name: str, obj: Stateful) -> None:
+    def register_state(self, name: str, obj: Stateful) -> Stateful:
         """Anything with state_dict/load_state_dict: checkpointed with the stage, restored on resume."""
         self.states[name] = obj
+        return obj
 
     def register_module(self, name: str, module: nn.Module) -> nn.Module:
-        """An extra trainable module (e.g. a learnable temperature): optimized and checkpointed."""
+        """An extra module (e.g. a learnable temperature, a projection head): optimized with the stage's models,
+        DDP-wrapped like them, checkpointed, and saved in the stage's weight files. Call it via `module(name)`."""
         self.modules[name] = module.to(self.runner.device)
         return self.modules[name]
 

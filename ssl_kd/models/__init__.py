@@ -1,8 +1,27 @@
-"""Model zoo: every model returns ``ModelOutput(logits, feat, feats)``; build one with create_model."""
+"""Model zoo: every model returns ``ModelOutput(logits, feat, feats, aux)`` and has ``predict(batch)``; build one
+with create_model (which records its constructor spec)."""
 
 # Importing the model modules registers their factories.
 from ssl_kd.models import cifar_resnet, cifar_wrn, mobilenetv2, resnet, shufflenet, small, vgg, wrn  # noqa: F401
-from ssl_kd.models.base import ModelOutput
-from ssl_kd.models.registry import create_model, list_models, model_options, register_model
+from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, select_maps
+from ssl_kd.models.registry import (
+    create_model,
+    create_model_from_spec,
+    list_models,
+    model_options,
+    model_spec,
+    register_model,
+)
 
-__all__ = ["ModelOutput", "create_model", "list_models", "model_options", "register_model"]
+__all__ = [
+    "ClassifierModel",
+    "ModelOutput",
+    "Prediction",
+    "create_model",
+    "create_model_from_spec",
+    "list_models",
+    "model_options",
+    "model_spec",
+    "register_model",
+    "select_maps",
+]

@@ -2,24 +2,44 @@
 
 Methods that need features (feature KD, contrastive heads, FullMatch's EML on logits) read them from
 ``ModelOutput`` instead of reaching into a model's modules, so any registered model can be swapped in.
+
+The contract, for every registered model:
+
+* ``model(x, return_feats=False, **inputs) -> ModelOutput``. ``inputs`` are the extra batch fields the model
+  declares in ``extra_inputs`` (e.g. ``("meta",)`` for a model that fuses location/date metadata); a stage passes
+  them by name (``Stage.forward``), so a model that needs more than the image needs no new stage.
+* ``return_feats``: ``True`` for every intermediate map (stem, then each stage), or a sequence of indices
+  (negative ones count from the end, as in timm's ``forward_intermediates``) for just those maps.
+* ``ModelOutput.aux``: named auxiliary outputs (exits of a multi-exit model, auxiliary heads, dense per-position
+  logits), empty for a plain classifier.
+* ``model.predict(batch)``: what evaluation scores. The logits by default; a model may return several named
+  predictions (first = the headline), e.g. each exit of a multi-exit network.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+NO_AUX: Mapping[str, Tensor] = MappingProxyType({})
+
 
 class ModelOutput(NamedTuple):
-    """``logits`` (B, C); ``feat`` (B, D) pooled feature the classifier reads; ``feats`` the stem output and
-    each stage output (only when ``return_feats=True``, else ``None``)."""
+    """``logits`` (B, C); ``feat`` (B, D) the feature the classifier reads; ``feats`` the stem output and each stage
+    output (only when requested, else ``None``); ``aux`` named auxiliary outputs (empty unless the model has any)."""
 
     logits: Tensor
     feat: Tensor
     feats: tuple[Tensor, ...] | None = None
+    aux: Mapping[str, Tensor] = NO_AUX
+
+
+Prediction = Tensor | dict[str, Tensor]
 
 
 class ClassifierModel(nn.Module):
@@ -27,7 +47,8 @@ class ClassifierModel(nn.Module):
 
     ``forward_features(x) -> (stage_maps, pooled)`` has a default for stem -> stages models. Keeping the
     classifier in one attribute (``fc``) lets stages re-apply it to mixed or memorised features without a
-    second forward.
+    second forward. ``fuse(pooled, **inputs)`` is where a model combines the image feature with its extra inputs
+    (identity by default); ``forward_aux`` adds auxiliary outputs.
     ``feat_channels`` gives the channel count of each entry of ``feats`` (feature-KD connectors need it).
     """
 
@@ -35,6 +56,7 @@ class ClassifierModel(nn.Module):
     feat_dim: int
     feat_channels: tuple[int, ...]
     fc: nn.Linear
+    extra_inputs: ClassVar[tuple[str, ...]] = ()  # batch fields the forward takes besides the image
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """The common shape (``stem`` then ``stages``): every stage output is a feature map, pooled after
@@ -49,10 +71,55 @@ class ClassifierModel(nn.Module):
     def pre_pool(self, x: Tensor) -> Tensor:
         return x
 
-    def forward(self, x: Tensor, return_feats: bool = False) -> ModelOutput:
+    def fuse(self, feat: Tensor, **inputs: Tensor) -> Tensor:
+        return feat
+
+    def forward_aux(self, maps: list[Tensor], feat: Tensor, **inputs: Tensor) -> Mapping[str, Tensor]:
+        return NO_AUX
+
+    def forward(self, x: Tensor, return_feats: bool | Sequence[int] = False, **inputs: Tensor) -> ModelOutput:
+        if inputs.keys() != set(self.extra_inputs):
+            self._bad_inputs(inputs)
         maps, feat = self.forward_features(x)
+        feat = self.fuse(feat, **inputs)
         logits = self.fc(feat)
-        return ModelOutput(logits, feat, tuple(maps) if return_feats else None)
+        return ModelOutput(logits, feat, select_maps(maps, return_feats), self.forward_aux(maps, feat, **inputs))
+
+    def inputs_from(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The extra inputs this model declares, taken from a batch by name."""
+        missing = [k for k in self.extra_inputs if k not in batch]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} needs the batch field(s) {missing} (it declares extra_inputs="
+                f"{self.extra_inputs}); the batch has {sorted(batch)}"
+            )
+        return {k: batch[k] for k in self.extra_inputs}
+
+    def predict(self, batch: Mapping[str, Any]) -> Prediction:
+        """What evaluation scores for this batch: logits (B, C), or named logits with the headline first."""
+        return self(batch["x"], **self.inputs_from(batch)).logits
+
+    def _bad_inputs(self, inputs: Mapping[str, Tensor]) -> None:
+        given, declared = set(inputs), set(self.extra_inputs)
+        raise TypeError(
+            f"{type(self).__name__}.forward: extra inputs {sorted(given - declared)} are not declared "
+            f"(extra_inputs={self.extra_inputs})"
+            if given - declared
+            else f"{type(self).__name__}.forward: missing extra inputs {sorted(declared - given)}"
+        )
+
+
+def select_maps(maps: list[Tensor], which: bool | Sequence[int]) -> tuple[Tensor, ...] | None:
+    """All maps (True), none (False), or the maps at the given indices in the given order."""
+    if which is True:
+        return tuple(maps)
+    if which is False or which is None:
+        return None
+    n = len(maps)
+    bad = [i for i in which if not -n <= i < n]
+    if bad:
+        raise IndexError(f"feature indices {bad} out of range for {n} feature maps (valid: {-n}..{n - 1})")
+    return tuple(maps[i] for i in which)
 
 
 def global_pool(x: Tensor) -> Tensor:

@@ -61,7 +61,20 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
             )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r} (model '{name}').")
-    return factory(num_classes, **kwargs)
+    model = factory(num_classes, **kwargs)
+    model.spec = {"arch": name, "num_classes": num_classes, "kwargs": dict(kwargs)}
+    return model
+
+
+def model_spec(model: nn.Module) -> dict[str, Any] | None:
+    """How to rebuild `model` (`create_model(**spec)` shape): recorded in checkpoints, so a model whose shape
+    changed at a stage boundary (e.g. a pruned export) is rebuilt with its new shape on resume and stage init."""
+    spec = getattr(model, "spec", None)
+    return {"arch": spec["arch"], "num_classes": spec["num_classes"], "kwargs": dict(spec["kwargs"])} if spec else None
+
+
+def create_model_from_spec(spec: dict[str, Any]) -> nn.Module:
+    return create_model(spec["arch"], spec["num_classes"], **spec.get("kwargs", {}))
 
 
 def check_option(model: str, option: str, value: Any, ok: bool, expected: str) -> None:

@@ -53,6 +53,16 @@ class GroupGrads:
                     g.mul_(factor)
         return norm
 
+    def visit(self, fn: Callable[[], None]) -> None:
+        """Load each group's gradient into `.grad`, call `fn` (it may change `.grad` in place), and store it back."""
+        for name in list(self.sums):
+            self._load(name)
+            fn()
+            self.sums[name] = [p.grad for p in self.params]
+            for p in self.params:
+                p.grad = None
+        # `.grad` is left empty, as after `take`
+
     def hand_over(self, optimizer: torch.optim.Optimizer) -> None:
         """`optimizer.step_group(g)` for every group but the last; the last group's gradient is left in `.grad`."""
         names = list(self.sums)

@@ -4,7 +4,8 @@
     tau = temperature policy(z_s, z_t)     fixed | ctkd_global | ctkd_instance | dtd
     z_t = KA(z_t, y, tau)                  optional: correct the target where the teacher is wrong (lsr | ps)
     L   = w_ce * CE(z_s, y) + w_kd * { tau^2 KL(z_t || z_s)                        loss: kd
-                                     { min(epoch / warmup, 1) * (alpha TCKD + beta NCKD)   loss: dkd
+                                     { w_e * (alpha TCKD + beta NCKD)              loss: dkd
+    w_e = min(epoch / warmup, 1)           DKD's warm-up, a scheduled scalar (1-based epochs, as mdistiller)
 
 Defaults are mdistiller's CIFAR-100 recipe (KD: tau 4, w_ce 0.1, w_kd 0.9; DKD: w_ce 1, w_kd 1, alpha 1, beta 8,
 warm-up 20 epochs). DOT is not a stage option but an optimizer (`optimizer.name: dot`) that backpropagates the
@@ -20,20 +21,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ssl_kd.components import CTKDOptions, DTDOptions, build_temperature, ramp
 from ssl_kd.config.schema import StageConfig, Strict
+from ssl_kd.data import ViewDataset
 from ssl_kd.engine import Stage, register_stage
 from ssl_kd.errors import UserError
-from ssl_kd.losses import (
-    GlobalTemperature,
-    InstanceTemperature,
-    accuracy,
-    ctkd_lambda,
-    dkd_loss,
-    dtd_temperature,
-    kd_loss,
-    knowledge_adjust,
-)
-from ssl_kd.memory import TeacherLogitCache
+from ssl_kd.losses import accuracy, dkd_loss, kd_loss, knowledge_adjust
+from ssl_kd.memory import TeacherLogitCache  # noqa: F401  (re-exported: the cache a cached teacher keeps)
 from ssl_kd.stages._common import Augment, Subset, labelled_views, unlabelled_pool
 
 
@@ -43,26 +37,6 @@ class DKDOptions(Strict):
     alpha: float = Field(1.0, ge=0)  # TCKD weight
     beta: float = Field(8.0, ge=0)  # NCKD weight
     warmup_epochs: int = Field(20, ge=0)  # DKD term x min(epoch / warmup, 1), 1-based epochs; 0 = no warm-up
-
-
-class CTKDOptions(Strict):
-    """CTKD (§A4): tau = t_start + t_range * sigmoid(theta), theta trained adversarially through a GRL."""
-
-    t_start: float = Field(1.0, gt=0)
-    t_range: float = Field(20.0, gt=0)  # CTKD's `t_end`
-    init: float = 1.0  # theta_0 (global) / the MLP's output bias (instance): tau_0 = 1 + 20 sigmoid(1) ~ 15.6
-    lambda_max: float = Field(1.0, ge=0)  # GRL strength after the ramp
-    ramp_epochs: int = Field(10, ge=0)  # cosine ramp of lambda from 0 to lambda_max (CTKD: 10)
-    hidden: int = Field(256, ge=1)  # ctkd_instance: MLP width
-
-
-class DTDOptions(Strict):
-    """DTD (§A7): tau_x = temperature + beta * (mean_batch(w) - w_x); FLSW or CWSM weights, no gradient."""
-
-    weights: Literal["flsw", "cwsm"] = "flsw"
-    beta: float = Field(1.0, ge=0)
-    gamma: float = Field(2.0, gt=0)  # FLSW exponent
-    min_temperature: float = Field(0.1, gt=0)  # floor (ours): keeps tau positive for any beta
 
 
 class KAOptions(Strict):
@@ -127,36 +101,28 @@ class KD(Stage):
     cfg: KDConfig
 
     def setup(self) -> None:
-        from ssl_kd.data import ViewDataset
-
         c = self.cfg
         self.student = self.single("train")
-        self.teacher = self.single("uses")
-        classes = {n: getattr(self.runner.models[n], "num_classes", None) for n in (self.student, self.teacher)}
+        teacher = self.single("uses")
+        classes = {n: getattr(self.runner.models[n], "num_classes", None) for n in (self.student, teacher)}
         if len(set(classes.values())) > 1:
             raise UserError(
                 f"stages.{self.name}: the student and teacher must have the same number of classes to be "
                 f"distilled, got {classes}; check models.<name>.num_classes."
             )
         self.add_stream("train", labelled_views(self, c.augment, c.subset))
-        pool = self.data.train
         if c.unlabeled:
             transform = self.transform("test" if c.augment == "none" else c.augment)
             pool, ulb = unlabelled_pool(self)
             self.add_stream(
                 "unlabeled", ViewDataset(pool, {"x": transform}, ulb), c.unlabeled_batch_size or c.batch_size
             )
-        self.cache = TeacherLogitCache(len(pool)) if c.cache_teacher else None
-        if self.cache is not None:
-            self.register_state("teacher_logits", self.cache)
+        self.teacher = self.frozen_teacher(teacher, cache=c.cache_teacher)
         num_classes = classes[self.student] or self.data.num_classes
-        p, o = c.temperature_policy, c.ctkd
-        self.learned_tau = None  # CTKD's temperature module: optimized with the student, checkpointed
-        if p == "ctkd_global":
-            self.learned_tau = self.register_module("temperature", GlobalTemperature(o.t_start, o.t_range, o.init))
-        elif p == "ctkd_instance":
-            tau_net = InstanceTemperature(num_classes, o.hidden, o.t_start, o.t_range, o.init)
-            self.learned_tau = self.register_module("temperature", tau_net)
+        # fixed | DTD (rule-based) | CTKD (learned: optimized with the student, checkpointed)
+        policy = build_temperature(c.temperature_policy, c.temperature, num_classes, c.ctkd, c.dtd, self.progress)
+        self.register_module("temperature", policy)
+        self.warmup = self.schedule(ramp("linear", 0.0, 1.0, c.dkd.warmup_epochs, unit="epoch", one_based=True))
 
     def train_step(self, batch):
         c = self.cfg
@@ -165,38 +131,18 @@ class KD(Stage):
         if c.unlabeled:  # one forward over labelled + unlabelled images
             x, idx = torch.cat([x, batch["unlabeled"]["x"]]), torch.cat([idx, batch["unlabeled"]["idx"]])
         s = self.model(self.student)(x).logits
-        t = self.teacher_logits(x, idx)
+        t = self.teacher(x, idx)
         # unlabelled images have no label: DKD's target/non-target split uses the teacher's prediction there
         target = torch.cat([y, t[n:].argmax(dim=1)]) if c.unlabeled else y
-        tau = self.temperature(s, t)
+        tau = self.module("temperature")(s, t)
         if c.ka.mode != "none":
             t = knowledge_adjust(t, target, c.ka.mode, tau, c.ka.correct_prob)
         if c.loss == "kd":
             kd = kd_loss(s, t, tau)
         else:
-            warmup = min((self.progress.epoch + 1) / c.dkd.warmup_epochs, 1.0) if c.dkd.warmup_epochs else 1.0
-            kd = warmup * dkd_loss(s, t, target, c.dkd.alpha, c.dkd.beta, tau)
-        terms = {"ce": F.cross_entropy(s[:n], y), "kd": kd, "acc": accuracy(s[:n], y)}
+            kd = self.warmup.value * dkd_loss(s, t, target, c.dkd.alpha, c.dkd.beta, tau)
+        losses = {"ce": F.cross_entropy(s[:n], y), "kd": kd}
+        diagnostics = {"acc": accuracy(s[:n], y)}
         if c.temperature_policy != "fixed":
-            terms["tau"] = tau.detach().float().mean()
-        return terms
-
-    def teacher_logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The frozen teacher's logits (no graph), from the cache when one is kept."""
-
-        @torch.no_grad()
-        def compute() -> torch.Tensor:
-            return self.model(self.teacher)(x).logits
-
-        return compute() if self.cache is None else self.cache.lookup(idx, compute)
-
-    def temperature(self, s: torch.Tensor, t: torch.Tensor) -> float | torch.Tensor:
-        """tau for this step: a float, a learned scalar, or one value per sample."""
-        c = self.cfg
-        if c.temperature_policy == "fixed":
-            return c.temperature
-        if c.temperature_policy == "dtd":
-            d = c.dtd
-            return dtd_temperature(s, t, c.temperature, d.beta, d.weights, d.gamma, d.min_temperature)
-        lam = ctkd_lambda(self.progress.epoch + 1, c.ctkd.ramp_epochs, c.ctkd.lambda_max)
-        return self.learned_tau(lam) if c.temperature_policy == "ctkd_global" else self.learned_tau(t, s, lam)
+            diagnostics["tau"] = tau.detach().float().mean()
+        return losses, diagnostics

@@ -3,8 +3,9 @@
     zl, zw, zs = model([x_lb; weak(x_ulb); strong(x_ulb)])        one pass, BN over the concatenation
     conf, yhat = max / argmax softmax(zw)                           pseudo-labels from the weak view
     mask       = conf >= tau                  (threshold: fixed)    FixMatch
-               = conf >= tau * M(beta[yhat])  (threshold: flex)     FlexMatch curriculum
-    L = w_sup CE(zl, y) + w_unsup L_u(zs, yhat, mask) + w_anl ANL(zw, zs, k) + w_eml EML(zw, zs, k, mask)
+               = conf >= tau * M(beta[yhat])  (threshold: flex)     FlexMatch curriculum (history of all ranks)
+    k          = max rank of yhat in zs over the global batch       FullMatch's adaptive k
+    L = w_sup CE(zl, y) + w_unsup L_u(zs, yhat, mask) + on(step) [w_anl ANL(zw, zs, k) + w_eml EML(zw, zs, k, mask)]
 
 FixMatch, FlexMatch, FullMatch (= FixMatch + EML + ANL) and FullFlex (= FlexMatch + EML + ANL) are presets of
 this one step: they differ only in the defaults of `threshold` and `loss_weights`, so e.g. FixMatch + ANL is
@@ -19,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ssl_kd.components import build_threshold, global_adaptive_k, ramp
 from ssl_kd.config.schema import EMAConfig, EvalConfig, OptimizerConfig, SchedulerConfig, StageConfig
-from ssl_kd.engine import Stage, register_stage
+from ssl_kd.data import ViewDataset
+from ssl_kd.engine import Plot, Stage, register_stage
 from ssl_kd.losses import accuracy
-from ssl_kd.losses.ssl import anl_loss, consistency_loss, eml_loss, topk_rank
-from ssl_kd.memory import PseudoLabelHistory
+from ssl_kd.losses.ssl import anl_loss, consistency_loss, eml_loss
 from ssl_kd.stages._common import unlabelled_pool
 
 
@@ -71,10 +73,15 @@ class FullFlexConfig(FullMatchConfig):
 class SemiSupervised(Stage):
     Config = SemiSupervisedConfig
     cfg: SemiSupervisedConfig
+    plots = (
+        Plot("pseudo_labels", {"mask": "mask rate", "pl_acc": "pseudo-label accuracy"},
+             "pseudo-labels on the unlabelled batch", "fraction"),
+        Plot("adaptive_k", {"k": "k"}, "adaptive k", "k"),
+        Plot("threshold", {"threshold": "threshold"}, "mean class threshold", "threshold"),
+        Plot("class_thresholds", {"class_thresholds": "threshold"}, "class thresholds", "threshold", kind="bars"),
+    )  # fmt: skip
 
     def setup(self) -> None:
-        from ssl_kd.data import ViewDataset
-
         c = self.cfg
         self.net = self.single("train")
         lb = self.ssl_split()[0]
@@ -82,14 +89,15 @@ class SemiSupervised(Stage):
         weak, strong = self.transform("weak"), self.transform("strong")
         self.add_stream("labeled", ViewDataset(self.data.train, {"x": weak}, lb), c.batch_size)
         self.add_stream("unlabeled", ViewDataset(pool, {"w": weak, "s": strong}, ulb), c.uratio * c.batch_size)
-        self.history = None
-        if c.threshold == "flex":
-            # indexed by position in the pool; one global history (all ranks' batches), equal to 1-GPU training
-            self.history = PseudoLabelHistory(len(pool), self.data.num_classes, c.tau, c.flex_warmup,
-                                              self.runner.device)  # fmt: skip
-            self.register_state("selected_label", self.history)
+        # indexed by position in the pool; FlexMatch's history is one global history over all processes
+        self.threshold = build_threshold(c.threshold, tau=c.tau, num_samples=len(pool),
+                                         num_classes=self.data.num_classes, flex_warmup=c.flex_warmup,
+                                         device=self.runner.device)  # fmt: skip
+        if hasattr(self.threshold, "state_dict"):
+            self.register_state("selected_label", self.threshold)
         w = c.loss_weights
         self.negative_terms = bool(w.get("eml") or w.get("anl"))
+        self.eml_anl_on = self.schedule(ramp("step", 0.0, 1.0, c.eml_anl_start, unit="step"))  # --loss_warm
 
     def train_step(self, batch):
         c = self.cfg
@@ -106,35 +114,29 @@ class SemiSupervised(Stage):
             zs = net(u["s"]).logits
 
         conf, yhat = F.softmax(zw.float(), dim=1).max(dim=1)
-        if self.history is not None:
-            thresholds = self.history.class_thresholds()
-            mask = (conf >= thresholds[yhat]).float()
-        else:
-            mask = (conf >= c.tau).float()
+        mask = (conf >= self.threshold.thresholds(yhat)).float()
         target = yhat if c.pseudo_label == "hard" else F.softmax(zw.float() / c.soft_temperature, dim=1)
 
-        terms = {"sup": F.cross_entropy(zl, yl), "unsup": consistency_loss(zs, target, mask)}
+        losses = {"sup": F.cross_entropy(zl, yl), "unsup": consistency_loss(zs, target, mask)}
+        diagnostics = {}
         if self.negative_terms:
-            k = max(2, int(self.runner.all_reduce_max(topk_rank(zw, zs)).item()))
-            on = float(self.progress.step >= c.eml_anl_start)
-            terms["anl"] = on * anl_loss(zw, zs, k, c.tau)
-            terms["eml"] = on * eml_loss(zw, zs, k, mask, c.tau, c.detach_eml_target)
-            terms["k"] = torch.tensor(float(k), device=zl.device)
-        if self.history is not None:
-            self.history.update(self.runner.gather(u["idx"]), self.runner.gather(conf), self.runner.gather(yhat))
-            terms["threshold"] = thresholds.mean()
+            k = global_adaptive_k(zw, zs)
+            on = self.eml_anl_on.value
+            losses["anl"] = on * anl_loss(zw, zs, k, c.tau)
+            losses["eml"] = on * eml_loss(zw, zs, k, mask, c.tau, c.detach_eml_target)
+            diagnostics["k"] = torch.tensor(float(k), device=zl.device)
+        self.threshold.update(u["idx"], conf, yhat)
+        diagnostics.update(self.threshold.diagnostics())
 
-        # diagnostics (true labels of the unlabelled batch are never used for training)
+        # true labels of the unlabelled batch are never used for training
         known = u["y"] >= 0  # STL-10's unlabeled split has no labels at all
-        terms["mask"] = mask.mean()
-        terms["pl_acc"] = ((yhat == u["y"]) & known).sum() / known.sum().clamp_min(1)
-        terms["sup_acc"] = accuracy(zl, yl)
-        return terms
+        diagnostics["mask"] = mask.mean()
+        diagnostics["pl_acc"] = ((yhat == u["y"]) & known).sum() / known.sum().clamp_min(1)
+        diagnostics["sup_acc"] = accuracy(zl, yl)
+        return losses, diagnostics
 
     def eval_extras(self) -> dict:
-        if self.history is None:
-            return {}
-        return {"class_thresholds": [round(v, 5) for v in self.history.class_thresholds().tolist()]}
+        return self.threshold.eval_extras()
 
 
 @register_stage("flexmatch")

@@ -39,14 +39,15 @@ class Supervised(Stage):
         if (c.mixup_alpha or c.cutmix_alpha) and torch.rand(()).item() < c.mix_prob:
             use_cutmix = c.cutmix_alpha > 0 and (c.mixup_alpha == 0 or torch.rand(()).item() < 0.5)
             mix = (cutmix, c.cutmix_alpha) if use_cutmix else (mixup, c.mixup_alpha)
+        part = batch["train"]
         if mix is None:
-            logits = self.model(self.net)(x).logits
+            logits = self.forward(self.net, part).logits
             ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
         else:
             fn, alpha = mix
             x, soft = fn(x, y, alpha, self.data.num_classes)
             if c.label_smoothing:
                 soft = soft * (1 - c.label_smoothing) + c.label_smoothing / self.data.num_classes
-            logits = self.model(self.net)(x).logits
+            logits = self.forward(self.net, part, x).logits
             ce = soft_cross_entropy(logits, soft)
-        return {"ce": ce, "acc": accuracy(logits, y)}
+        return {"ce": ce}, {"acc": accuracy(logits, y)}

@@ -1,0 +1,36 @@
+"""Components a stage composes, chosen by config: scheduled scalars, threshold and temperature policies, and a
+frozen teacher. Each keeps its own state (checkpointable) and hides the collectives it needs, so a stage's
+`train_step` reads like its paper's algorithm box."""
+
+from ssl_kd.components.adaptive_k import global_adaptive_k
+from ssl_kd.components.schedule import Progress, Schedule, ScheduleConfig, Scheduled, ramp
+from ssl_kd.components.teacher import Teacher
+from ssl_kd.components.temperature import (
+    CTKDOptions,
+    CTKDTemperature,
+    DTDOptions,
+    DTDTemperature,
+    FixedTemperature,
+    build_temperature,
+)
+from ssl_kd.components.threshold import FixedThreshold, FlexThreshold, ThresholdPolicy, build_threshold
+
+__all__ = [
+    "CTKDOptions",
+    "CTKDTemperature",
+    "DTDOptions",
+    "DTDTemperature",
+    "FixedTemperature",
+    "FixedThreshold",
+    "FlexThreshold",
+    "Progress",
+    "Schedule",
+    "ScheduleConfig",
+    "Scheduled",
+    "Teacher",
+    "ThresholdPolicy",
+    "build_temperature",
+    "build_threshold",
+    "global_adaptive_k",
+    "ramp",
+]

@@ -1,0 +1,52 @@
+"""Run-wide data services: the dataset (loaded once), transforms by kind, and the labelled/unlabelled split
+(computed once per run, saved in the run folder, reloaded on resume)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ssl_kd.config.schema import Config
+from ssl_kd.data import DatasetBundle, build_transform, load_dataset, load_split, save_split, ssl_split
+from ssl_kd.engine.run_dir import RunDir
+from ssl_kd.errors import UserError
+
+
+class DataServices:
+    def __init__(self, cfg: Config, run_dir: RunDir, write: bool) -> None:
+        self.cfg, self.run_dir, self.write = cfg, run_dir, write
+        self._data: DatasetBundle | None = None
+        self._transforms: dict[str, Any] = {}
+        self._split: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def data(self) -> DatasetBundle:
+        if self._data is None:
+            self._data = load_dataset(self.cfg.data)
+        return self._data
+
+    def transform(self, kind: str):
+        if kind not in self._transforms:
+            self._transforms[kind] = build_transform(kind, self.data, self.cfg.data.augment)
+        return self._transforms[kind]
+
+    def ssl_split(self, stage_name: str | None) -> tuple[np.ndarray, np.ndarray]:
+        if self._split is None:
+            scfg = self.cfg.data.ssl
+            if scfg.num_labels is None:
+                raise UserError(
+                    f"stages.{stage_name or '?'}: this stage needs a labelled subset; "
+                    f"set data.ssl.num_labels (e.g. data.ssl.num_labels=40)."
+                )
+            if self.run_dir.split.exists():
+                self._split = load_split(self.run_dir.split)
+            else:
+                seed = scfg.seed if scfg.seed is not None else self.cfg.experiment.seed
+                self._split = ssl_split(
+                    self.data.train.targets, scfg.num_labels, self.data.num_classes, seed,
+                    include_labeled_in_unlabeled=scfg.include_labeled_in_unlabeled,
+                )  # fmt: skip
+                if self.write:
+                    save_split(self.run_dir.split, *self._split)
+        return self._split

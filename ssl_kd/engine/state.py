@@ -1,0 +1,155 @@
+"""Checkpoint and resume: everything that must survive a restart, in `checkpoints/last.pt`.
+
+Models (with their constructor specs), and inside a stage: optimizer, scheduler, the stage's modules and
+registered state (EMA models, histories, caches, ...), callback state (incl. half-filled log accumulators),
+per-rank RNG, grad scaler, stage index and step. `metrics.jsonl` is truncated back to the checkpoint's byte
+offset on resume, so records are never duplicated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ssl_kd.engine.build import specs
+from ssl_kd.engine.checkpoint import FORMAT, capture_rng, load_checkpoint, restore_rng, save_atomic
+from ssl_kd.errors import UserError
+from ssl_kd.models import create_model_from_spec
+
+if TYPE_CHECKING:
+    from ssl_kd.engine.runner import Runner
+
+
+def checkpoint_state(runner: Runner, in_stage: bool) -> dict[str, Any]:
+    stage = runner.stage
+    state: dict[str, Any] = {
+        "format": FORMAT,
+        "config": runner.resolved,
+        "stage_index": runner.stage_index if in_stage else runner.stage_index + 1,
+        "stage_name": stage.name if stage else None,
+        "in_stage": in_stage,
+        "step": stage.progress.step if (in_stage and stage) else 0,
+        "global_step": runner.global_step,
+        "models": {n: m.state_dict() for n, m in runner.models.items()},
+        "specs": specs(runner.models),
+        "results": runner.results,
+        "metrics_bytes": runner.run_dir.metrics_size() if runner.is_main else 0,
+        "wandb_id": runner.wandb_id,
+    }
+    if in_stage and stage is not None:
+        state["stage"] = {
+            "optimizer": runner.optimizer.state_dict() if runner.optimizer else None,
+            "scheduler": runner.scheduler.state_dict() if runner.scheduler else None,
+            "modules": {n: m.state_dict() for n, m in stage.modules.items()},
+            "states": {n: s.state_dict() for n, s in stage.states.items()},
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in runner.callbacks},
+        }
+    scaler = getattr(runner.accelerator, "scaler", None)
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    rng = capture_rng()
+    if runner.world_size > 1:
+        per_rank: list[Any] = [None] * runner.world_size
+        torch.distributed.all_gather_object(per_rank, rng)
+        state["rng"] = per_rank
+    else:
+        state["rng"] = [rng]
+    return state
+
+
+def save_checkpoint(runner: Runner, in_stage: bool) -> None:
+    runner.check_finite()
+    state = checkpoint_state(runner, in_stage)
+    if runner.is_main:
+        save_atomic(state, runner.run_dir.last)
+    runner.accelerator.wait_for_everyone()
+
+
+def save_stage_weights(runner: Runner, which: str, weights: dict[str, dict[str, dict[str, torch.Tensor]]]) -> None:
+    """`checkpoints/<stage>/<which>.pt`: the given models' (and the stage's modules') weights, with their specs."""
+    if runner.is_main:
+        stage = runner.stage
+        obj = {
+            "format": FORMAT, "stage": stage.name, "step": stage.progress.step, "models": weights["models"],
+            "modules": weights.get("modules", {}), "specs": {n: s for n, s in specs(runner.models).items()
+                                                            if n in weights["models"]},
+        }  # fmt: skip
+        save_atomic(obj, runner.run_dir.stage_file(stage.name, which))
+
+
+def load_resume(runner: Runner) -> dict[str, Any]:
+    """Read `last.pt`, check it belongs to this config, and restore the run-level state (models and counters)."""
+    ckpt = load_checkpoint(runner.run_dir.last, "--resume")
+    if ckpt.get("format") != FORMAT:
+        raise UserError(f"--resume: {runner.run_dir.last} is not an ssl_kd checkpoint (format {ckpt.get('format')!r}).")
+    check_compatible(ckpt["config"], runner.resolved, str(runner.run_dir.last))
+    for name, spec in (ckpt.get("specs") or {}).items():
+        if spec != specs(runner.models).get(name):  # the model changed shape at a stage boundary
+            runner.models[name] = create_model_from_spec(spec).to(runner.device)
+    for name, sd in ckpt["models"].items():
+        runner.models[name].load_state_dict(sd)
+    runner.results = ckpt["results"]
+    runner.global_step = ckpt["global_step"]
+    runner.wandb_id = ckpt.get("wandb_id")
+    if runner.is_main:
+        runner.run_dir.truncate_metrics(ckpt["metrics_bytes"])
+    return ckpt
+
+
+def restore_stage(runner: Runner, ckpt: dict[str, Any]) -> None:
+    """Put the stage being resumed back where the checkpoint left it."""
+    st, stage = ckpt["stage"], runner.stage
+    if runner.optimizer is not None:
+        runner.optimizer.load_state_dict(st["optimizer"])
+        runner.scheduler.load_state_dict(st["scheduler"])
+    for n, sd in st["modules"].items():
+        stage.modules[n].load_state_dict(sd)
+    for n, sd in st["states"].items():
+        stage.states[n].load_state_dict(sd)
+    for cb in runner.callbacks:
+        cb.load_state_dict(st["callbacks"].get(type(cb).__name__, {}))
+    stage.progress.step = ckpt["step"]
+
+
+def restore_rng_of(runner: Runner, ckpt: dict[str, Any]) -> None:
+    states = ckpt["rng"]
+    rank = runner.accelerator.process_index
+    restore_rng(states[rank] if len(states) == runner.world_size else states[0])
+    scaler = getattr(runner.accelerator, "scaler", None)
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
+
+
+# keys that may differ between the run that wrote a checkpoint and the one resuming it
+RESUME_FREE = (
+    "experiment.logger",
+    "experiment.output_dir",
+    "data.num_workers",
+    "data.root",
+    "data.download",
+)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def check_compatible(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
+    a, b = _flatten(old), _flatten(new)
+    diffs = [
+        k for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUME_FREE)
+    ]  # fmt: skip
+    if diffs:
+        shown = "; ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in diffs[:6])
+        more = f" (+{len(diffs) - 6} more)" if len(diffs) > 6 else ""
+        raise UserError(
+            f"--resume: the config differs from the one {where} was written with: {shown}{more}. "
+            f"Resume with the run's own config.yaml, or start a new run under another experiment.name."
+        )
