@@ -13,7 +13,8 @@ from torch import nn
 
 from ssl_kd.errors import UserError
 
-FORMAT = "ssl_kd/1"
+# ssl_kd/2: EMA models and registered modules live in the stage state (ssl_kd/1 kept the EMA in callback state)
+FORMAT = "ssl_kd/2"
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

@@ -186,7 +186,7 @@ class Stage:
     def ema(self, name: str) -> nn.Module | None:
         """The EMA model of trained model `name` (eval mode, no grad), or None when the stage keeps no EMA."""
         m = self.ema_models.get(name)
-        return None if m is None else m.eval_module()
+        return None if m is None else m.eval_module().eval()
 
     def schedule(self, schedule: Schedule | ScheduleConfig) -> Scheduled:
         """A scheduled scalar bound to this stage's progress: read `.value` in train_step."""

@@ -81,8 +81,15 @@ def save_stage_weights(runner: Runner, which: str, weights: dict[str, dict[str, 
 def load_resume(runner: Runner) -> dict[str, Any]:
     """Read `last.pt`, check it belongs to this config, and restore the run-level state (models and counters)."""
     ckpt = load_checkpoint(runner.run_dir.last, "--resume")
-    if ckpt.get("format") != FORMAT:
-        raise UserError(f"--resume: {runner.run_dir.last} is not an ssl_kd checkpoint (format {ckpt.get('format')!r}).")
+    fmt = ckpt.get("format")
+    if isinstance(fmt, str) and fmt.startswith("ssl_kd/") and fmt != FORMAT:
+        raise UserError(
+            f"--resume: {runner.run_dir.last} was written by another version of ssl_kd (format {fmt}; this version "
+            f"resumes {FORMAT}). Finish the run with the version that started it, or start a new run: its stage "
+            f"weight files (checkpoints/<stage>/best.pt, last.pt) still initialise one (stages.<name>.init)."
+        )
+    if fmt != FORMAT:
+        raise UserError(f"--resume: {runner.run_dir.last} is not an ssl_kd checkpoint (format {fmt!r}).")
     check_compatible(ckpt["config"], runner.resolved, str(runner.run_dir.last))
     for name, spec in (ckpt.get("specs") or {}).items():
         if spec != specs(runner.models).get(name):  # the model changed shape at a stage boundary

@@ -1,0 +1,106 @@
+"""The package's layers import only downward, and every package imports on its own (no hidden cycles).
+
+    L0 errors, options, dist, losses        pure functions and the few things everything shares
+    L1 models, data, memory                  building blocks (each owns its typed config block)
+    L2 optim, components                     optimizers/backward strategies; policies, schedules, teacher
+    L3 config                                YAML, overrides, the experiment schema, the stage-type registry
+    L4 engine                                the runner and its parts, the Stage base class
+    L5 stages, callbacks                     the methods, and everything that is not the method
+    L6 run, report                           entry points
+
+A module may import from its own package and from any lower layer, never from a higher one nor from another
+package of its own layer. Function-level and TYPE_CHECKING imports count too.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+PKG = ROOT / "ssl_kd"
+LAYERS = {
+    "errors": 0, "options": 0, "dist": 0, "losses": 0,
+    "models": 1, "data": 1, "memory": 1,
+    "optim": 2, "components": 2,
+    "config": 3,
+    "engine": 4,
+    "stages": 5, "callbacks": 5,
+    "run": 6, "report": 6,
+}  # fmt: skip
+
+
+def top(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "ssl_kd" and len(parts) > 1 else None
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """(line, imported module) of every import statement anywhere in the source, relative ones resolved."""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = package[: len(package) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            out.append((node.lineno, name))
+            out += [(node.lineno, f"{name}.{a.name}") for a in node.names if name == "ssl_kd"]
+    return out
+
+
+def test_every_package_has_a_layer():
+    modules = {p.stem for p in PKG.glob("*.py") if not p.name.startswith("_")}
+    packages = {p.parent.name for p in PKG.glob("*/__init__.py")}
+    assert modules | packages == set(LAYERS), f"layer table out of date: {sorted((modules | packages) ^ set(LAYERS))}"
+
+
+def test_imports_only_go_down():
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        src = top(module_name(path))
+        if src is None:
+            continue
+        for line, name in imports_of(path.read_text(), module_name(path), path.name == "__init__.py"):
+            dst = top(name)
+            if dst is None or dst == src:
+                continue
+            if LAYERS[dst] >= LAYERS[src]:
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {src} (L{LAYERS[src]}) imports {name} (L{LAYERS[dst]})")
+    assert not bad, "upward or sideways imports:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_hidden_and_relative_imports():
+    """The walk above must be able to fail: imports inside functions, under TYPE_CHECKING and relative ones."""
+    source = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ssl_kd.stages import kd\n"
+        "def f():\n    from ssl_kd.engine import Runner\n    from ..config import schema\n    return Runner\n"
+    )
+    names = [n for _, n in imports_of(source, "ssl_kd.losses.probe")]
+    assert {"ssl_kd.stages", "ssl_kd.engine", "ssl_kd.config"} <= set(names)
+
+
+@pytest.mark.parametrize("group", [["errors", "options", "dist", "losses", "models", "data", "memory"],
+                                   ["optim", "components", "config"], ["engine", "callbacks"],
+                                   ["stages", "run", "report"]])  # fmt: skip
+def test_each_package_imports_in_isolation(group):
+    """`python -c 'import ssl_kd.<pkg>'` works for each package in a fresh interpreter (no import cycle that only
+    an earlier import of another package hides). A few per interpreter pair, each package in its own process."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", f"import ssl_kd.{name}"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for name in group
+    ]
+    errors = {name: p.communicate(timeout=120)[1] for name, p in zip(group, procs) if p.wait() != 0}
+    assert not errors, errors
