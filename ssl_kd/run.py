@@ -1,4 +1,4 @@
-"""CLI: python -m ssl_kd.run CONFIG [key=value | --key=value ...] [--resume] [--dry-run]
+"""CLI: python -m ssl_kd.run CONFIG [key=value | --key=value ...] [--import MODULE] [--resume] [--dry-run]
 
 Overrides are dotted YAML paths; values parse like a W&B sweep agent renders them (1e-05, None, False, [1,2]).
 The CLI wins over the YAML. Mistakes in user input print one message and exit 2, without a traceback.
@@ -9,23 +9,35 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-USAGE = """usage: python -m ssl_kd.run CONFIG [key=value | --key=value ...] [--resume] [--dry-run]
+USAGE = """usage: python -m ssl_kd.run CONFIG [key=value | --key=value ...] [--import MODULE] [--resume] [--dry-run]
 
-  CONFIG         a YAML file (configs/quickstart.yaml), or runs/<name>/config.yaml of an earlier run
-  key=value      override any config value by its dotted path, e.g. stages.teacher.optimizer.lr=0.01
-  --key=value    the same (the form a W&B sweep agent sends with ${args})
-  --resume       continue the run in experiment.output_dir from checkpoints/last.pt, exactly
-  --dry-run      validate config, data and models, print the plan, and exit without training
+  CONFIG           a YAML file (configs/quickstart.yaml), or an earlier run: runs/<name>/config.yaml or runs/<name>
+  key=value        override any config value by its dotted path, e.g. stages.teacher.optimizer.lr=0.01
+  --key=value      the same (the form a W&B sweep agent sends with ${args})
+  --import MODULE  import a module (my_pkg.models) or a .py file first, so the models / stage types it registers
+                   can be named in the config (adds to experiment.imports; may be repeated)
+  --resume         continue the run exactly from its checkpoints/last.pt: the run folder holding CONFIG when CONFIG
+                   is a run's config.yaml, else experiment.output_dir (runs/<name>)
+  --dry-run        validate config, data and models, print the plan, and exit without training
 """
 
 
-def parse_argv(argv: list[str]) -> tuple[str, list[str], bool, bool]:
+class Args(NamedTuple):
+    config: str
+    items: list[str]
+    resume: bool
+    dry: bool
+    imports: list[str]
+
+
+def parse_argv(argv: list[str]) -> Args:
     from ssl_kd.errors import UserError
 
-    config, items, resume, dry = None, [], False, False
-    for a in argv:
+    config, items, resume, dry, imports = None, [], False, False, []
+    args = iter(argv)
+    for a in args:
         if a in ("-h", "--help"):
             print(USAGE)
             raise SystemExit(0)
@@ -33,17 +45,42 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str], bool, bool]:
             resume = True
         elif a == "--dry-run":
             dry = True
+        elif a == "--import":
+            module = next(args, None)
+            if module is None or module.startswith("-"):
+                raise UserError("--import needs a module name or a .py file (e.g. --import my_pkg.models).")
+            imports.append(module)
+        elif a.startswith("--import="):
+            imports.append(a.split("=", 1)[1])
         elif "=" in a:
             items.append(a)
         elif a.startswith("-"):
-            raise UserError(f"unknown option '{a}'. Options: --resume, --dry-run, and overrides as --key=value.")
+            raise UserError(
+                f"unknown option '{a}'. Options: --resume, --dry-run, --import MODULE, and overrides as --key=value."
+            )
         elif config is None:
             config = a
         else:
             raise UserError(f"unexpected argument '{a}': give one CONFIG file, then overrides as key=value.")
     if config is None:
         raise UserError("no CONFIG given.\n" + USAGE)
-    return config, items, resume, dry
+    return Args(config, items, resume, dry, imports)
+
+
+def config_file(arg: str) -> Path:
+    """CONFIG as given, or `<folder>/config.yaml` when CONFIG is a run folder."""
+    path = Path(arg)
+    return path / "config.yaml" if path.is_dir() and (path / "config.yaml").is_file() else path
+
+
+def run_folder(config: Path, cfg, resume: bool) -> Path:
+    """Where the run lives. `--resume runs/x/config.yaml` resumes the folder holding that file (wherever it was
+    copied to, from any directory); otherwise experiment.output_dir, default runs/<experiment.name>."""
+    here = config.parent
+    is_run = (here / "checkpoints").is_dir() or (here / "metrics.jsonl").exists()
+    if resume and config.name == "config.yaml" and is_run:
+        return here
+    return Path(cfg.experiment.output_dir or Path("runs") / cfg.experiment.name)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -99,14 +136,15 @@ def _main(argv: list[str]) -> int:
     from ssl_kd.engine import RunDir
     from ssl_kd.errors import UserError
 
-    config, items, resume, dry = parse_argv(argv)
-    overrides = parse_overrides(items)
-    cfg, _ = resolve_config(config, overrides)
+    args = parse_argv(argv)
+    config = config_file(args.config)
+    overrides = parse_overrides(args.items)
+    cfg, _ = resolve_config(config, overrides, args.imports)
     extra = sweep_overrides(cfg)
     if extra:
-        cfg, _ = resolve_config(config, extra + overrides)  # the command line still wins
+        cfg, _ = resolve_config(config, extra + overrides, args.imports)  # the command line still wins
     resolved = resolved_dict(cfg)
-    run_dir = RunDir(cfg.experiment.output_dir or Path("runs") / cfg.experiment.name)
+    run_dir = RunDir(run_folder(config, cfg, args.resume))
     dataset_info(cfg.data)  # data must be findable before anything is written
 
     try:
@@ -120,19 +158,20 @@ def _main(argv: list[str]) -> int:
     except ValueError as e:
         raise UserError(f"experiment.precision: '{cfg.experiment.precision}' is not usable here ({e}). "
                         f"Use 'no' or 'bf16' on CPU.") from None  # fmt: skip
-    if dry:
+    if args.dry:
         runner = make_runner(cfg, run_dir, resolved, accelerator, dry_run=True)
         if accelerator.is_main_process:
             print(runner.plan())
         return 0
-    if resume:
+    if args.resume:
         run_dir.check_resumable()
     else:
         run_dir.check_new()
+    run_dir.create()  # every rank: a folder that cannot be made is one clear error on each, not a hang
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process and not resume:
+    if accelerator.is_main_process and not args.resume:
         run_dir.write_config(resolved)
-    make_runner(cfg, run_dir, resolved, accelerator, resume=resume).run()
+    make_runner(cfg, run_dir, resolved, accelerator, resume=args.resume).run()
     return 0
 
 

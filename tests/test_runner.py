@@ -209,9 +209,9 @@ def test_nan_guard_stops_and_names_the_term(tmp_path, capsys, monkeypatch):
     real = kd.kd_loss
     calls = {"n": 0}
 
-    def poisoned(s, t, tau):
+    def poisoned(s, t, tau, *args):
         calls["n"] += 1
-        return real(s, t, tau) * (float("nan") if calls["n"] > 6 else 1.0)
+        return real(s, t, tau, *args) * (float("nan") if calls["n"] > 6 else 1.0)
 
     monkeypatch.setattr(kd, "kd_loss", poisoned)
     out = tmp_path / "nan"

@@ -34,12 +34,23 @@ class CTKDOptions(Strict):
 
 
 class DTDOptions(Strict):
-    """DTD (§A7): tau_x = temperature + beta * (mean_batch(w) - w_x); FLSW or CWSM weights, no gradient."""
+    """DTD (§A7): tau_x = temperature + beta * (mean_batch(w) - w_x); FLSW or CWSM weights, no gradient.
+
+    `tau_squared`: the KD term of sample x is tau_x^2 * KL at tau_x (default, ours) or KL at tau_x alone. The only
+    public port (TextBrewer's FLSW/CWSM schedulers with its `kd_ce_loss`; derivative repos default T0 = 8) applies
+    the per-sample tau without the tau^2 factor; it uses the soft cross-entropy, whose gradient equals the KL's.
+    That port is `tau_squared: false` with `temperature: 8`. We default to tau_x^2 with T0 = 4 because DTD is
+    compared with KD at tau = 4 in the same recipe: the factor keeps each sample's gradient scale independent of
+    its tau (Hinton), so the temperature only shapes the target, and the recipe's weights (CE 0.1, KD 0.9), tuned for
+    tau^2-scaled KD, keep their meaning; without it the KD gradient shrinks by 1/tau_x^2 (~1/16 at T0 = 4, 1/64 at 8)
+    and hard samples (lower tau) get relatively more weight.
+    """
 
     weights: Literal["flsw", "cwsm"] = "flsw"
     beta: float = Field(1.0, ge=0)
     gamma: float = Field(2.0, gt=0)  # FLSW exponent
     min_temperature: float = Field(0.1, gt=0)  # floor (ours): keeps tau positive for any beta
+    tau_squared: bool = True  # false: the TextBrewer-derived port (no tau_x^2 factor)
 
 
 class FixedTemperature(nn.Module):

@@ -33,6 +33,9 @@ class LoggerConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str | None = None  # default: the config file's stem
+    # modules (dotted, importable from the current directory) or .py files (relative to the config) imported before
+    # validation: a user's own @register_model / @register_stage without an entry point (`--import` adds to it)
+    imports: list[str] = Field(default_factory=list)
     seed: int = 0
     output_dir: str | None = None  # default: runs/<name>
     precision: Literal["no", "fp16", "bf16"] = "no"

@@ -8,10 +8,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from ssl_kd.config.loader import apply_overrides, load_yaml
-from ssl_kd.config.registry import stage_types
+from ssl_kd.config.registry import import_modules, resolve_import, stage_types
 from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.data.config import DataConfig
 from ssl_kd.errors import UserError, choices, suggest
+from ssl_kd.models import list_models, model_options
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -80,8 +81,27 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
             )
         typed[name] = _validate(types[st].Config, block, ("stages", name), source)
     cfg.stages = typed
+    _check_models(cfg, source)
     _check_references(cfg, source)
     return cfg
+
+
+def _check_models(cfg: Config, source: str) -> None:
+    """Architecture names and their options, checked here so the error names the YAML path."""
+    valid = list_models()
+    for name, m in cfg.models.items():
+        if m.arch not in valid:
+            raise UserError(
+                f"{source}: models.{name}.arch: unknown model '{m.arch}'.{suggest(m.arch, valid)} Valid models: "
+                f"{choices(valid)} (a model of your own: register it and list its module in experiment.imports)."
+            )
+        options = model_options(m.arch)
+        for key in m.kwargs:
+            if key not in options:
+                raise UserError(
+                    f"{source}: models.{name}.kwargs.{key}: model '{m.arch}' has no option '{key}'."
+                    f"{suggest(key, options)} Its options: {choices(options) or '(none)'}."
+                )
 
 
 def _check_references(cfg: Config, source: str) -> None:
@@ -116,6 +136,12 @@ def _check_references(cfg: Config, source: str) -> None:
                 )
         if st.init.mode == "checkpoint" and not st.init.path:
             raise UserError(f"{where}.init.path: mode 'checkpoint' needs a file path.")
+        if st.enabled and st.train and 0 in (st.iters, st.epochs):
+            key = "iters" if st.iters == 0 else "epochs"
+            raise UserError(
+                f"{where}.{key}: 0 trains nothing, and a later stage would read untrained {st.train}. Give a "
+                f"positive length, or skip the stage with stages.{name}.enabled=false."
+            )
         for m in st.eval.models or []:
             if m not in cfg.models:
                 raise UserError(f"{where}.eval.models: model '{m}' is not defined.{suggest(m, cfg.models)}")
@@ -124,16 +150,72 @@ def _check_references(cfg: Config, source: str) -> None:
                 raise UserError(f"{where}.init.models: model '{m}' is not defined.{suggest(m, cfg.models)}")
 
 
-def resolve_config(path: str | Path, overrides: list[tuple[str, Any]]) -> tuple[Config, dict[str, Any]]:
-    """YAML (+ `_base_`) then CLI overrides (CLI wins) -> (typed config, raw resolved dict)."""
+def _check_override_targets(raw: dict[str, Any], overrides: list[tuple[str, Any]], source: str) -> None:
+    """`stages.nope.lr=1` names a stage the config does not have: say so (instead of a missing `type`), unless
+    the command line adds that stage (or model) whole, with its `type` (`arch`)."""
+    for block, required in (("stages", "type"), ("models", "arch")):
+        existing = raw.get(block) if isinstance(raw.get(block), dict) else {}
+        keys = [k for k, _ in overrides]
+        for key, value in overrides:
+            parts = key.split(".")
+            if parts[0] != block or len(parts) < 2 or parts[1] in existing:
+                continue
+            name = parts[1]
+            adds = f"{block}.{name}.{required}" in keys or any(
+                k == f"{block}.{name}" and isinstance(v, dict) and required in v for k, v in overrides
+            )
+            if not adds:
+                what = "stage" if block == "stages" else "model"
+                raise UserError(
+                    f"override '{key}={value}': {source} has no {what} '{name}'.{suggest(name, existing)} "
+                    f"{what.capitalize()}s: {choices(existing) or '(none)'}. (To add one, also give "
+                    f"{block}.{name}.{required}=...)"
+                )
+
+
+def resolve_config(
+    path: str | Path, overrides: list[tuple[str, Any]], imports: list[str] | tuple[str, ...] = ()
+) -> tuple[Config, dict[str, Any]]:
+    """YAML (+ `_base_`) then CLI overrides (CLI wins) -> (typed config, raw resolved dict).
+
+    `experiment.imports` (plus `imports`, from `--import`) are imported before validation, so the models and stage
+    types they register are valid names; `.py` entries are stored as absolute paths, for resume from anywhere.
+    """
     path = Path(path)
-    raw = apply_overrides(load_yaml(path), overrides)
+    raw = load_yaml(path)
+    _check_override_targets(raw, overrides, str(path))
+    raw = apply_overrides(raw, overrides)
     exp = raw.setdefault("experiment", {}) or {}
     raw["experiment"] = exp
     if isinstance(exp, dict) and not exp.get("name"):
         exp["name"] = path.stem if path.name != "config.yaml" else path.parent.name
+    if isinstance(exp, dict) and (exp.get("imports") or imports):
+        given = exp.get("imports") or []
+        given = [given] if isinstance(given, str) else given
+        if not isinstance(given, list):
+            raise UserError(f"{path}: experiment.imports: expected a list of modules or .py files, got {given!r}.")
+        entries = [resolve_import(e, path.parent) if isinstance(e, str) else e for e in given]
+        entries += [resolve_import(e, Path.cwd()) for e in imports]  # --import: relative to where it runs
+        exp["imports"] = list(dict.fromkeys(entries))
+        import_modules(exp["imports"])
     cfg = validate_config(raw, str(path))
+    check_precision(cfg, str(path))
     return cfg, raw
+
+
+def check_precision(cfg: Config, source: str) -> None:
+    """fp16 needs a GPU: on CPU accelerate would silently train in fp32, so refuse it (in --dry-run too)."""
+    if cfg.experiment.precision != "fp16":
+        return
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    if torch.cuda.is_available() or (mps is not None and mps.is_available()):
+        return
+    raise UserError(
+        f"{source}: experiment.precision: 'fp16' needs a GPU and this machine has none (on CPU it would be "
+        f"silently ignored). Choices that work here: 'no', 'bf16'."
+    )
 
 
 def resolved_dict(cfg: Config) -> dict[str, Any]:

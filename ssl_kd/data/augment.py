@@ -191,8 +191,13 @@ _OP_TABLE = list(RANDAUGMENT_OPS.values())
 
 
 def cutout(img: np.ndarray, side: float, cx: float, cy: float, fill: tuple[int, int, int]) -> np.ndarray:
-    """TorchSSL/USB CutoutAbs: box corner = max(0, centre - side/2), far corner = min(size, corner + side),
-    both truncated to int and both included (PIL's rectangle is inclusive)."""
+    """TorchSSL/USB/FullMatch CutoutAbs: box corner = max(0, centre - side/2), far corner = min(size, corner + side),
+    both truncated to int and both included (PIL's rectangle is inclusive).
+
+    The centre: we draw it uniformly in [0, w) x [0, h) (`StrongTransform.randaugment`). The references call
+    `np.random.uniform(w)`, which by NumPy's signature is uniform(low=w, high=1): a centre in (1, w], not [0, w).
+    A quirk we do not follow: it shifts the box distribution by under one pixel and never changes which ops run.
+    """
     if side <= 0:
         return img
     h, w = img.shape[:2]

@@ -31,7 +31,9 @@ class StrongAugConfig(Strict):
 
     Defaults = TorchSSL/USB `RandAugment(3, 5)`: 3 ops, always applied, cutout side U[0, 0.5]*W, fill
     (125, 123, 114), applied after flip+crop (USB). TorchSSL applies it before flip+crop (`order: before`).
-    FullMatch: `num_ops: 2, op_prob: 0.5, cutout_random_size: false, cutout_fill: [127, 127, 127]`.
+    FullMatch: `num_ops: 2, op_prob: 0.5, cutout_random_size: false, cutout_fill: [127, 127, 127]`. The shipped
+    configs take one of `configs/_base_/ssl/augment_{torchssl,fullmatch}.yaml`. The cutout centre is uniform in
+    the image (the references' `np.random.uniform(w)` draws it in (1, w]: see `augment.cutout`).
     """
 
     num_ops: int = Field(3, ge=0, description="ops drawn with replacement per image")

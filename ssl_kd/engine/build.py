@@ -8,13 +8,14 @@ e.g. a pruned export), the model is rebuilt from the file's spec before the weig
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ssl_kd.config.schema import Config, StageConfig
-from ssl_kd.engine.checkpoint import extract_state_dict, load_checkpoint, load_weights
+from ssl_kd.engine.checkpoint import check_fits, extract_state_dict, load_checkpoint, load_weights
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError, choices
 from ssl_kd.models import create_model, create_model_from_spec, model_spec
@@ -23,7 +24,10 @@ from ssl_kd.models import create_model, create_model_from_spec, model_spec
 def build_models(cfg: Config, num_classes: int, device: torch.device) -> dict[str, nn.Module]:
     models: dict[str, nn.Module] = {}
     for name, mcfg in cfg.models.items():
-        models[name] = create_model(mcfg.arch, mcfg.num_classes or num_classes, **mcfg.kwargs).to(device)
+        try:
+            models[name] = create_model(mcfg.arch, mcfg.num_classes or num_classes, **mcfg.kwargs).to(device)
+        except UserError as e:  # an option value the factory refused: say which YAML entry
+            raise UserError(f"models.{name}: {e}") from None
         if mcfg.checkpoint:
             load_model_file(models, name, mcfg.checkpoint, f"models.{name}.checkpoint", True, device)
     return models
@@ -39,14 +43,27 @@ def load_into(
 ) -> None:  # fmt: skip
     """Load model `name`'s weights from a loaded file, rebuilding the model first if the file records another
     shape for it."""
+    model, state = _target(models, name, obj, path, where, device)
+    models[name] = model
+    load_weights(model, state, strict, f"{where} ({path}, model '{name}')")
+
+
+def _target(
+    models: dict[str, nn.Module], name: str, obj: dict[str, Any], path: str, where: str, device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(the model the file's weights go into, those weights): the live model, or one rebuilt from the file's spec."""
     spec = (obj.get("specs") or {}).get(name)
-    if spec is not None and spec != model_spec(models[name]):
-        models[name] = create_model_from_spec(spec).to(device)
+    model = models[name]
+    if spec is not None and spec != model_spec(model):
+        try:
+            model = create_model_from_spec(spec).to(device)
+        except UserError as e:  # e.g. a model of the user's whose module is not imported here
+            raise UserError(f"{where}: {path} records model '{name}' as {spec.get('arch')!r}: {e}") from None
     state = extract_state_dict(obj, name)
     if state is None:
         have = choices(obj["models"]) if isinstance(obj.get("models"), dict) else "no recognisable weights"
         raise UserError(f"{where}: {path} has no weights for model '{name}' (it has: {have}).")
-    load_weights(models[name], state, strict, f"{where} ({path}, model '{name}')")
+    return model, state
 
 
 def load_model_file(
@@ -55,27 +72,59 @@ def load_model_file(
     load_into(models, name, load_checkpoint(path, where), str(path), where, strict, device)
 
 
+def _init_source(cfg: Config, run_dir: RunDir, name: str, scfg: StageConfig, index: int) -> tuple[Path, str] | None:
+    """(file, YAML path for messages) a stage's `init` loads from; None when it keeps the live models."""
+    init = scfg.init
+    if init.mode == "continue":
+        return None
+    if init.mode == "stage":
+        src = init.stage or list(cfg.stages)[index - 1]
+        if not cfg.stages[src].enabled:
+            return None  # its models come from elsewhere (e.g. models.<name>.checkpoint)
+        return run_dir.stage_file(src, init.which), f"stages.{name}.init (stage '{src}', {init.which})"
+    return Path(str(init.path)).expanduser(), f"stages.{name}.init.path"
+
+
+def _init_targets(obj: dict[str, Any], scfg: StageConfig, path: Path, where: str) -> list[str]:
+    targets = scfg.init.models or [m for m in (*scfg.train, *scfg.uses) if extract_state_dict(obj, m) is not None]
+    if not targets:
+        raise UserError(f"{where}: {path} has weights for none of this stage's models {[*scfg.train, *scfg.uses]}.")
+    return targets
+
+
 def apply_init(
     models: dict[str, nn.Module], cfg: Config, run_dir: RunDir, name: str, scfg: StageConfig, index: int,
     device: torch.device,
 ) -> None:  # fmt: skip
     """The stage's `init`: keep the live models, or load an earlier stage's best/last weights, or a file."""
-    init = scfg.init
-    if init.mode == "continue":
+    source = _init_source(cfg, run_dir, name, scfg, index)
+    if source is None:
         return
-    if init.mode == "stage":
-        src = init.stage or list(cfg.stages)[index - 1]
-        if not cfg.stages[src].enabled:
-            return  # its models come from elsewhere (e.g. models.<name>.checkpoint)
-        path = run_dir.stage_file(src, init.which)
-        where = f"stages.{name}.init (stage '{src}', {init.which})"
-        if not path.is_file():
-            raise UserError(f"{where}: {path} does not exist; did stage '{src}' run and evaluate?")
-    else:
-        path, where = init.path, f"stages.{name}.init.path"
+    path, where = source
+    if scfg.init.mode == "stage" and not path.is_file():
+        raise UserError(f"{where}: {path} does not exist; did that stage run and evaluate?")
     obj = load_checkpoint(path, where)
-    targets = init.models or [m for m in (*scfg.train, *scfg.uses) if extract_state_dict(obj, m) is not None]
-    if not targets:
-        raise UserError(f"{where}: {path} has weights for none of this stage's models {[*scfg.train, *scfg.uses]}.")
-    for m in targets:
-        load_into(models, m, obj, str(path), where, init.strict, device)
+    for m in _init_targets(obj, scfg, path, where):
+        load_into(models, m, obj, str(path), where, scfg.init.strict, device)
+
+
+def check_stage_files(
+    models: dict[str, nn.Module], cfg: Config, run_dir: RunDir, device: torch.device, first: int = 0, done: int = 0
+) -> None:
+    """Before any work: every file a stage from index `first` on will load at its start (`init.path`, or the weights
+    of one of the `done` stages finished in an earlier session) exists, loads weights-only and fits its models, so
+    a bad file of the last stage is reported before the first one trains. Stages yet to finish write their own."""
+    names = list(cfg.stages)
+    for index, (name, scfg) in enumerate(cfg.stages.items()):
+        if index < first or not scfg.enabled:
+            continue
+        source = _init_source(cfg, run_dir, name, scfg, index)
+        if source is None:
+            continue
+        path, where = source
+        if scfg.init.mode == "stage" and names.index(scfg.init.stage or names[index - 1]) >= done:
+            continue  # that stage finishes in this session and writes the file
+        obj = load_checkpoint(path, where)
+        for m in _init_targets(obj, scfg, path, where):
+            model, state = _target(models, m, obj, str(path), where, device)
+            check_fits(model, state, scfg.init.strict, f"{where} ({path}, model '{m}')")

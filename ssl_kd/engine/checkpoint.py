@@ -34,15 +34,24 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """Load a file weights-only (tensors and plain data, never code); every failure is one UserError.
+
+    torch's own message for a refused pickle suggests `weights_only=False`, i.e. running whatever code the file
+    holds: it is never passed on.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what}: {path} is a folder; give a checkpoint file (e.g. {path}/checkpoints/last.pt).")
     if not path.is_file():
         raise UserError(f"{what}: file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign pickle: say so instead of a traceback
-        raise UserError(
-            f"{what}: cannot load {path} as a weights-only torch checkpoint ({type(e).__name__}: {e})."
-        ) from None
+    except Exception as e:  # corrupt, truncated, or a pickle that holds more than weights
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            why = "it holds Python objects besides tensors and plain data, which ssl_kd never loads (unsafe)"
+        else:
+            why = f"not a torch checkpoint, or damaged / truncated ({type(e).__name__})"
+        raise UserError(f"{what}: {path} is unreadable: {why}.") from None
     if not isinstance(obj, dict):
         raise UserError(f"{what}: {path} holds a {type(obj).__name__}, expected a dict of tensors.")
     return obj
@@ -86,19 +95,19 @@ def extract_state_dict(obj: dict[str, Any], model_name: str) -> dict[str, torch.
     return None
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool, where: str) -> None:
-    """Load with a message that names the file/key instead of torch's wall of missing keys."""
+def check_fits(model: nn.Module, state: dict[str, Any], strict: bool, where: str) -> None:
+    """Raise a UserError naming the file/key when `state` does not fit `model` (torch's wall of keys otherwise)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+    shape = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
     if shape or (strict and (missing or unexpected)):
         parts = []
         if shape:
             k = shape[0]
             parts.append(
                 f"{len(shape)} tensor(s) differ in shape "
-                f"(e.g. {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
+                f"(e.g. {k}: file {tuple(getattr(state[k], 'shape', ()))} vs model {tuple(own[k].shape)})"
             )
         if strict and missing:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
@@ -107,4 +116,10 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool,
         raise UserError(
             f"{where}: weights do not fit the model: " + "; ".join(parts) + ". Is it the same architecture?"
         )
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool, where: str) -> None:
+    """Load with a message that names the file/key instead of torch's wall of missing keys."""
+    check_fits(model, state, strict, where)
+    own = model.state_dict()
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)

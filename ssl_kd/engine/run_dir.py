@@ -26,11 +26,40 @@ class RunDir:
 
     def check_new(self) -> None:
         """Refuse to start fresh on top of an earlier run: nothing of it may be overwritten."""
-        if self.last.exists() or self.metrics.exists():
+        if self.holds_run():
             raise UserError(
                 f"run folder {self.root} already holds a run. Continue it with --resume, or start a new one "
                 f"with experiment.name=<new name> (or experiment.output_dir=<path>)."
             )
+
+    def holds_run(self) -> bool:
+        return self.last.exists() or self.metrics.exists()
+
+    def creatable(self) -> str | None:
+        """Why the folder could not be created or written (None if it can): checked without creating anything."""
+        path = self.root.absolute()
+        while not path.exists():
+            if path.parent == path:
+                return f"no such place {path}"
+            path = path.parent
+        if not path.is_dir():
+            return f"{path} is a file, not a folder"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"no permission to write in {path}"
+        return None
+
+    def create(self) -> None:
+        """Make the run folder (and its parents): a UserError naming the path if that is impossible."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionError(13, "no permission to write there")
+        except OSError as e:
+            why = self.creatable() or e.strerror or type(e).__name__
+            raise UserError(
+                f"experiment.output_dir: cannot create the run folder {self.root} ({why}). "
+                f"Give a writable place with experiment.output_dir=<path>."
+            ) from None
 
     def check_resumable(self) -> None:
         if not self.last.is_file():

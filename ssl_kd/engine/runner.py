@@ -22,7 +22,7 @@ from torch import nn
 from ssl_kd.config.registry import stage_types
 from ssl_kd.config.schema import Config
 from ssl_kd.engine import state as ckpt_io
-from ssl_kd.engine.build import apply_init, build_models
+from ssl_kd.engine.build import apply_init, build_models, check_stage_files
 from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.evaluation import Evaluator, Predict, eval_mode
 from ssl_kd.engine.plan import plan
@@ -159,7 +159,9 @@ class Runner:
             self.run_dir.root.mkdir(parents=True, exist_ok=True)
         seed_everything(exp.seed, exp.deterministic)
         self.models = build_models(self.cfg, self.data.num_classes, self.device)
-        ckpt = ckpt_io.load_resume(self) if self.resume else None
+        ckpt = ckpt_io.load_resume(self) if self.resume else None  # a resume checks the stages' files itself
+        if ckpt is None:
+            check_stage_files(self.models, self.cfg, self.run_dir, self.device)  # every stage's, before any work
         if ckpt is not None and not ckpt["in_stage"]:
             ckpt_io.restore_rng_of(self, ckpt)
         for cb in self._all_callbacks():

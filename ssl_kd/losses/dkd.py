@@ -23,10 +23,12 @@ def dkd_parts(
     teacher_logits: torch.Tensor,
     target: torch.Tensor,
     temperature: float | torch.Tensor,
+    tau_squared: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD): each tau^2 * KL, summed over its classes and averaged over the batch.
 
-    `temperature` is a float or a per-sample (B,) tensor (then sample i uses tau_i and tau_i^2).
+    `temperature` is a float or a per-sample (B,) tensor (then sample i uses tau_i and tau_i^2);
+    `tau_squared=False` leaves the factor out.
     """
     t = as_column(temperature)
     target = target.reshape(-1).long()
@@ -42,6 +44,8 @@ def dkd_parts(
 
     bin_s, non_s = parts(zs)
     bin_t, non_t = parts(zt)
+    if not tau_squared:
+        return _kl_rows(bin_t, bin_s).mean(), _kl_rows(non_t, non_s).mean()
     scale = t.reshape(-1) ** 2 if isinstance(t, torch.Tensor) else t * t
     return (_kl_rows(bin_t, bin_s) * scale).mean(), (_kl_rows(non_t, non_s) * scale).mean()
 
@@ -53,7 +57,9 @@ def dkd_loss(
     alpha: float,
     beta: float,
     temperature: float | torch.Tensor,
+    tau_squared: bool = True,
 ) -> torch.Tensor:
-    """DKD = alpha * TCKD + beta * NCKD (tau^2 included; mdistiller's warm-up factor is the caller's, per epoch)."""
-    tckd, nckd = dkd_parts(student_logits, teacher_logits, target, temperature)
+    """DKD = alpha * TCKD + beta * NCKD (tau^2 included unless `tau_squared=False`; mdistiller's warm-up factor is
+    the caller's, per epoch)."""
+    tckd, nckd = dkd_parts(student_logits, teacher_logits, target, temperature, tau_squared)
     return alpha * tckd + beta * nckd

@@ -137,10 +137,11 @@ class KD(Stage):
         tau = self.module("temperature")(s, t)
         if c.ka.mode != "none":
             t = knowledge_adjust(t, target, c.ka.mode, tau, c.ka.correct_prob)
+        tau2 = c.temperature_policy != "dtd" or c.dtd.tau_squared  # DTD's port leaves tau^2 out (DTDOptions)
         if c.loss == "kd":
-            kd = kd_loss(s, t, tau)
+            kd = kd_loss(s, t, tau, tau2)
         else:
-            kd = self.warmup.value * dkd_loss(s, t, target, c.dkd.alpha, c.dkd.beta, tau)
+            kd = self.warmup.value * dkd_loss(s, t, target, c.dkd.alpha, c.dkd.beta, tau, tau2)
         losses = {"ce": F.cross_entropy(s[:n], y), "kd": kd}
         diagnostics = {"acc": accuracy(s[:n], y)}
         if c.temperature_policy != "fixed":
