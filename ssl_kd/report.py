@@ -1,6 +1,8 @@
-"""Run report: PNG plots and a short report.md from a run folder, so a run can be judged without W&B.
+"""Run report: PNG plots and a short report.md from a run folder, so a run can be judged without W&B; and a
+results table across runs and seeds.
 
-    python -m ssl_kd.report RUN_DIR [--out DIR]      # default DIR: RUN_DIR/report/
+    python -m ssl_kd.report RUN_DIR [--out DIR]                  # default DIR: RUN_DIR/report/
+    python -m ssl_kd.report RUN_DIR [RUN_DIR ...] --table [--csv FILE]
 
 Reads `metrics.jsonl` (and `config.yaml` for stage order, types and models when present). Every `train/*` number
 is plotted, so new stage types need no change here: the diagnostics a stage type declares (`Stage.plots`, e.g. the
@@ -11,8 +13,10 @@ training-terms grid. Plots whose data is absent are skipped.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -42,6 +46,10 @@ class Run:
 
     def of(self, stage: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r["stage"] == stage]
+
+    def stop(self, stage: str) -> dict[str, Any] | None:
+        """The `stop` record (NaN guard) of a stage, if training stopped there."""
+        return next((r for r in self.of(stage) if r.get("kind") == "stop"), None)
 
     def span(self, stage: str) -> tuple[int, int] | None:
         """(first, last) global step of a stage (records carry both counters), None if it logged nothing."""
@@ -293,6 +301,9 @@ def stage_rows(run: Run) -> list[list[str]]:
     for stage, cfg in run.stages.items():
         recs = run.of(stage)
         steps = str(max(r["step"] for r in recs)) if recs else "not run"
+        stop = run.stop(stage)
+        if stop is not None:
+            steps = f"stopped at {stop.get('first_step', stop['step'])} ({', '.join(stop.get('terms') or [])} NaN/inf)"
         head = [stage, str(cfg.get("type", "?")), ", ".join(cfg.get("train") or []) or "—"]
         head += [", ".join(cfg.get("uses") or []) or "—", steps]
         curves = accuracy_series(run, stage)
@@ -328,6 +339,15 @@ def write_markdown(run: Run, images: list[Path], path: Path) -> Path:
     lines = [f"# Run report: {run.name}", "", f"Run folder: `{run.root}` ({len(run.records)} records)", ""]
     lines += ["## Stages", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in stage_rows(run)]
+    stops = [(s, run.stop(s)) for s in run.stages if run.stop(s)]
+    if stops:
+        lines += ["", "## Stopped", ""]
+        for stage, r in stops:
+            lines.append(
+                f"- **{stage}**: {r.get('reason', 'stopped')} in {', '.join(r.get('terms') or [])} (first at step "
+                f"{r.get('first_step', r['step'])}); the run ended there. `--resume` continues from the last good "
+                f"checkpoint."
+            )
     terms = final_terms(run)
     if terms:
         lines += ["", "## Final training terms", "", "Last logged value (averaged over the log interval).", ""]
@@ -354,17 +374,151 @@ def make_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     return write_markdown(run, [p for p in made if p is not None], out / "report.md")
 
 
+# ------------------------------------------------------------------------------------------------- table
+
+# keys that differ between the seeds of one experiment (or do not change what is trained): ignored when grouping
+_NOT_THE_SETTING = {
+    "experiment": ("name", "seed", "output_dir", "logger", "imports"),
+    "data": ("root", "num_workers", "download"),
+}
+
+
+def setting_key(run: Run) -> str:
+    """What a run trains, without its seed and where it ran: runs with equal keys are seeds of one setting."""
+    path = run.root / "config.yaml"
+    cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(cfg, dict):
+        return f"name:{run.name}"
+    cfg = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
+    for block, keys in _NOT_THE_SETTING.items():
+        for k in keys:
+            (cfg.get(block) or {}).pop(k, None)
+    ssl = (cfg.get("data") or {}).get("ssl")
+    if isinstance(ssl, dict):
+        cfg["data"]["ssl"] = {k: v for k, v in ssl.items() if k != "seed"}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def compress_names(names: list[str]) -> str:
+    """['fm_s0', 'fm_s1', 'fm_s2'] -> 'fm_s{0,1,2}'."""
+    names = list(dict.fromkeys(names))
+    if len(names) == 1:
+        return names[0]
+    pre = len(os.path.commonprefix(names))
+    suf = len(os.path.commonprefix([n[pre:][::-1] for n in names]))
+    middles = [n[pre : len(n) - suf] for n in names]
+    return f"{names[0][:pre]}{{{','.join(middles)}}}{names[0][len(names[0]) - suf :] if suf else ''}"
+
+
+def curve_stats(run: Run, stage: str, key: str) -> tuple[float, float, float] | None:
+    """(last, best, median of the last 5) of one test top-1 curve, as fractions."""
+    _, _, y = series(run.of(stage), key)
+    if not y:
+        return None
+    return y[-1], y[_best(y)], statistics.median(y[-5:])
+
+
+@dataclass
+class TableRow:
+    setting: str
+    seeds: list[Any]
+    stage: str
+    model: str
+    values: list[tuple[float, float, float]]
+    stopped: int = 0
+
+
+def table_rows(runs: list[Run]) -> list[TableRow]:
+    """One row per (setting, stage, curve): the runs of a setting are its seeds."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(setting_key(run), []).append(run)
+    rows = []
+    for members in groups.values():
+        label = compress_names([r.root.name for r in members])
+        seeds = [_seed(r) for r in members]
+        stages = list(dict.fromkeys(s for r in members for s in r.stages))
+        for stage in stages:
+            curves = list(dict.fromkeys((lbl, key) for r in members for _, lbl, key in accuracy_series(r, stage)))
+            for lbl, key in curves:
+                values = [v for r in members if (v := curve_stats(r, stage, key)) is not None]
+                stopped = sum(1 for r in members if r.stop(stage))
+                if values:
+                    rows.append(TableRow(label, seeds, stage, lbl, values, stopped))
+    return rows
+
+
+def _seed(run: Run) -> Any:
+    path = run.root / "config.yaml"
+    cfg = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return ((cfg or {}).get("experiment") or {}).get("seed")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _fmt(values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def table_markdown(rows: list[TableRow]) -> str:
+    head = ["runs", "n", "seeds", "stage", "model", "last top-1", "best top-1", "median last 5"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        n = f"{len(r.values)}" + (f" ({r.stopped} stopped)" if r.stopped else "")
+        cols = [_fmt([v[i] for v in r.values]) for i in range(3)]
+        lines.append("| " + " | ".join([r.setting, n, ",".join(map(str, r.seeds)), r.stage, r.model, *cols]) + " |")
+    return "\n".join(lines) + "\n\nTest top-1 in %, mean ± sample std over the runs of a setting (its seeds).\n"
+
+
+def table_csv(rows: list[TableRow], path: Path) -> Path:
+    head = ["runs", "n", "stopped", "seeds", "stage", "model"]
+    head += [f"{m}_{s}" for m in ("last", "best", "median5") for s in ("mean", "std")]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        for r in rows:
+            stats = []
+            for i in range(3):
+                mean, std = _mean_std([v[i] for v in r.values])
+                stats += [f"{100 * mean:.4f}", "" if std is None else f"{100 * std:.4f}"]
+            w.writerow([r.setting, len(r.values), r.stopped, " ".join(map(str, r.seeds)), r.stage, r.model, *stats])
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ssl_kd.report", description="Plots and report.md of a run.")
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="run folder (holds metrics.jsonl)")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/report)")
+    parser = argparse.ArgumentParser(
+        prog="python -m ssl_kd.report", description="Plots and report.md of a run; a results table across runs."
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) (each holds metrics.jsonl)")
+    parser.add_argument("--out", metavar="DIR", help="output folder of a single run's report (default RUN_DIR/report)")
+    parser.add_argument(
+        "--table", action="store_true", help="print a markdown table: mean ± std of last / best / median-of-last-5 "
+        "test top-1 per setting, stage and model (runs whose configs differ only in seed and folder are grouped)"
+    )  # fmt: skip
+    parser.add_argument("--csv", metavar="FILE", help="with --table: also write the table as CSV")
     args = parser.parse_args(argv)
     try:
-        path = make_report(args.run_dir, args.out)
+        if args.table or args.csv:
+            rows = table_rows([load_run(d) for d in args.run_dirs])
+            if not rows:
+                raise UserError(f"{', '.join(args.run_dirs)}: no test top-1 in any of these runs (no evaluation yet).")
+            print(table_markdown(rows))
+            if args.csv:
+                try:
+                    print(f"CSV: {table_csv(rows, Path(args.csv))}")
+                except OSError as e:
+                    raise UserError(f"--csv: cannot write {args.csv} ({e.strerror}).") from None
+            return 0
+        if args.out and len(args.run_dirs) > 1:
+            raise UserError("--out takes one RUN_DIR; each of several runs gets its report in RUN_DIR/report.")
+        for d in args.run_dirs:
+            print(f"Report: {make_report(d, args.out)}")
     except UserError as e:
         print(f"ssl_kd: error: {e}", file=sys.stderr)
         return 2
-    print(f"Report: {path}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Stop on a non-finite loss term, keep the last good checkpoint, and name the term."""
+"""Stop on a non-finite loss term, keep the last good checkpoint, name the term, and record the stop (a `stop`
+record in metrics.jsonl: reason, terms, first step)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class NanGuard(Callback):
         culprits = [k for k, s in bad.items() if s == step and k != "loss"] or ["loss"]
         last = runner.run_dir.last
         kept = f"the last good checkpoint is kept: {last}" if last.exists() else "no checkpoint had been written yet"
+        # in metrics.jsonl too, so the report and the summary show the stage as stopped, not as "not run"
+        runner.log({"kind": "stop", "reason": "non-finite loss", "terms": culprits, "first_step": step})
         raise TrainingStopped(
             f"stage '{runner.stage.name}': loss term(s) {culprits} became NaN/inf (first at step {step}); "
             f"training stopped and {kept}. Lower the learning rate, enable clip_grad_norm, or check the data."

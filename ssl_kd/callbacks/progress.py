@@ -53,6 +53,12 @@ class ProgressLogger(Callback):
             if "lr" in record:
                 post["lr"] = f"{record['lr']:.3g}"
             self.bar.set_postfix(post, refresh=False)
+        elif record.get("kind") == "stop":
+            self._close()
+            terms = ", ".join(record.get("terms") or [])
+            self._print(f"  stage '{record['stage']}' stopped: {record['reason']} in {terms} "
+                        f"(first at step {record.get('first_step')})")  # fmt: skip
+            self.summary(runner, stopped=record)
         elif record.get("kind") == "eval":
             parts = []
             for k, v in record.items():
@@ -62,10 +68,13 @@ class ProgressLogger(Callback):
             tail = f" (best {_pct(best[0])})" if best else ""
             self._print(f"  step {record['step']}: " + ", ".join(parts) + tail)
 
-    def on_stage_end(self, runner) -> None:
+    def _close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def on_stage_end(self, runner) -> None:
+        self._close()
         if not runner.is_main:
             return
         res = runner.results.get(runner.stage.name)
@@ -77,14 +86,24 @@ class ProgressLogger(Callback):
             )
 
     def on_experiment_end(self, runner) -> None:
-        if not runner.is_main:
-            return
+        if runner.is_main:
+            self.summary(runner)
+
+    def summary(self, runner, stopped: dict | None = None) -> None:
+        """Each finished stage's test top-1, and the stage a stop (NaN guard) ended the run in."""
         lines = ["", "Summary (test top-1):"]
         for name, res in runner.results.items():
             m = res["model"]
             lines.append(
                 f"  {name:<20} {res['type']:<12} {m:<12} last {_pct(res['last'].get(f'{m}/top1')):>8}  "
                 f"best {_pct(res['best_top1']):>8}"
+            )
+        if stopped is not None:
+            stage = runner.stage
+            terms = ", ".join(stopped.get("terms") or [])
+            lines.append(
+                f"  {stopped['stage']:<20} {stage.type_name if stage else '?':<12} stopped at step "
+                f"{stopped.get('first_step')}: {stopped['reason']} in {terms}"
             )
         lines.append(f"Run folder: {runner.run_dir.root}")
         print("\n".join(lines), flush=True)

@@ -42,5 +42,9 @@ class WandbLogger(Callback):
     def on_experiment_end(self, runner) -> None:
         if self.run is not None:
             self.run.summary.update({f"{s}/best_top1": r["best_top1"] for s, r in runner.results.items()})
+            offline = bool(getattr(self.run, "offline", False))
+            where = getattr(getattr(self.run, "settings", None), "sync_dir", None)
             self.run.finish()
             self.run = None
+            if offline and where:  # an offline run is only useful if one knows where it went
+                print(f"W&B: offline run saved in {where}\n  upload it with: wandb sync {where}", flush=True)

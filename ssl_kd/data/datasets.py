@@ -329,6 +329,35 @@ def _check_npz_keys(keys: Sequence[str], path: Path, where: str) -> None:
         )
 
 
+def _check_npz_arrays(headers: dict[str, tuple[tuple[int, ...], np.dtype]], path: Path, where: str) -> None:
+    """Shapes and dtypes from the array headers, before anything is loaded: one clear line per problem."""
+    image = None
+    for split in ("train", "test", "unlabeled"):
+        x, y = f"x_{split}", f"y_{split}"
+        if x not in headers:
+            continue
+        shape, dtype = headers[x]
+        ok = len(shape) == 3 or (len(shape) == 4 and shape[3] in (1, 3))
+        if not ok or dtype != np.uint8:
+            raise UserError(
+                f"{where}: {path}:{x} has shape {tuple(shape)} and dtype {dtype}; images must be uint8 (0..255) "
+                f"of shape N x H x W x 3 (or N x H x W, N x H x W x 1)."
+            )
+        if image is not None and tuple(shape[1:3]) != image:
+            h, w = image
+            raise UserError(f"{where}: {path}:{x} images are {shape[1]}x{shape[2]}, x_train's are {h}x{w}.")
+        image = image or tuple(shape[1:3])
+        if y in headers:
+            yshape, ydtype = headers[y]
+            if len(yshape) != 1 or yshape[0] != shape[0] or not np.issubdtype(ydtype, np.integer):
+                raise UserError(
+                    f"{where}: {path}:{y} has shape {tuple(yshape)} and dtype {ydtype}; labels must be one integer "
+                    f"per image of {x} (shape ({shape[0]},))."
+                )
+    if "label_names" in headers and len(headers["label_names"][0]) != 1:
+        raise UserError(f"{where}: {path}:label_names must be 1-D (one name per class).")
+
+
 def _load_npz(path: Path, where: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{where}: no such file {path} (an .npz with x_train, y_train, x_test, y_test).")
@@ -337,6 +366,7 @@ def _load_npz(path: Path, where: str) -> dict[str, Any]:
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UserError(f"{where}: cannot read {path} as an .npz file ({e}).") from None
     _check_npz_keys(list(arrays), path, where)
+    _check_npz_arrays({k: (a.shape, a.dtype) for k, a in arrays.items()}, path, where)
     for k in ("x_train", "x_test", "x_unlabeled"):
         if k in arrays and arrays[k].dtype != np.uint8:
             raise UserError(f"{where}: {path}:{k} has dtype {arrays[k].dtype}; images must be uint8 (0..255).")
@@ -367,27 +397,38 @@ def _npz_info(path: Path, where: str) -> tuple[int, int, int, int, int, str]:
     try:
         if (cache / "meta.json").is_file():
             names = json.loads((cache / "meta.json").read_text())["arrays"]
-            shapes = {k: np.load(cache / f"{k}.npy", mmap_mode="r").shape for k in names}
-            small = lambda k: np.load(cache / f"{k}.npy", mmap_mode="r")  # noqa: E731
+            arrays = {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in names}
+            headers = {k: (a.shape, a.dtype) for k, a in arrays.items()}
+            small = lambda k: np.asarray(arrays[k])  # noqa: E731
         else:
             zf = zipfile.ZipFile(path)
-            shapes = {}
+            headers = {}
             for member in zf.namelist():
                 with zf.open(member) as f:
                     major, _ = np.lib.format.read_magic(f)
                     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                    shapes[member.removesuffix(".npy")] = read(f)[0]
+                    shape, _, dtype = read(f)
+                    headers[member.removesuffix(".npy")] = (shape, dtype)
 
             def small(k: str) -> np.ndarray:
                 with zf.open(f"{k}.npy") as f:
                     return np.lib.format.read_array(f, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise UserError(f"{where}: cannot read {path} as an .npz file ({e}).") from None
+    shapes = {k: s for k, (s, _) in headers.items()}
     _check_npz_keys(list(shapes), path, where)
+    _check_npz_arrays(headers, path, where)
+    try:
+        labels = {k: small(k) for k in ("y_train", "y_test")}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{where}: cannot read the labels of {path} ({e}).") from None
+    for k, y in labels.items():
+        if len(y) and y.min() < 0:
+            raise UserError(f"{where}: {path}:{k} holds negative labels (min {y.min()}); labels are 0..C-1.")
     if "label_names" in shapes:
         classes = int(shapes["label_names"][0])
     else:
-        classes = int(max(small("y_train").max(), small("y_test").max()) + 1)
+        classes = int(max((y.max() for y in labels.values() if len(y)), default=0) + 1)
     unl = shapes["x_unlabeled"][0] if "x_unlabeled" in shapes else 0
     return shapes["x_train"][0], shapes["x_test"][0], unl, classes, shapes["x_train"][1], str(path.absolute())
 

@@ -1,17 +1,95 @@
-"""`--dry-run`: validate data, models and every stage's set-up without training, and describe what would run."""
+"""`--dry-run`: validate data, models and every stage's set-up without training, and describe what would run:
+per stage its length, models, loss terms and weights, its own options, optimizer, LR schedule, EMA, evaluation
+and checkpoint schedule (generically, from the stage's config: the engine knows no method)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from ssl_kd.config.registry import stage_types
-from ssl_kd.engine.build import build_models
-from ssl_kd.engine.checkpoint import load_checkpoint
+from ssl_kd.config.schema import StageConfig
+from ssl_kd.engine.build import build_models, check_stage_files
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.streams import micro_batch, stage_lengths
 
 if TYPE_CHECKING:
     from ssl_kd.engine.runner import Runner
+
+INDENT = " " * 7
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, BaseModel):
+        v = v.model_dump()
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_value(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _wrap(label: str, text: str) -> list[str]:
+    return textwrap.wrap(text, 116, initial_indent=f"{INDENT}{label}: ", subsequent_indent=INDENT + "  ")
+
+
+def stage_options(scfg: StageConfig) -> str:
+    """The stage type's own options (beyond the keys every stage has): every plain value, and each option block
+    the YAML sets (blocks left at their defaults are not listed)."""
+    base = set(StageConfig.model_fields)
+    out = []
+    for k in type(scfg).model_fields:
+        if k in base:
+            continue
+        v = getattr(scfg, k)
+        if isinstance(v, BaseModel) and k not in scfg.model_fields_set:
+            continue
+        out.append(f"{k}={_value(v)}")
+    return ", ".join(out)
+
+
+def _every(every: int | None, unit: str, stage_unit: str, default: str) -> str:
+    if every is None:
+        return default
+    u = stage_unit if unit == "auto" else unit
+    return f"every {every} {u[:-1] if every == 1 else u}"
+
+
+def stage_details(scfg: StageConfig, trains: bool) -> list[str]:
+    lines = []
+    if trains:
+        weights = " + ".join(f"{w:g} {k}" for k, w in scfg.loss_weights.items() if w) or "(none weighted)"
+        zero = [k for k, w in scfg.loss_weights.items() if not w]
+        lines += _wrap("loss", weights + (f"   (weight 0, logged only: {', '.join(zero)})" if zero else ""))
+    opts = stage_options(scfg)
+    if opts:
+        lines += _wrap("options", opts)
+    if trains:
+        per_epoch = scfg.scheduler.interval == "epoch" or (scfg.scheduler.interval == "auto" and scfg.unit == "epochs")
+        lines += _wrap("optimizer", scfg.optimizer.describe() + (f", clip grad norm {scfg.clip_grad_norm:g}"
+                                                                 if scfg.clip_grad_norm else ""))  # fmt: skip
+        if scfg.grad_accum > 1:
+            lines[-1] += f", {scfg.grad_accum} accumulation steps"
+        lines += _wrap("LR schedule", scfg.scheduler.describe(per_epoch))
+        e = scfg.ema
+        raw = " (and the raw model)" if scfg.eval.raw else ""
+        ema = f"decay {e.decay:g}; evaluation reports the EMA model{raw}" if e.enabled else "off"
+        if e.enabled and e.apply_at_end:
+            ema += "; the stage ends with the EMA weights"
+        lines += _wrap("EMA", ema)
+    ev, ck = scfg.eval, scfg.checkpoint
+    default_eval = "every epoch" if scfg.unit == "epochs" else "at the end"
+    when = _every(ev.every, ev.unit, scfg.unit, default_eval) if trains else "once"
+    models = f", models {ev.models}" if ev.models else ""
+    text = f"{when} (batch {ev.batch_size}{models})"
+    if trains:
+        default_ckpt = "every epoch" if scfg.unit == "epochs" else "every 1000 steps"
+        text += f"; checkpoint {_every(ck.every, ck.unit, scfg.unit, default_ckpt)} and at the end"
+        text += ", best weights kept" if ck.save_best else ""
+    lines += _wrap("eval", text)
+    return lines
 
 
 def plan(runner: Runner) -> str:
@@ -22,7 +100,23 @@ def plan(runner: Runner) -> str:
     lines = [
         f"Experiment '{exp.name}' (seed {exp.seed}, precision {exp.precision}, {runner.world_size} process(es))",
         f"  run folder: {runner.run_dir.root}",
+    ]
+    if runner.run_dir.holds_run():
+        lines.append(
+            "  WARNING: this run folder already holds a run: a real run refuses to start on top of it. Continue it "
+            "with --resume, or set experiment.name / experiment.output_dir."
+        )
+    elif (why := runner.run_dir.creatable()) is not None:
+        lines.append(f"  WARNING: the run folder cannot be created ({why}); set experiment.output_dir.")
+    if exp.imports:
+        lines.append(f"  imports: {', '.join(exp.imports)}")
+    w, s = cfg.data.augment.weak, cfg.data.augment.strong
+    size = f"U[0, {s.cutout:g}]" if s.cutout_random_size else f"{s.cutout:g}"
+    lines += [
         f"Data: {d.name}: {len(d.train)} train / {len(d.test)} test images, {d.num_classes} classes, {d.image_size}px",
+        f"  augment: weak = {'flip + ' if w.flip else ''}crop pad {w.crop_padding} {w.pad_mode}; strong = "
+        f"RandAugment {s.num_ops} op(s) each p={s.op_prob:g} + cutout {size} x width fill {s.cutout_fill}, "
+        f"{s.order} the weak flip + crop",
         "Models:",
     ]
     runner.models = build_models(cfg, d.num_classes, runner.device)
@@ -30,6 +124,7 @@ def plan(runner: Runner) -> str:
         n = sum(p.numel() for p in m.parameters())
         src = f" <- {cfg.models[name].checkpoint}" if cfg.models[name].checkpoint else ""
         lines.append(f"  {name:<12} {cfg.models[name].arch:<14} {n:>12,} params{src}")
+    check_stage_files(runner.models, cfg, runner.run_dir, runner.device)
     lines.append("Stages:")
     types = stage_types()
     for i, (name, scfg) in enumerate(cfg.stages.items()):
@@ -39,8 +134,6 @@ def plan(runner: Runner) -> str:
         if not scfg.enabled:
             lines.append(f"  {i + 1}. {name:<14} {scfg.type:<11} (disabled)")
             continue
-        if scfg.init.mode == "checkpoint":
-            load_checkpoint(scfg.init.path, f"stages.{name}.init.path")
         stage.setup()
         total, spe = stage_lengths(stage)
         for sname in stage.streams if stage.trains else ():
@@ -58,5 +151,6 @@ def plan(runner: Runner) -> str:
         if scfg.init.mode != "continue":
             parts.append(f"init: {scfg.init.mode} {scfg.init.stage or scfg.init.path or ''} {scfg.init.which}")
         lines.append(" ".join(parts))
+        lines += stage_details(scfg, stage.trains)
     runner.stage = None
     return "\n".join(lines)

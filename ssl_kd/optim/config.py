@@ -24,6 +24,21 @@ class OptimizerConfig(Strict):
     # null = the optimizer's default (dot: task = [ce], distill = every other weighted term)
     loss_groups: dict[str, list[str]] | None = None
 
+    def describe(self) -> str:
+        """One line for --dry-run: the options this optimizer uses."""
+        parts = [f"{self.name} lr {self.lr:g}"]
+        if self.name in ("sgd", "dot"):
+            parts.append(f"momentum {self.momentum:g}" + (" nesterov" if self.nesterov else ""))
+        if self.name in ("adam", "adamw"):
+            parts.append(f"betas {tuple(self.betas)}")
+        parts.append(f"wd {self.weight_decay:g}" + (" (none on BN/bias)" if self.no_decay_bn_bias else ""))
+        if self.name == "dot":
+            m, d = self.momentum, self.delta
+            parts.append(f"delta {d:g} (task momentum {m - d:g}, distillation momentum {m + d:g})")
+        if self.loss_groups:
+            parts.append(f"loss groups {self.loss_groups}")
+        return ", ".join(parts)
+
     @field_validator("nesterov")
     @classmethod
     def _dot_nesterov(cls, value: bool, info: ValidationInfo) -> bool:
@@ -55,3 +70,15 @@ class SchedulerConfig(Strict):
     milestones: list[int] = Field(default_factory=list)
     gamma: float = 0.1
     min_lr: float = Field(0.0, ge=0)
+
+    def describe(self, per_epoch: bool) -> str:
+        """One line for --dry-run: the LR multiplier and how often it steps."""
+        shape = {
+            "constant": "constant",
+            "cosine": f"cosine to min_lr {self.min_lr:g}",
+            "cosine_cycles": f"cos({self.cycles:g} pi k/K)",
+            "multistep": f"x{self.gamma:g} at {self.milestones} {'epochs' if per_epoch else 'steps'}",
+            "linear": f"linear to min_lr {self.min_lr:g}",
+        }[self.name]
+        warm = f", {self.warmup} {'epoch' if per_epoch else 'step'}(s) linear warm-up" if self.warmup else ""
+        return f"{shape}{warm}, stepped per {'epoch' if per_epoch else 'step'}"
