@@ -139,8 +139,8 @@ def _check_references(cfg: Config, source: str) -> None:
         if st.enabled and st.train and 0 in (st.iters, st.epochs):
             key = "iters" if st.iters == 0 else "epochs"
             raise UserError(
-                f"{where}.{key}: 0 trains nothing, and a later stage would read untrained {st.train}. Give a "
-                f"positive length, or skip the stage with stages.{name}.enabled=false."
+                f"{where}.{key}: 0 trains nothing: {st.train} would stay untrained for every stage after it. Give "
+                f"a positive length, or skip the stage with stages.{name}.enabled=false."
             )
         for m in st.eval.models or []:
             if m not in cfg.models:
