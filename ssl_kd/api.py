@@ -111,7 +111,9 @@ def load_model(
         elif len(models) == 1:
             name = next(iter(models))
         else:
-            raise UserError(f"{path}: holds several models ({choices(models)}); name one.")
+            raise UserError(f"{path}: holds several models ({choices(models)}); name one (name= / --model).")
+    if models is not None and name not in models:
+        raise UserError(f"{path}: has no weights for model '{name}' (it has: {choices(models)}).")
     spec = (obj.get("specs") or {}).get(name)
     if arch is not None:
         spec = {"arch": arch, "num_classes": num_classes or (spec or {}).get("num_classes"), "kwargs": kwargs}
@@ -122,9 +124,9 @@ def load_model(
         )
     if spec.get("num_classes") is None:
         raise UserError(f"{path}: give num_classes= for arch '{spec['arch']}'.")
-    state = extract_state_dict(obj, name) if models is not None else extract_state_dict(obj, "")
+    state = extract_state_dict(obj, name)
     if state is None:
-        raise UserError(f"{path}: has no weights for model '{name}' (it has: {choices(models or {})}).")
+        raise UserError(f"{path}: holds no recognisable weights (a state_dict of tensors, or an ssl_kd file).")
     try:
         model = create_model_from_spec(spec) if arch is None else create_model(arch, spec["num_classes"], **kwargs)
     except UserError as e:

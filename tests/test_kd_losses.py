@@ -120,6 +120,46 @@ def test_dtd_flsw_and_cwsm_hand_computed():
     assert dtd_temperature(s, t, 1.0, 100.0, "cwsm", min_temperature=0.5).min().item() == 0.5  # the floor
 
 
+def _port_soft_ce(s, t, tau):
+    """The public DTD port's KD term, transcribed row by row: soft cross-entropy at each sample's tau, no tau^2."""
+    total = 0.0
+    for i in range(s.shape[0]):
+        p_t = [math.exp(v / tau[i]) for v in t[i].tolist()]
+        z = sum(p_t)
+        log_z_s = math.log(sum(math.exp(v / tau[i]) for v in s[i].tolist()))
+        total += -sum(pt / z * (v / tau[i] - log_z_s) for pt, v in zip(p_t, s[i].tolist()))
+    return total / s.shape[0]
+
+
+def test_dtd_without_tau_squared_is_the_ports_loss_up_to_a_constant():
+    """tau_squared=False: the per-sample KL without tau_i^2. It differs from the port's soft cross-entropy only by
+    the teacher's entropy (no gradient), so both give the student the same gradient; with the factor each row is
+    scaled by tau_i^2."""
+    torch.manual_seed(3)
+    s0, t = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64) * 3
+    tau = torch.tensor([2.0, 4.0, 8.0, 5.5, 9.0], dtype=torch.float64)
+    s = s0.clone().requires_grad_(True)
+    ours = kd_loss(s, t, tau, tau_squared=False)
+    entropy = sum(-(F.softmax(t[i] / tau[i], 0) * F.log_softmax(t[i] / tau[i], 0)).sum().item() for i in range(5))
+    assert math.isclose(ours.item() + entropy / 5, _port_soft_ce(s0, t, tau.tolist()), rel_tol=1e-9)
+    (g_ours,) = torch.autograd.grad(ours, s)
+    s2 = s0.clone().requires_grad_(True)
+    t_col = tau.reshape(-1, 1)
+    port = -(F.softmax(t / t_col, 1) * F.log_softmax(s2 / t_col, 1)).sum(1).mean()  # the port's kd_ce_loss
+    (g_port,) = torch.autograd.grad(port, s2)
+    torch.testing.assert_close(g_ours, g_port)
+    # with the factor: each row's KL times its own tau_i^2
+    rows = [F.kl_div(F.log_softmax(s0[i] / tau[i], 0), F.softmax(t[i] / tau[i], 0), reduction="sum") for i in range(5)]
+    with_sq = sum(r * tau[i] ** 2 for i, r in enumerate(rows)) / 5
+    torch.testing.assert_close(kd_loss(s0, t, tau), with_sq)
+    torch.testing.assert_close(kd_loss(s0, t, tau, tau_squared=False), sum(rows) / 5)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    a, b = dkd_parts(s0, t, y, tau), dkd_parts(s0, t, y, tau, tau_squared=False)
+    assert a[0] > b[0] and a[1] > b[1]  # every tau_i > 1: the factor only scales up
+    plain = dkd_loss(s0, t, y, 1.0, 8.0, 4.0, tau_squared=False)
+    torch.testing.assert_close(plain * 16, dkd_loss(s0, t, y, 1.0, 8.0, 4.0))
+
+
 # ------------------------------------------------------------------------------------------------------ CTKD
 def test_ctkd_lambda_cosine_curriculum():
     assert ctkd_lambda(0) == 0.0 and ctkd_lambda(10) == 1.0 and ctkd_lambda(240) == 1.0

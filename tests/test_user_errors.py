@@ -83,7 +83,8 @@ def test_npz_with_wrong_arrays(tmp_path, capsys, arrays, needle):
             "x_test": np.zeros((4, 8, 8, 3), np.uint8), "y_test": np.arange(4) % 2}  # fmt: skip
     path = tmp_path / "bad.npz"
     np.savez(path, **{**good, **arrays})
-    assert run_cli(QUICK, *SHORT, "data.dataset=npz", f"data.path={path}", f"experiment.output_dir={tmp_path / 'r'}") == 2
+    data = ["data.dataset=npz", f"data.path={path}"]
+    assert run_cli(QUICK, *SHORT, *data, f"experiment.output_dir={tmp_path / 'r'}") == 2
     one_line_error(capsys, "data.path", str(path), needle)
     assert not (tmp_path / "r").exists()
 
@@ -190,5 +191,5 @@ def test_the_command_line_prints_no_traceback(tmp_path):
     cmd = [sys.executable, "-m", "ssl_kd.run", str(cfg)]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines() == [f"ssl_kd: error: {cfg}: key 'a' appears twice in one mapping "
-                                               f"(lines 1 and 2); YAML would silently keep the second. Keep one."]  # fmt: skip
+    expected = f"{cfg}: key 'a' appears twice in one mapping (lines 1 and 2); YAML would silently keep the second."
+    assert res.stderr.strip().splitlines() == [f"ssl_kd: error: {expected} Keep one."]
