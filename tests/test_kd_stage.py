@@ -108,8 +108,8 @@ def test_dkd_warmup_scales_the_kd_term_per_epoch(tmp_path, teacher_file, monkeyp
     seen = []
     real = kd_stage.dkd_loss
 
-    def spy(s, t, y, alpha, beta, tau):
-        value = real(s, t, y, alpha, beta, tau)
+    def spy(s, t, y, alpha, beta, tau, *rest):
+        value = real(s, t, y, alpha, beta, tau, *rest)
         seen.append(value.item())
         return value
 
@@ -154,9 +154,9 @@ def test_unlabeled_stream_adds_images_to_the_kd_term_only(tmp_path, teacher_file
     shapes = []
     real = kd_stage.kd_loss
 
-    def spy(s, t, tau):
+    def spy(s, t, tau, *rest):
         shapes.append(s.shape[0])
-        return real(s, t, tau)
+        return real(s, t, tau, *rest)
 
     monkeypatch.setattr(kd_stage, "kd_loss", spy)
     out = tmp_path / "u"

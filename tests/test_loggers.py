@@ -10,7 +10,7 @@ from ssl_kd.engine.run_dir import read_metrics
 TINY = ["stages.teacher.epochs=1", "stages.distill.epochs=1"]
 
 
-def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
+def test_wandb_offline_run_is_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     (tmp_path / "wb").mkdir()
@@ -21,11 +21,13 @@ def test_wandb_offline_run_is_written(tmp_path, monkeypatch):
     assert runs, "wandb wrote no offline run"
     files = [p for r in runs for p in r.rglob("*.wandb")]
     assert files and files[0].stat().st_size > 0
+    printed = capsys.readouterr().out  # where the offline run went, and how to upload it
+    assert any(f"wandb sync {r}" in printed for r in runs)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16"])
 def test_mixed_precision_on_cpu(tmp_path, precision):
-    """Autocast (and for fp16 the grad scaler, checkpointed with the run) through accelerate."""
+    """Autocast through accelerate (fp16 needs a GPU: on CPU it is refused, tests/test_user_errors.py)."""
     out = tmp_path / precision
     args = ["stages.teacher.epochs=3", "stages.distill.enabled=false", f"experiment.precision={precision}"]
     assert run_cli(CONFIGS / "quickstart.yaml", *args, f"experiment.output_dir={out}") == 0

@@ -156,7 +156,7 @@ class Runner:
     def run(self) -> dict[str, dict[str, Any]]:
         exp = self.cfg.experiment
         if self.is_main:
-            self.run_dir.root.mkdir(parents=True, exist_ok=True)
+            self.run_dir.create()
         seed_everything(exp.seed, exp.deterministic)
         self.models = build_models(self.cfg, self.data.num_classes, self.device)
         ckpt = ckpt_io.load_resume(self) if self.resume else None  # a resume checks the stages' files itself
