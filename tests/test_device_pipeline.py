@@ -202,3 +202,40 @@ def test_device_pipeline_run_resumes_bit_exactly(tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
     # and the host path is still the default
     assert DataConfig().pipeline == "host"
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_optimizer_kernels_make_the_same_update(name):
+    from ssl_kd.optim import OptimizerConfig, build_optimizer
+
+    results = {}
+    for impl in ("loop", "foreach", "fused"):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(5, 3))
+        b = torch.nn.Parameter(torch.randn(5))
+        opt = build_optimizer(OptimizerConfig(name=name, lr=0.1, nesterov=name == "sgd", impl=impl,
+                                              no_decay_bn_bias=True), [("w", w), ("bias", b)])  # fmt: skip
+        assert opt.defaults.get("fused") is (True if impl == "fused" else None)
+        for _ in range(3):
+            w.grad, b.grad = torch.ones_like(w), torch.full_like(b, 0.5)
+            opt.step()
+        results[impl] = torch.cat([w.detach().flatten(), b.detach()])
+    torch.testing.assert_close(results["foreach"], results["loop"])
+    torch.testing.assert_close(results["fused"], results["loop"])
+
+
+@pytest.mark.slow
+def test_compiled_step_trains(tmp_path):
+    """`experiment.compile` wraps the trained model's forward in torch.compile (slow on CPU: set SSL_KD_SLOW=1)."""
+    out = tmp_path / "c"
+    args = [
+        CONFIGS / "quickstart.yaml",
+        "stages.teacher.epochs=1",
+        "stages.distill.enabled=false",
+        "experiment.compile=default",
+        "experiment.logger.progress=false",
+        f"experiment.output_dir={out}",
+    ]
+    assert run_cli(*args) == 0
+    ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["models"]["teacher"])  # plain weights are saved
