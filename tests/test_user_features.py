@@ -254,3 +254,34 @@ def test_a_nan_stop_is_recorded_reported_and_summarised(tmp_path, capsys, monkey
     report = make_report(out).read_text()
     assert "stopped at 1 (kd NaN/inf)" in report and "## Stopped" in report
     assert "not run" not in report
+
+
+# --------------------------------------------------------------------------------- the dry-run plan
+def distill_plan(capsys, tmp_path, *args: str) -> str:
+    assert run_cli(QUICK, *args, f"experiment.output_dir={tmp_path / 'never'}", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "never").exists()
+    return out[out.index("2. distill") :]
+
+
+def test_dry_run_plans_tell_kd_dkd_dot_ctkd_and_dtd_apart(tmp_path, capsys):
+    """A new user could not tell KD from DKD from DOT in a plan: each shows its loss terms, blocks and optimizer."""
+    kd = distill_plan(capsys, tmp_path)
+    assert "loss: 0.1 ce + 0.9 kd" in kd and "temperature_policy=fixed" in kd and "dkd=" not in kd
+    assert "optimizer: sgd lr 0.05, momentum 0.9 nesterov" in kd
+    assert "LR schedule: cosine to min_lr 0, stepped per step" in kd and "EMA: off" in kd
+    assert "eval: every 4 epochs (batch 256); checkpoint every 2 epochs and at the end" in kd
+    dkd = distill_plan(capsys, tmp_path, "stages.distill.loss=dkd", "stages.distill.loss_weights={ce: 1, kd: 1}")
+    assert "loss: 1 ce + 1 kd" in dkd and "dkd={alpha: 1, beta: 8, warmup_epochs: 20}" in dkd  # defaults shown
+    dot = ["stages.distill.optimizer.name=dot", "stages.distill.optimizer.nesterov=false"]
+    dot_plan = distill_plan(capsys, tmp_path, *dot)
+    assert "optimizer: dot lr 0.05, momentum 0.9" in dot_plan and "task momentum 0.825" in dot_plan
+    ctkd = distill_plan(capsys, tmp_path, "stages.distill.temperature_policy=ctkd_global")
+    assert "temperature_policy=ctkd_global" in ctkd and "ctkd={" in ctkd and "dtd=" not in ctkd
+    dtd_args = ["stages.distill.temperature_policy=dtd", "stages.distill.dtd.tau_squared=false"]
+    dtd = distill_plan(capsys, tmp_path, *dtd_args)
+    assert "tau_squared: False" in dtd
+    speed = ["data.pipeline=device", "experiment.channels_last=true", "stages.distill.optimizer.impl=foreach"]
+    assert run_cli(QUICK, *speed, f"experiment.output_dir={tmp_path / 'never'}", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "channels_last" in out and "device pipeline" in out and "foreach update kernel" in out

@@ -159,6 +159,11 @@ class StageConfig(Strict):
     def unit(self) -> Literal["steps", "epochs"]:
         return "epochs" if self.epochs is not None else "steps"
 
+    def blocks_in_use(self) -> set[str]:
+        """Option blocks that shape this stage even at their defaults (e.g. `dkd` under `loss: dkd`): `--dry-run`
+        lists them with the blocks the YAML sets. A stage type overrides this; the engine stays method-agnostic."""
+        return set()
+
 
 class Config(Strict):
     """The whole experiment. `stages` holds each stage's typed config (validated per stage type)."""

@@ -37,14 +37,15 @@ def _wrap(label: str, text: str) -> list[str]:
 
 def stage_options(scfg: StageConfig) -> str:
     """The stage type's own options (beyond the keys every stage has): every plain value, and each option block
-    the YAML sets (blocks left at their defaults are not listed)."""
+    the YAML sets or the stage uses (`StageConfig.blocks_in_use`); other default blocks are left out."""
     base = set(StageConfig.model_fields)
+    shown = scfg.model_fields_set | scfg.blocks_in_use()
     out = []
     for k in type(scfg).model_fields:
         if k in base:
             continue
         v = getattr(scfg, k)
-        if isinstance(v, BaseModel) and k not in scfg.model_fields_set:
+        if isinstance(v, BaseModel) and k not in shown:
             continue
         out.append(f"{k}={_value(v)}")
     return ", ".join(out)
@@ -97,8 +98,10 @@ def plan(runner: Runner) -> str:
     exp = cfg.experiment
     seed_everything(exp.seed)
     d = runner.data
+    speed = "channels_last, " if exp.channels_last else ""
+    speed += f"compile {exp.compile}, " if exp.compile != "no" else ""
     lines = [
-        f"Experiment '{exp.name}' (seed {exp.seed}, precision {exp.precision}, {runner.world_size} process(es))",
+        f"Experiment '{exp.name}' (seed {exp.seed}, precision {exp.precision}, {speed}{runner.world_size} process(es))",
         f"  run folder: {runner.run_dir.root}",
     ]
     if runner.run_dir.holds_run():
@@ -114,7 +117,8 @@ def plan(runner: Runner) -> str:
     size = f"U[0, {s.cutout:g}]" if s.cutout_random_size else f"{s.cutout:g}"
     lines += [
         f"Data: {d.name}: {len(d.train)} train / {len(d.test)} test images, {d.num_classes} classes, {d.image_size}px",
-        f"  augment: weak = {'flip + ' if w.flip else ''}crop pad {w.crop_padding} {w.pad_mode}; strong = "
+        f"  {cfg.data.pipeline} pipeline; augment: weak = {'flip + ' if w.flip else ''}crop pad {w.crop_padding} "
+        f"{w.pad_mode}; strong = "
         f"RandAugment {s.num_ops} op(s) each p={s.op_prob:g} + cutout {size} x width fill {s.cutout_fill}, "
         f"{s.order} the weak flip + crop",
         "Models:",

@@ -40,6 +40,8 @@ class OptimizerConfig(Strict):
             parts.append(f"delta {d:g} (task momentum {m - d:g}, distillation momentum {m + d:g})")
         if self.loss_groups:
             parts.append(f"loss groups {self.loss_groups}")
+        if self.impl != "auto" and self.name != "dot":  # dot steps its own momenta (factory.py)
+            parts.append(f"{self.impl} update kernel")
         return ", ".join(parts)
 
     @field_validator("nesterov")

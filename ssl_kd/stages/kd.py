@@ -87,6 +87,13 @@ class KDConfig(StageConfig):
             raise ValueError("with unlabeled: true the CE batch is data.ssl's labelled subset; set subset: labeled")
         return value
 
+    def blocks_in_use(self) -> set[str]:
+        """The loss's and the temperature policy's blocks, so a dry run tells KD, DKD, CTKD and DTD apart."""
+        used = {"dkd"} if self.loss == "dkd" else set()
+        used |= {"ctkd"} if self.temperature_policy.startswith("ctkd") else set()
+        used |= {"dtd"} if self.temperature_policy == "dtd" else set()
+        return used | ({"ka"} if self.ka.mode != "none" else set())
+
     @model_validator(mode="after")
     def _unlabeled_subset(self) -> KDConfig:
         if self.unlabeled:
