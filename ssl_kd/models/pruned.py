@@ -1,0 +1,205 @@
+"""Physically smaller CIFAR ResNets and KD-literature WRNs: the shapes a filter-pruning export builds.
+
+`create_model(arch, n, channels={conv name: filters kept})` builds one (the factories in `cifar_resnet.py` and
+`cifar_wrn.py` pass `channels` here), so the shape is a constructor spec like any other and a pruned model is
+rebuilt on resume and stage init. Parameter names are those of the full model (a conv keeps its name, only its
+tensors are smaller), plus one index buffer per conv that writes into the residual stream:
+
+* a conv whose output only feeds the next conv of its block (`conv1`) loses its pruned filters, its BN loses those
+  channels, and the next conv loses those input channels;
+* a conv that writes into the residual stream (the stem, a block's last conv, a shortcut) computes only its kept
+  filters and adds them into the stream's channels listed in its index buffer; the stream keeps its width, a
+  pruned channel carries the shortcut alone (he-y's small-model converter keeps the stream the same way).
+
+The forward equals the full model's with the pruned filters (and their BN channels) set to zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssl_kd.models.registry import check_option
+
+
+def _check(arch: str, channels: Mapping[str, int], full: Mapping[str, int]) -> dict[str, int]:
+    """Filters kept per conv; the keys must name prunable convs, the values be in [1, full width]."""
+    if not isinstance(channels, Mapping):
+        check_option(arch, "channels", channels, False, "a mapping {conv name: filters kept}")
+    out = {}
+    for key, value in channels.items():
+        check_option(arch, "channels", key, key in full, f"conv names of this model ({', '.join(full)})")
+        ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= full[key]
+        check_option(arch, f"channels.{key}", value, ok, f"an integer in [1, {full[key]}]")
+        out[key] = value
+    return out
+
+
+def _index(n: int, width: int) -> Tensor | None:
+    """The stream channels a narrowed writer fills (loaded from the export), None when it fills all of them."""
+    return torch.arange(n) if n < width else None
+
+
+class ChannelScatter(nn.Module):
+    """Put a narrowed tensor into `width` channels at `index`, zeros elsewhere."""
+
+    def __init__(self, n: int, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.register_buffer("index", torch.arange(n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.new_zeros(x.shape[0], self.width, *x.shape[2:]).index_copy(1, self.index, x)
+
+
+class ScatteredConv2d(nn.Conv2d):
+    """A conv that computes only its kept filters and writes them into `width` channels at `index`."""
+
+    def __init__(self, in_ch: int, n: int, width: int, *args, **kwargs) -> None:
+        super().__init__(in_ch, n, *args, **kwargs)
+        self.width = width
+        self.register_buffer("index", torch.arange(n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = super().forward(x)
+        return out.new_zeros(out.shape[0], self.width, *out.shape[2:]).index_copy(1, self.index, out)
+
+
+# ------------------------------------------------------------------------------------------------ CIFAR ResNet
+def resnet_conv_widths(depth: int, widths: tuple[int, ...]) -> dict[str, int]:
+    """Every prunable conv of a CIFAR ResNet by module name, with its full number of filters."""
+    n = (depth - 2) // 6
+    out = {"stem.0": widths[0]}
+    in_ch = widths[0]
+    for s, out_ch in enumerate(widths[1:]):
+        for b in range(n):
+            stride = (1 if s == 0 else 2) if b == 0 else 1
+            cin = in_ch if b == 0 else out_ch
+            out[f"stages.{s}.{b}.conv1"] = out_ch
+            out[f"stages.{s}.{b}.conv2"] = out_ch
+            if stride != 1 or cin != out_ch:
+                out[f"stages.{s}.{b}.downsample.0"] = out_ch
+        in_ch = out_ch
+    return out
+
+
+class PrunedBasicBlock(nn.Module):
+    """The post-activation BasicBlock with conv1 narrowed to c1 filters, conv2 to c2 filters written into the
+    stream channels `keep2`, and the downsample (if any) to cd filters written into `downsample.2.index`."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, c1: int, c2: int, cd: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, c1, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_ch != out_ch:
+            parts = [nn.Conv2d(in_ch, cd, 1, stride, bias=False), nn.BatchNorm2d(cd)]
+            self.downsample = nn.Sequential(*parts, *([ChannelScatter(cd, out_ch)] if cd < out_ch else []))
+        self.register_buffer("keep2", _index(c2, out_ch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        residual = x if self.downsample is None else self.downsample(x)
+        out = out + residual if self.keep2 is None else residual.index_add(1, self.keep2, out)
+        return F.relu(out)
+
+
+def pruned_cifar_resnet(depth: int, widths: tuple[int, int, int, int], num_classes: int, channels: Mapping[str, int]):
+    """A CifarResNet of the given depth and widths whose convs keep `channels[name]` filters."""
+    from ssl_kd.models.cifar_resnet import CifarResNet
+
+    full = resnet_conv_widths(depth, widths)
+    arch = f"resnet{depth}" + ("x4" if widths[0] == 32 else "")
+    kept = {**full, **_check(arch, channels, full)}
+    model = CifarResNet(depth, widths, num_classes)  # same head, init and attributes; the body is rebuilt below
+    c0 = kept["stem.0"]
+    stem = [nn.Conv2d(3, c0, 3, 1, 1, bias=False), nn.BatchNorm2d(c0), nn.ReLU()]
+    model.stem = nn.Sequential(*stem, *([ChannelScatter(c0, widths[0])] if c0 < widths[0] else []))
+    n, in_ch, stages = (depth - 2) // 6, widths[0], []
+    for s, out_ch in enumerate(widths[1:]):
+        blocks = []
+        for b in range(n):
+            p = f"stages.{s}.{b}."
+            stride = (1 if s == 0 else 2) if b == 0 else 1
+            cd = kept.get(p + "downsample.0", out_ch)
+            blocks.append(
+                PrunedBasicBlock(in_ch if b == 0 else out_ch, out_ch, stride, kept[p + "conv1"], kept[p + "conv2"], cd)
+            )
+        stages.append(nn.Sequential(*blocks))
+        in_ch = out_ch
+    model.stages = nn.ModuleList(stages)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ KD WRN
+def wrn_conv_widths(depth: int, widen_factor: int) -> dict[str, int]:
+    """Every prunable conv of a KD-literature WRN by module name, with its full number of filters."""
+    n = (depth - 4) // 6
+    widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
+    out = {"stem": widths[0]}
+    for g in range(3):
+        for i in range(n):
+            cin, stride = (widths[g] if i == 0 else widths[g + 1]), ((1 if g == 0 else 2) if i == 0 else 1)
+            out[f"groups.{g}.{i}.conv1"] = widths[g + 1]
+            out[f"groups.{g}.{i}.conv2"] = widths[g + 1]
+            if cin != widths[g + 1] or stride != 1:
+                out[f"groups.{g}.{i}.shortcut"] = widths[g + 1]
+    return out
+
+
+class PrunedPreActBlock(nn.Module):
+    """The KD WRN's pre-activation block with conv1 narrowed to c1 filters (bn2 to c1 channels), conv2 to c2
+    filters written into the stream channels `keep2`, and the shortcut (if any) to cs filters."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, drop_rate: float, c1: int, c2: int, cs: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, c1, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c1)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(c1, c2, 3, 1, 1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if in_ch != out_ch or stride != 1:
+            if cs < out_ch:
+                self.shortcut = ScatteredConv2d(in_ch, cs, out_ch, 1, stride, 0, bias=False)
+            else:
+                self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride, 0, bias=False)
+        self.relu = nn.ReLU()
+        self.register_buffer("keep2", _index(c2, out_ch))
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = self.relu(self.bn1(x))
+        residual = x if self.shortcut is None else self.shortcut(act)
+        out = self.conv2(self.drop(self.relu(self.bn2(self.conv1(act)))))
+        return residual + out if self.keep2 is None else residual.index_add(1, self.keep2, out)
+
+
+def pruned_cifar_wrn(depth: int, widen_factor: int, num_classes: int, drop_rate: float, channels: Mapping[str, int]):
+    """A KD-literature WRN whose convs keep `channels[name]` filters."""
+    from ssl_kd.models.cifar_wrn import CifarWideResNet
+
+    full = wrn_conv_widths(depth, widen_factor)
+    kept = {**full, **_check(f"wrn_{depth}_{widen_factor}", channels, full)}
+    model = CifarWideResNet(depth, widen_factor, num_classes, drop_rate)
+    widths = model.feat_channels
+    c0 = kept["stem"]
+    model.stem = ScatteredConv2d(3, c0, widths[0], 3, 1, 1, bias=False) if c0 < widths[0] else model.stem
+    n, groups = (depth - 4) // 6, []
+    for g in range(3):
+        blocks = []
+        for i in range(n):
+            p = f"groups.{g}.{i}."
+            cin, stride = (widths[g] if i == 0 else widths[g + 1]), ((1 if g == 0 else 2) if i == 0 else 1)
+            cs = kept.get(p + "shortcut", widths[g + 1])
+            blocks.append(
+                PrunedPreActBlock(cin, widths[g + 1], stride, drop_rate, kept[p + "conv1"], kept[p + "conv2"], cs)
+            )
+        groups.append(nn.Sequential(*blocks))
+    model.groups = nn.ModuleList(groups)
+    return model
