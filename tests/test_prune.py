@@ -14,7 +14,7 @@ from torch import nn
 
 import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.callbacks.prune import Prune, decay_schedule, hard_schedule
-from ssl_kd.engine import Callback
+from ssl_kd.engine import Callback, read_metrics
 from ssl_kd.errors import UserError
 from ssl_kd.models import create_model, create_model_from_spec, model_spec
 from ssl_kd.prune import (
@@ -207,10 +207,12 @@ def test_unsupported_model_is_a_user_error():
 
 
 # ------------------------------------------------------------------ export
-@pytest.mark.parametrize("arch", ["resnet8", "resnet8x4", "wrn_16_2"])
+@pytest.mark.parametrize("arch", ["resnet8", "resnet8x4", "wrn_16_2", "wrn_28_2"])
 def test_export_equals_the_masked_model_and_is_rebuilt_from_its_spec(arch, tmp_path):
     model = _random_bn(create_model(arch, 10), seed=1)
     FilterPruner(model, include_downsample=True).refresh(0.6, 0.0, 0.0)
+    if arch == "wrn_28_2":  # the SSL WRN's convs have biases: a pruned filter's bias is zeroed with it
+        assert model.get_submodule("groups.0.0.conv1").bias.eq(0).sum() == int(32 * (1 - 0.6))
     res = export_pruned(model, input_shape=(3, 16, 16), check_batch=2)
     x = torch.randn(2, 3, 16, 16)
     model.eval()
@@ -396,6 +398,39 @@ def test_prune_export_finetune_in_one_run_with_resume(tmp_path, fake_data_root, 
     assert export_main([str(full), "--stage", "prune", "--out", str(tmp_path / "cli.pt")]) == 2  # never overwrites
     assert export_main([str(full), "--stage", "nope", "--out", str(tmp_path / "x.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+SSL = """
+data: {{dataset: cifar10, root: {root}, num_workers: 0, limit_test: 40, ssl: {{num_labels: 40}}}}
+experiment: {{logger: {{progress: false}}}}
+models:
+  net: {{arch: resnet8}}
+stages:
+  ssl:
+    type: fixmatch
+    train: [net]
+    iters: 4
+    steps_per_epoch: 2
+    batch_size: 8
+    uratio: 1
+    eval: {{batch_size: 40}}
+    prune: {{method: asrfp, keep_ratio: 0.5, decay: 0.9}}
+"""
+
+
+def test_an_ssl_stage_prunes_its_model_and_its_ema(tmp_path, fake_data_root):
+    """Any training stage carries `prune:`; with EMA (on by default for the SSL stages) the mask steps apply to the
+    EMA model too, so the evaluated and final (EMA) weights are pruned."""
+    cfg = tmp_path / "ssl.yaml"
+    cfg.write_text(SSL.format(root=fake_data_root))
+    out = tmp_path / "r"
+    assert run_cli(cfg, f"experiment.output_dir={out}") == 0
+    records = [r for r in read_metrics(out) if r.get("kind") == "prune"]
+    assert [r["step"] for r in records] == [0, 2, 4]
+    assert [r["prune/decay"] for r in records] == [0.9, 0.9, 0.0]  # d_0 at the start and after epoch 0; final: 0
+    final = torch.load(out / "checkpoints/last.pt", weights_only=True)["models"]["net"]
+    w = final["stages.2.0.conv1.weight"]
+    assert int(w.flatten(1).abs().sum(1).eq(0).sum()) == 32  # half of 64 filters: zero after the final step
 
 
 @pytest.mark.parametrize(

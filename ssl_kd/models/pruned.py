@@ -1,9 +1,9 @@
-"""Physically smaller CIFAR ResNets and KD-literature WRNs: the shapes a filter-pruning export builds.
+"""Physically smaller CIFAR ResNets and WRNs (KD and SSL): the shapes a filter-pruning export builds.
 
-`create_model(arch, n, channels={conv name: filters kept})` builds one (the factories in `cifar_resnet.py` and
-`cifar_wrn.py` pass `channels` here), so the shape is a constructor spec like any other and a pruned model is
-rebuilt on resume and stage init. Parameter names are those of the full model (a conv keeps its name, only its
-tensors are smaller), plus one index buffer per conv that writes into the residual stream:
+`create_model(arch, n, channels={conv name: filters kept})` builds one (the factories in `cifar_resnet.py`,
+`cifar_wrn.py` and `wrn.py` pass `channels` here), so the shape is a constructor spec like any other and a pruned
+model is rebuilt on resume and stage init. Parameter names are those of the full model (a conv keeps its name, only
+its tensors are smaller), plus one index buffer per conv that writes into the residual stream:
 
 * a conv whose output only feeds the next conv of its block (`conv1`) loses its pruned filters, its BN loses those
   channels, and the next conv loses those input channels;
@@ -202,4 +202,44 @@ def pruned_cifar_wrn(depth: int, widen_factor: int, num_classes: int, drop_rate:
             )
         groups.append(nn.Sequential(*blocks))
     model.groups = nn.ModuleList(groups)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ SSL WRN
+def ssl_wrn_conv_widths(model: nn.Module) -> dict[str, int]:
+    """Every prunable conv of an SSL WideResNet (wrn.py) by module name, with its full number of filters."""
+    out = {"stem": model.feat_channels[0]}
+    for g, group in enumerate(model.groups):
+        for i, block in enumerate(group):
+            width = model.feat_channels[g + 1]
+            out[f"groups.{g}.{i}.conv1"] = out[f"groups.{g}.{i}.conv2"] = width
+            if block.shortcut is not None:
+                out[f"groups.{g}.{i}.shortcut"] = width
+    return out
+
+
+def _like(conv: nn.Conv2d, in_ch: int, n: int, width: int) -> nn.Conv2d:
+    """A conv like `conv` (kernel, stride, padding, bias) with in_ch inputs and n filters written into `width`."""
+    args = (conv.kernel_size, conv.stride, conv.padding)
+    bias = conv.bias is not None
+    if n < width:
+        return ScatteredConv2d(in_ch, n, width, *args, bias=bias)
+    return nn.Conv2d(in_ch, n, *args, bias=bias)
+
+
+def narrow_ssl_wrn(model: nn.Module, arch: str, channels: Mapping[str, int]) -> nn.Module:
+    """Narrow an SSL WideResNet in place: conv1 (and bn2) to its kept filters, conv2 / shortcut / stem to theirs,
+    written into the stream through ScatteredConv2d, so the blocks' forward (and its reference quirks) is unchanged."""
+    full = ssl_wrn_conv_widths(model)
+    kept = {**full, **_check(arch, channels, full)}
+    model.stem = _like(model.stem, 3, kept["stem"], full["stem"])
+    for g, group in enumerate(model.groups):
+        for i, block in enumerate(group):
+            p, width = f"groups.{g}.{i}.", full[f"groups.{g}.{i}.conv2"]
+            c1 = kept[p + "conv1"]
+            block.conv1 = _like(block.conv1, block.conv1.in_channels, c1, c1)
+            block.bn2 = nn.BatchNorm2d(c1, momentum=block.bn2.momentum, eps=block.bn2.eps)
+            block.conv2 = _like(block.conv2, c1, kept[p + "conv2"], width)
+            if block.shortcut is not None:
+                block.shortcut = _like(block.shortcut, block.shortcut.in_channels, kept[p + "shortcut"], width)
     return model

@@ -147,7 +147,8 @@ def export_pruned(
         n_kept = int(kept[u.name].sum())
         if n_kept < len(kept[u.name]) or u.name in channels:
             channels[u.name] = n_kept
-    full_spec: dict[str, Any] = {**spec, "kwargs": {**spec["kwargs"], "channels": channels}}
+    kwargs = {k: v for k, v in spec["kwargs"].items() if k != "channels"}
+    full_spec: dict[str, Any] = {**spec, "kwargs": {**kwargs, "channels": channels} if channels else kwargs}
     small = create_model_from_spec(full_spec)
     device = next(model.parameters()).device
     small.load_state_dict(_slice_state(model.state_dict(), units, kept))

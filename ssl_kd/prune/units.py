@@ -2,8 +2,8 @@
 
 A unit is one conv: its BN (the BN that normalises exactly this conv's output channels, masked with it), the conv
 that reads only its output (whose input channels the export cuts), and its role. Supported: the CIFAR ResNets
-(`resnet8` ... `resnet110`, `resnet8x4`, `resnet32x4`) and the KD-literature WRNs (`wrn_16_1` ... `wrn_40_2`),
-pruned or not.
+(`resnet8` ... `resnet110`, `resnet8x4`, `resnet32x4`), the KD-literature WRNs (`wrn_16_1` ... `wrn_40_2`) and
+the SSL WRNs (`wrn_28_2`, `wrn_28_8`, `wrn_var_37_2`), pruned or not.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from torch import nn
 from ssl_kd.errors import UserError
 from ssl_kd.models.cifar_resnet import CifarResNet
 from ssl_kd.models.cifar_wrn import CifarWideResNet
-from ssl_kd.models.pruned import resnet_conv_widths, wrn_conv_widths
+from ssl_kd.models.pruned import resnet_conv_widths, ssl_wrn_conv_widths, wrn_conv_widths
+from ssl_kd.models.wrn import SSLWideResNet
 
 Role = Literal["inner", "stream", "shortcut"]
 
@@ -62,7 +63,21 @@ def _wrn_units(depth: int, widen: int) -> list[Unit]:
     return units
 
 
-SUPPORTED = "the CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4) and the KD WRNs (wrn_16_1 ... wrn_40_2)"
+def _ssl_wrn_units(model: SSLWideResNet) -> list[Unit]:
+    units = []
+    for name in ssl_wrn_conv_widths(model):
+        if name.endswith("conv1"):
+            p = name.removesuffix("conv1")
+            units.append(Unit(name, p + "bn2", p + "conv2", "inner", None))  # pre-activation: bn2 reads conv1
+        else:  # stem, conv2, shortcut: write into the stream through a ScatteredConv2d
+            units.append(Unit(name, None, None, "shortcut" if name.endswith("shortcut") else "stream", name + ".index"))
+    return units
+
+
+SUPPORTED = (
+    "the CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4), the KD WRNs (wrn_16_1 ... wrn_40_2) and the "
+    "SSL WRNs (wrn_28_2, wrn_28_8, wrn_var_37_2)"
+)
 
 
 def prunable_units(model: nn.Module, where: str = "prune") -> list[Unit]:
@@ -73,4 +88,6 @@ def prunable_units(model: nn.Module, where: str = "prune") -> list[Unit]:
         return _resnet_units(len(model.stages[0]) * 6 + 2, tuple(model.feat_channels))  # full widths, pruned or not
     if isinstance(model, CifarWideResNet):
         return _wrn_units(len(model.groups[0]) * 6 + 4, model.feat_channels[1] // 16)
+    if isinstance(model, SSLWideResNet):
+        return _ssl_wrn_units(model)
     raise UserError(f"{where}: filter pruning does not know the layers of model '{arch}'; it supports {SUPPORTED}.")

@@ -19,7 +19,7 @@ from ssl_kd.prune import export_pruned
 
 
 class ExportConfig(StageConfig):
-    input_shape: list[int] = Field(default_factory=lambda: [3, 32, 32])  # of one image: FLOPs and the check
+    input_shape: list[int] | None = None  # of one image, for FLOPs and the check; default: 3 x the test images' H, W
     check_batch: int = Field(8, ge=1)  # random images on which the small network must equal the masked model
 
     @model_validator(mode="after")
@@ -39,9 +39,10 @@ class Export(Stage):
 
     def on_stage_start(self) -> None:
         runner, weights = self.runner, {}
+        shape = tuple(self.cfg.input_shape or (3, *self.data.test.image_shape()))
         for name in self.cfg.uses:
             res = export_pruned(
-                runner.models[name], input_shape=tuple(self.cfg.input_shape), check_batch=self.cfg.check_batch,
+                runner.models[name], input_shape=shape, check_batch=self.cfg.check_batch,
                 where=f"stages.{self.name} (model '{name}')",
             )  # fmt: skip
             runner.replace_model(name, res.model)
