@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from ssl_kd.config.schema import StageConfig
 from ssl_kd.engine import Stage, register_stage
+from ssl_kd.errors import UserError
 from ssl_kd.prune import export_pruned
 
 
@@ -39,7 +40,7 @@ class Export(Stage):
 
     def on_stage_start(self) -> None:
         runner, weights = self.runner, {}
-        shape = tuple(self.cfg.input_shape or (3, *self.data.test.image_shape()))
+        shape = tuple(self.cfg.input_shape or self._test_image_shape())
         for name in self.cfg.uses:
             res = export_pruned(
                 runner.models[name], input_shape=shape, check_batch=self.cfg.check_batch,
@@ -57,3 +58,10 @@ class Export(Stage):
             })  # fmt: skip
         for which in ("best", "last"):  # `init: {mode: stage}` reads `best` by default
             runner.save_stage_weights(which, {"models": weights})
+
+    def _test_image_shape(self) -> tuple[int, int, int]:
+        try:
+            h, w = self.data.test.image_shape
+        except (AttributeError, TypeError, ValueError):  # a lazily decoded image set may not know it
+            raise UserError(f"stages.{self.name}.input_shape: set one image's shape, e.g. [3, 224, 224]") from None
+        return 3, int(h), int(w)
