@@ -201,6 +201,26 @@ def test_refresh_scales_soft_filters_zeroes_hard_ones_and_their_bn():
     assert torch.equal(model.get_submodule("stages.1.0.downsample.0").weight, before["stages.1.0.downsample.0.weight"])
 
 
+def test_zeroed_soft_filters_still_get_a_gradient_hard_ones_do_not():
+    """SFP's pruned filters regrow: zeroed, they still get a gradient through their BN, which zeroing methods leave
+    alone by default (mask_bn: false, as he-y's SFP); GHFP's hard ones get none. A zeroed BN weight would stop the
+    gradient of every pruned filter (then SFP could not regrow and GHFP's soft filters would be hard already)."""
+    assert [PruneConfig(method=m).mask_bn for m in ("sfp", "srfp", "asrfp", "ghfp")] == [False, True, True, False]
+    assert PruneConfig(method="ghfp", decay=0.5).mask_bn
+    x, y = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
+    for mask_bn in (False, True):
+        model = _random_bn(create_model("resnet8", 10))  # trained-like BN: a channel with bias > 0 passes ReLU
+        p = FilterPruner(model, mask_bn=mask_bn)
+        p.refresh(0.5, 0.5, 0.0)
+        nn.functional.cross_entropy(model(x).logits, y).backward()
+        p.mask_grads()
+        name = "stages.0.0.conv1"
+        g = model.get_submodule(name).weight.grad
+        soft, hard = ~p.kept[name] & ~p.hard[name], p.hard[name]
+        assert soft.any() and hard.any() and (g[hard] == 0).all()
+        assert (g[soft].flatten(1).abs().sum(1) > 0).any() if not mask_bn else (g[soft] == 0).all()
+
+
 def test_unsupported_model_is_a_user_error():
     with pytest.raises(UserError, match="stages.x.prune.*'mlp'.*resnet"):
         FilterPruner(create_model("mlp", 10, hidden=8, depth=1), where="stages.x.prune")
@@ -303,12 +323,19 @@ def test_hard_filters_keep_zero_weights_and_gradients(tmp_path, fake_data_root, 
     probe = HardProbe()
     orig = callbacks_mod.experiment_callbacks
     monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), probe])
-    args = ["stages.prune.prune.hold_hard=true", "stages.prune.epochs=2", f"experiment.output_dir={tmp_path / 'r'}"]
+    out = tmp_path / "r"
+    args = ["stages.prune.prune.hold_hard=true", "stages.prune.prune.decay=0", "stages.prune.epochs=2",
+            f"experiment.output_dir={out}"]  # fmt: skip
     if optimizer == "dot":  # grouped backward: the masks apply to each loss group's gradient
         args += ["stages.prune.type=kd", "stages.prune.uses=[teacher]",
                  "stages.prune.optimizer={name: dot, lr: 0.05, momentum: 0.9, delta: 0.075}"]  # fmt: skip
     assert run_cli(_write(tmp_path, fake_data_root), *args) == 0
     assert probe.grad_checks > 0 and probe.weight_checks > 0
+    # soft filters are zeroed with their BN left alone (mask_bn: false); the last mask step zeroes that BN too
+    final = torch.load(out / "checkpoints/last.pt", weights_only=True)["models"]["net"]
+    zero = final["stages.1.0.conv1.weight"].flatten(1).abs().sum(1) == 0
+    assert int(zero.sum()) == 16 and (final["stages.1.0.bn1.weight"][zero] == 0).all()
+    assert (final["stages.1.0.bn1.bias"][zero] == 0).all() and (final["stages.1.0.bn1.bias"][~zero] != 0).any()
 
 
 def test_without_hold_hard_momentum_moves_hard_filters_as_in_the_reference():

@@ -84,12 +84,13 @@ class Prune(Callback):
 
     def _refresh(self, runner, epoch: int, final: bool) -> None:
         lam, d = self.values(epoch)
-        if final and self.cfg.final_zero:
-            d = 0.0
+        mask_bn = None
+        if final and self.cfg.final_zero:  # pruned filters and their BN channels leave the stage at zero
+            d, mask_bn = 0.0, True
         record: dict[str, Any] = {"kind": "prune", "prune/lambda": lam, "prune/decay": d}
         for n, p in self.pruners.items():
             ema = runner.stage.ema_models.get(n)
-            p.refresh(self.cfg.keep_ratio, lam, d, [ema.avg.module] if ema is not None else [])
+            p.refresh(self.cfg.keep_ratio, lam, d, [ema.avg.module] if ema is not None else [], mask_bn)
             record.update({f"prune/{n}/{k}": v for k, v in p.stats().items()})
         runner.log(record)
 

@@ -12,7 +12,8 @@
 | ghfp  | zero, or times d_e when `decay` > 0 (GHFP + ASRFP)          | the λ_e fraction with the smallest norms |
 
 Masks are recomputed from the weights at the stage's start and at the end of every `every`-th epoch and of the
-last one. The defaults reproduce the reference (PGMPF on top of he-y's SFP), except where a field says otherwise.
+last one, which (`final_zero`) zeroes every pruned filter and its BN channel so the stage ends exportable. The
+defaults reproduce the reference (PGMPF on top of he-y's SFP), except where a field says otherwise.
 """
 
 from __future__ import annotations
@@ -40,14 +41,19 @@ class PruneConfig(Strict):
     decay_off_from: float | None = Field(None, gt=0, le=1)  # from this fraction of the epochs on, d = 0 (PGMPF: 0.8)
     hard_ramp: Literal["cubic", "cosine"] = "cubic"  # ghfp's λ_e: 1 − (1 − (e+1)/E)³, or the reference's cosine
     hard_full_from: float | None = Field(None, gt=0, le=1)  # λ = 1 from this fraction of the epochs on (PGMPF: 0.9)
-    mask_bn: bool = True  # scale the BN weight/bias of a pruned channel with its filter (he-y's SFP: false)
+    # scale the BN weight/bias of a pruned channel with its filter. None: yes when pruned filters decay (srfp, asrfp,
+    # ghfp with decay > 0: PGMPF's prune_bn), no when they are zeroed (sfp, ghfp with decay 0: he-y's SFP masks the
+    # conv only; a zeroed BN weight would also zero the filter's gradient, so a soft filter could never regrow)
+    mask_bn: bool | None = None
     hold_hard: bool = False  # re-zero hard filters after every optimizer step (reference: only the gradient is masked)
-    final_zero: bool = True  # the last mask step zeroes every pruned filter, so the stage ends physically prunable
+    final_zero: bool = True  # the last mask step zeroes every pruned filter and its BN channel: the stage ends prunable
 
     @model_validator(mode="after")
     def _decay(self) -> PruneConfig:
         if self.decay is None:
             self.decay = DEFAULT_DECAY[self.method]
+        if self.mask_bn is None:
+            self.mask_bn = self.decay > 0
         if self.method == "sfp" and self.decay != 0:
             raise ValueError("decay: sfp zeroes pruned filters (decay 0); a decay > 0 is srfp or asrfp")
         if self.method in ("srfp", "asrfp") and self.decay == 0:

@@ -67,16 +67,16 @@ def global_masks(
     filters are hard. Norms of different layers are compared as they are (no per-layer normalisation)."""
     norms = [filter_norms(w) for w in weights]
     flat = torch.cat([n.cpu() for n in norms])
-    layer = torch.cat([torch.full((len(n),), i) for i, n in enumerate(norms)])
+    owner = [i for i, n in enumerate(norms) for _ in range(len(n))]  # layer of each filter
     drop = torch.zeros(len(flat), dtype=torch.bool)
     budget = pruned_count(len(flat), keep_ratio)
     left = [len(n) for n in norms]
     for idx in _order(flat).tolist():
         if budget == 0:
             break
-        if left[layer[idx]] > 1:  # never empty a layer
+        if left[owner[idx]] > 1:  # never empty a layer
             drop[idx], budget = True, budget - 1
-            left[layer[idx]] -= 1
+            left[owner[idx]] -= 1
     kept_all, hard_all, start = [], [], 0
     for w, n in zip(weights, norms):
         pruned = drop[start : start + len(n)].to(w.device)

@@ -54,8 +54,10 @@ class FilterPruner:
             self.kept[u.name], self.hard[u.name] = k.cpu(), h.cpu()
 
     @torch.no_grad()
-    def apply(self, decay: float, models: Iterable[nn.Module] = ()) -> None:
-        """One mask step on the model (and on copies of it, e.g. its EMA): kept x1, soft x d, hard x0; BN x d."""
+    def apply(self, decay: float, models: Iterable[nn.Module] = (), mask_bn: bool | None = None) -> None:
+        """One mask step on the model (and on copies of it, e.g. its EMA): kept x1, soft x d, hard x0; BN x d
+        (when `mask_bn`, default: the pruner's setting)."""
+        mask_bn = self.mask_bn if mask_bn is None else mask_bn
         for model in (self.model, *models):
             for u in self.units:
                 kept, hard = self.kept[u.name], self.hard[u.name]
@@ -64,15 +66,18 @@ class FilterPruner:
                 conv.weight.mul_(f.view(-1, 1, 1, 1))
                 if conv.bias is not None:
                     conv.bias.mul_(f)
-                if self.mask_bn and u.bn is not None:
+                if mask_bn and u.bn is not None:
                     bn = model.get_submodule(u.bn)
                     g = bn_factors(kept, decay).to(bn.weight)
                     bn.weight.mul_(g)
                     bn.bias.mul_(g)
 
-    def refresh(self, keep_ratio: float, hard_fraction: float, decay: float, models: Iterable[nn.Module] = ()) -> None:
+    def refresh(
+        self, keep_ratio: float, hard_fraction: float, decay: float, models: Iterable[nn.Module] = (),
+        mask_bn: bool | None = None,
+    ) -> None:  # fmt: skip
         self.select(keep_ratio, hard_fraction)
-        self.apply(decay, models)
+        self.apply(decay, models, mask_bn)
 
     @property
     def any_hard(self) -> bool:
