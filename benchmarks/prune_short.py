@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -54,17 +55,28 @@ def config(args: argparse.Namespace, model: dict, prune: dict | None) -> dict:
     }  # fmt: skip
 
 
-def run(cfg: dict, folder: Path) -> tuple[float, float, dict]:
-    """Run one config; return (test top-1 of its last stage's model, wall seconds, that model's file)."""
+def run(cfg: dict, folder: Path, reuse: bool) -> tuple[float, float | None, dict]:
+    """Run one config; return (test top-1 of its last stage's model, wall seconds, that model's file). With `reuse`,
+    a folder that already holds a finished run of the same config is read instead (CPU runs are deterministic);
+    its wall time is then unknown (None)."""
     from ssl_kd.run import main
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    t0 = time.perf_counter()
-    if main([str(path), f"experiment.output_dir={folder / 'run'}"]) != 0:
-        raise SystemExit(f"run failed: {path}")
-    seconds = time.perf_counter() - t0
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    done = (folder / "run" / "checkpoints" / "last.pt").exists() and path.exists() and path.read_text() == text
+    if done and reuse:
+        ckpt = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)
+        done = ckpt["stage_index"] == len(cfg["stages"])
+    seconds = None
+    if not (done and reuse):
+        if (folder / "run").exists():
+            shutil.rmtree(folder / "run")
+        path.write_text(text)
+        t0 = time.perf_counter()
+        if main([str(path), f"experiment.output_dir={folder / 'run'}"]) != 0:
+            raise SystemExit(f"run failed: {path}")
+        seconds = time.perf_counter() - t0
     results = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"]
     stage, res = list(results.items())[-1]
     weights = torch.load(folder / "run" / "checkpoints" / stage / "last.pt", weights_only=True)
@@ -99,6 +111,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="keep the run folders here (default: a temp folder)")
+    ap.add_argument("--reuse", action="store_true", help="read finished runs of the same config in --out")
     args = ap.parse_args()
     if not (Path(args.data_root) / "cifar10.npz").exists():
         print(f"needs {args.data_root}/cifar10.npz (set --data-root or SSL_KD_DATA)", file=sys.stderr)
@@ -124,7 +137,7 @@ def main() -> int:
     rows, nets = [], {}
     for i, (name, prune) in enumerate(methods.items()):
         print(f"== {name}: {args.arch}, {args.steps} steps", flush=True)
-        top1, seconds, weights = run(config(args, same_init, prune), out / f"run_{i}")
+        top1, seconds, weights = run(config(args, same_init, prune), out / f"run_{i}", args.reuse)
         net = create_model_from_spec(weights["specs"]["net"])
         net.load_state_dict(weights["models"]["net"])
         rows.append((name, top1, seconds))
@@ -132,7 +145,7 @@ def main() -> int:
     channels = nets["SFP"].spec["kwargs"]["channels"]
     print(f"== small dense (SFP's exported shape) from scratch: {args.steps} steps", flush=True)
     scratch = {"arch": args.arch, "kwargs": {"channels": channels}}
-    top1, seconds, weights = run(config(args, scratch, None), out / "run_scratch")
+    top1, seconds, weights = run(config(args, scratch, None), out / "run_scratch", args.reuse)
     rows.append(("small from scratch", top1, seconds))
     nets["small from scratch"] = create_model_from_spec(weights["specs"]["net"])
 
@@ -148,7 +161,8 @@ def main() -> int:
         f, p = count_flops(nets[name]), count_params(nets[name])
         print(
             f"| {name:<18} | {100 * top1:7.2f} | {p:8,} | {f / 1e6:7.1f} | {100 * f / base_flops:9.1f}% "
-            f"| {speed[name]:6.0f} | {speed[name] / speed['unpruned']:7.2f}x | {seconds:7.0f} |"
+            f"| {speed[name]:6.0f} | {speed[name] / speed['unpruned']:7.2f}x | "
+            + (f"{seconds:7.0f} |" if seconds is not None else " reused |")
         )
     print(f"\n(params of the unpruned network: {base_params:,}; run folders: {out})")
     return 0
