@@ -84,13 +84,12 @@ class Prune(Callback):
 
     def _refresh(self, runner, epoch: int, final: bool) -> None:
         lam, d = self.values(epoch)
-        mask_bn = None
-        if final and self.cfg.final_zero:  # pruned filters and their BN channels leave the stage at zero
-            d, mask_bn = 0.0, True
+        if final and self.cfg.final_zero:  # pruned filters leave the stage at zero: the export removes them
+            d = 0.0
         record: dict[str, Any] = {"kind": "prune", "prune/lambda": lam, "prune/decay": d}
         for n, p in self.pruners.items():
             ema = runner.stage.ema_models.get(n)
-            p.refresh(self.cfg.keep_ratio, lam, d, [ema.avg.module] if ema is not None else [], mask_bn)
+            p.refresh(self.cfg.keep_ratio, lam, d, [ema.avg.module] if ema is not None else [])
             record.update({f"prune/{n}/{k}": v for k, v in p.stats().items()})
         runner.log(record)
 

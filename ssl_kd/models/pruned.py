@@ -3,15 +3,18 @@
 `create_model(arch, n, channels={conv name: filters kept})` builds one (the factories in `cifar_resnet.py`,
 `cifar_wrn.py` and `wrn.py` pass `channels` here), so the shape is a constructor spec like any other and a pruned
 model is rebuilt on resume and stage init. Parameter names are those of the full model (a conv keeps its name, only
-its tensors are smaller), plus one index buffer per conv that writes into the residual stream:
+its tensors are smaller), plus buffers the export fills:
 
 * a conv whose output only feeds the next conv of its block (`conv1`) loses its pruned filters, its BN loses those
-  channels, and the next conv loses those input channels;
+  channels, and the next conv loses those input channels; what a removed channel still fed it (a zero filter's
+  BN outputs a constant, BN(0), after the activation) is folded into that conv's `fold` buffer, a one-channel
+  kernel applied to a map of ones, so zero padding at the borders is reproduced exactly;
 * a conv that writes into the residual stream (the stem, a block's last conv, a shortcut) computes only its kept
-  filters and adds them into the stream's channels listed in its index buffer; the stream keeps its width, a
-  pruned channel carries the shortcut alone (he-y's small-model converter keeps the stream the same way).
+  filters and writes them into the stream channels listed in its `index` buffer; a removed channel gets its
+  constant (`fill` / `bias2`). The stream keeps its width (he-y's small-model converter does the same, adding the
+  BN constants of removed block outputs as we do).
 
-The forward equals the full model's with the pruned filters (and their BN channels) set to zero.
+The forward equals the full model's with the pruned filters set to zero (max abs difference ~1e-6).
 """
 
 from __future__ import annotations
@@ -44,28 +47,40 @@ def _index(n: int, width: int) -> Tensor | None:
 
 
 class ChannelScatter(nn.Module):
-    """Put a narrowed tensor into `width` channels at `index`, zeros elsewhere."""
+    """Put a narrowed tensor into `width` channels at `index`; the other channels hold their constant `fill`."""
 
     def __init__(self, n: int, width: int) -> None:
         super().__init__()
         self.width = width
         self.register_buffer("index", torch.arange(n))
+        self.register_buffer("fill", torch.zeros(width))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.new_zeros(x.shape[0], self.width, *x.shape[2:]).index_copy(1, self.index, x)
+        out = self.fill.to(x.dtype).view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[2:])
+        return out.index_copy(1, self.index, x)
 
 
-class ScatteredConv2d(nn.Conv2d):
-    """A conv that computes only its kept filters and writes them into `width` channels at `index`."""
+class PrunedConv2d(nn.Conv2d):
+    """A conv with some of its filters and/or input channels removed.
 
-    def __init__(self, in_ch: int, n: int, width: int, *args, **kwargs) -> None:
+    `fold` (when its input was narrowed): what the removed input channels, constant maps, contributed; added as
+    conv(ones, fold) so that the zero padding of the borders is exact. `index` (when it writes a wider stream):
+    the stream channels its filters fill; the others are zero (a removed filter of a conv without BN after it)."""
+
+    def __init__(self, in_ch: int, n: int, *args, width: int | None = None, fold: bool = False, **kwargs) -> None:
         super().__init__(in_ch, n, *args, **kwargs)
         self.width = width
-        self.register_buffer("index", torch.arange(n))
+        self.register_buffer("index", torch.arange(n) if width is not None and n < width else None)
+        self.register_buffer("fold", torch.zeros(n, 1, *self.kernel_size) if fold else None)
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)
-        return out.new_zeros(out.shape[0], self.width, *out.shape[2:]).index_copy(1, self.index, out)
+        if self.fold is not None:
+            ones = x.new_ones(1, 1, *x.shape[2:])
+            out = out + F.conv2d(ones, self.fold.to(x.dtype), None, self.stride, self.padding, self.dilation)
+        if self.index is not None:
+            out = out.new_zeros(out.shape[0], self.width, *out.shape[2:]).index_copy(1, self.index, out)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------ CIFAR ResNet
@@ -87,26 +102,29 @@ def resnet_conv_widths(depth: int, widths: tuple[int, ...]) -> dict[str, int]:
 
 
 class PrunedBasicBlock(nn.Module):
-    """The post-activation BasicBlock with conv1 narrowed to c1 filters, conv2 to c2 filters written into the
-    stream channels `keep2`, and the downsample (if any) to cd filters written into `downsample.2.index`."""
+    """The post-activation BasicBlock with conv1 narrowed to c1 filters, conv2 to c2 filters added into the
+    stream channels `keep2` (a removed one adds its constant `bias2`), the downsample (if any) to cd filters."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int, c1: int, c2: int, cd: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, c1, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c1)
-        self.conv2 = nn.Conv2d(c1, c2, 3, 1, 1, bias=False)
+        self.conv2 = PrunedConv2d(c1, c2, 3, 1, 1, bias=False, fold=c1 < out_ch)
         self.bn2 = nn.BatchNorm2d(c2)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_ch != out_ch:
             parts = [nn.Conv2d(in_ch, cd, 1, stride, bias=False), nn.BatchNorm2d(cd)]
             self.downsample = nn.Sequential(*parts, *([ChannelScatter(cd, out_ch)] if cd < out_ch else []))
         self.register_buffer("keep2", _index(c2, out_ch))
+        self.register_buffer("bias2", torch.zeros(out_ch) if c2 < out_ch else None)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         residual = x if self.downsample is None else self.downsample(x)
-        out = out + residual if self.keep2 is None else residual.index_add(1, self.keep2, out)
+        if self.keep2 is None:
+            return F.relu(out + residual)
+        out = residual.index_add(1, self.keep2, out) + self.bias2.to(out.dtype).view(1, -1, 1, 1)
         return F.relu(out)
 
 
@@ -163,13 +181,10 @@ class PrunedPreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, c1, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c1)
         self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(c1, c2, 3, 1, 1, bias=False)
+        self.conv2 = PrunedConv2d(c1, c2, 3, 1, 1, bias=False, fold=c1 < out_ch)
         self.shortcut: nn.Module | None = None
         if in_ch != out_ch or stride != 1:
-            if cs < out_ch:
-                self.shortcut = ScatteredConv2d(in_ch, cs, out_ch, 1, stride, 0, bias=False)
-            else:
-                self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride, 0, bias=False)
+            self.shortcut = PrunedConv2d(in_ch, cs, 1, stride, 0, bias=False, width=out_ch)
         self.relu = nn.ReLU()
         self.register_buffer("keep2", _index(c2, out_ch))
 
@@ -189,7 +204,7 @@ def pruned_cifar_wrn(depth: int, widen_factor: int, num_classes: int, drop_rate:
     model = CifarWideResNet(depth, widen_factor, num_classes, drop_rate)
     widths = model.feat_channels
     c0 = kept["stem"]
-    model.stem = ScatteredConv2d(3, c0, widths[0], 3, 1, 1, bias=False) if c0 < widths[0] else model.stem
+    model.stem = PrunedConv2d(3, c0, 3, 1, 1, bias=False, width=widths[0]) if c0 < widths[0] else model.stem
     n, groups = (depth - 4) // 6, []
     for g in range(3):
         blocks = []
@@ -218,18 +233,15 @@ def ssl_wrn_conv_widths(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def _like(conv: nn.Conv2d, in_ch: int, n: int, width: int) -> nn.Conv2d:
-    """A conv like `conv` (kernel, stride, padding, bias) with in_ch inputs and n filters written into `width`."""
+def _like(conv: nn.Conv2d, in_ch: int, n: int, width: int | None, fold: bool = False) -> nn.Conv2d:
+    """A conv like `conv` (kernel, stride, padding, bias) with in_ch inputs and n filters (written into `width`)."""
     args = (conv.kernel_size, conv.stride, conv.padding)
-    bias = conv.bias is not None
-    if n < width:
-        return ScatteredConv2d(in_ch, n, width, *args, bias=bias)
-    return nn.Conv2d(in_ch, n, *args, bias=bias)
+    return PrunedConv2d(in_ch, n, *args, bias=conv.bias is not None, width=width, fold=fold)
 
 
 def narrow_ssl_wrn(model: nn.Module, arch: str, channels: Mapping[str, int]) -> nn.Module:
     """Narrow an SSL WideResNet in place: conv1 (and bn2) to its kept filters, conv2 / shortcut / stem to theirs,
-    written into the stream through ScatteredConv2d, so the blocks' forward (and its reference quirks) is unchanged."""
+    written into the stream by PrunedConv2d, so the blocks' forward (and its reference quirks) is unchanged."""
     full = ssl_wrn_conv_widths(model)
     kept = {**full, **_check(arch, channels, full)}
     model.stem = _like(model.stem, 3, kept["stem"], full["stem"])
@@ -237,9 +249,9 @@ def narrow_ssl_wrn(model: nn.Module, arch: str, channels: Mapping[str, int]) -> 
         for i, block in enumerate(group):
             p, width = f"groups.{g}.{i}.", full[f"groups.{g}.{i}.conv2"]
             c1 = kept[p + "conv1"]
-            block.conv1 = _like(block.conv1, block.conv1.in_channels, c1, c1)
+            block.conv1 = _like(block.conv1, block.conv1.in_channels, c1, None)
             block.bn2 = nn.BatchNorm2d(c1, momentum=block.bn2.momentum, eps=block.bn2.eps)
-            block.conv2 = _like(block.conv2, c1, kept[p + "conv2"], width)
+            block.conv2 = _like(block.conv2, c1, kept[p + "conv2"], width, fold=c1 < width)
             if block.shortcut is not None:
                 block.shortcut = _like(block.shortcut, block.shortcut.in_channels, kept[p + "shortcut"], width)
     return model

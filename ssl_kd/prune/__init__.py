@@ -7,7 +7,7 @@ The callback that runs the masks at the stage's lifecycle points is `ssl_kd.call
 """
 
 from ssl_kd.prune.config import PruneConfig
-from ssl_kd.prune.export import ExportResult, count_flops, count_params, export_pruned, kept_filters, masked_copy
+from ssl_kd.prune.export import ExportResult, count_flops, count_params, export_pruned, kept_filters
 from ssl_kd.prune.functional import (
     DECAY_FLOOR,
     asrfp_decay,
@@ -43,7 +43,6 @@ __all__ = [
     "global_masks",
     "kept_filters",
     "mask_factors",
-    "masked_copy",
     "prunable_units",
     "pruned_count",
 ]

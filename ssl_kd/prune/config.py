@@ -12,8 +12,8 @@
 | ghfp  | zero, or times d_e when `decay` > 0 (GHFP + ASRFP)          | the λ_e fraction with the smallest norms |
 
 Masks are recomputed from the weights at the stage's start and at the end of every `every`-th epoch and of the
-last one, which (`final_zero`) zeroes every pruned filter and its BN channel so the stage ends exportable. The
-defaults reproduce the reference (PGMPF on top of he-y's SFP), except where a field says otherwise.
+last one, which (`final_zero`) zeroes every pruned filter so the stage ends exportable. The defaults reproduce
+the reference (PGMPF on top of he-y's SFP), except where a field says otherwise.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class PruneConfig(Strict):
     # conv only; a zeroed BN weight would also zero the filter's gradient, so a soft filter could never regrow)
     mask_bn: bool | None = None
     hold_hard: bool = False  # re-zero hard filters after every optimizer step (reference: only the gradient is masked)
-    final_zero: bool = True  # the last mask step zeroes every pruned filter and its BN channel: the stage ends prunable
+    final_zero: bool = True  # the last mask step zeroes every pruned filter (d = 0): the stage ends exportable
 
     @model_validator(mode="after")
     def _decay(self) -> PruneConfig:

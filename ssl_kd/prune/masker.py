@@ -66,6 +66,8 @@ class FilterPruner:
                 conv.weight.mul_(f.view(-1, 1, 1, 1))
                 if conv.bias is not None:
                     conv.bias.mul_(f)
+                if getattr(conv, "fold", None) is not None:  # an exported conv's folded inputs are part of its filters
+                    conv.fold.mul_(f.view(-1, 1, 1, 1))
                 if mask_bn and u.bn is not None:
                     bn = model.get_submodule(u.bn)
                     g = bn_factors(kept, decay).to(bn.weight)
@@ -105,6 +107,8 @@ class FilterPruner:
                 conv.weight[h.to(conv.weight.device)] = 0
                 if conv.bias is not None:
                     conv.bias[h.to(conv.bias.device)] = 0
+                if getattr(conv, "fold", None) is not None:
+                    conv.fold[h.to(conv.fold.device)] = 0
 
     def stats(self) -> dict[str, float]:
         """Fraction of the prunable filters kept, and fraction hard."""

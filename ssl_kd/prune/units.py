@@ -28,23 +28,25 @@ class Unit:
     bn: str | None  # the BN over exactly this conv's output channels
     consumer: str | None  # the conv that reads only this conv's output ("inner" units)
     role: Role  # inner: feeds the next conv of its block; stream: writes the residual stream; shortcut: downsample
-    index_key: str | None  # state key of the pruned model's index buffer (stream and shortcut writers)
+    index_key: str | None = None  # the pruned model's buffer of stream channels written (stream / shortcut)
+    const_key: str | None = None  # the pruned model's buffer of a removed channel's constant output (after a BN)
+    act: str | None = None  # what follows the BN before the constant reaches its reader: "relu" or a module name
 
 
 def _resnet_units(depth: int, widths: tuple[int, ...]) -> list[Unit]:
     units = []
     for name in resnet_conv_widths(depth, widths):
         if name == "stem.0":
-            units.append(Unit(name, "stem.1", None, "stream", "stem.3.index"))
+            units.append(Unit(name, "stem.1", None, "stream", "stem.3.index", "stem.3.fill", "relu"))
         elif name.endswith("conv1"):
             p = name.removesuffix("conv1")
-            units.append(Unit(name, p + "bn1", p + "conv2", "inner", None))
-        elif name.endswith("conv2"):
+            units.append(Unit(name, p + "bn1", p + "conv2", "inner", act="relu"))
+        elif name.endswith("conv2"):  # bn2's constant is added to the stream before the block's ReLU
             p = name.removesuffix("conv2")
-            units.append(Unit(name, p + "bn2", None, "stream", p + "keep2"))
+            units.append(Unit(name, p + "bn2", None, "stream", p + "keep2", p + "bias2"))
         else:
             p = name.removesuffix("0")
-            units.append(Unit(name, p + "1", None, "shortcut", p + "2.index"))
+            units.append(Unit(name, p + "1", None, "shortcut", p + "2.index", p + "2.fill"))
     return units
 
 
@@ -53,9 +55,9 @@ def _wrn_units(depth: int, widen: int) -> list[Unit]:
     for name in wrn_conv_widths(depth, widen):
         if name == "stem":
             units.append(Unit(name, None, None, "stream", "stem.index"))
-        elif name.endswith("conv1"):
+        elif name.endswith("conv1"):  # pre-activation: bn2 and its ReLU read conv1
             p = name.removesuffix("conv1")
-            units.append(Unit(name, p + "bn2", p + "conv2", "inner", None))  # pre-activation: bn2 reads conv1
+            units.append(Unit(name, p + "bn2", p + "conv2", "inner", act=p + "relu"))
         elif name.endswith("conv2"):
             units.append(Unit(name, None, None, "stream", name.removesuffix("conv2") + "keep2"))
         else:
@@ -66,10 +68,10 @@ def _wrn_units(depth: int, widen: int) -> list[Unit]:
 def _ssl_wrn_units(model: SSLWideResNet) -> list[Unit]:
     units = []
     for name in ssl_wrn_conv_widths(model):
-        if name.endswith("conv1"):
+        if name.endswith("conv1"):  # pre-activation: bn2 and its LeakyReLU read conv1
             p = name.removesuffix("conv1")
-            units.append(Unit(name, p + "bn2", p + "conv2", "inner", None))  # pre-activation: bn2 reads conv1
-        else:  # stem, conv2, shortcut: write into the stream through a ScatteredConv2d
+            units.append(Unit(name, p + "bn2", p + "conv2", "inner", act=p + "act2"))
+        else:  # stem, conv2, shortcut: write into the stream through a PrunedConv2d
             units.append(Unit(name, None, None, "shortcut" if name.endswith("shortcut") else "stream", name + ".index"))
     return units
 
