@@ -1,14 +1,15 @@
 """Unpruned vs SFP vs ASRFP vs GHFP on real CIFAR-10 with the same short budget, at the same FLOPs reduction.
 
 Every run trains resnet20 from the same initial weights on the same data order for the same number of steps
-(SGD 0.1 Nesterov, wd 5e-4, cosine, flip + crop). The three pruning methods keep 60% of the filters of every conv
-but the downsample ones (one FLOPs reduction for all: the keep ratio fixes the exported shape), recompute their
-masks every "epoch" (`--spe` steps) and end with an `export` stage that builds the physically smaller network and
-evaluates it. A fifth run trains that small shape from scratch (the usual "is pruning better than a small dense
-network?" control). Prints one table: test top-1 on the full test split (of the exported network for the pruned
-runs), params, FLOPs (torch.utils.flop_counter.FlopCounterMode) and measured inference images/s of each network
-next to the unpruned one (eval mode, no grad, batch 256, interleaved rounds, median). CPU-sized by default
-(~25 min on 2 shared cores, 1 thread); on a GPU: --arch resnet56 --steps 40000 --spe 390 --batch 128 --threads 8.
+(SGD 0.1 Nesterov, wd 5e-4, cosine, flip + crop). The pruning methods keep 60% of the filters of every conv but the
+downsample ones (one FLOPs reduction for all: the keep ratio fixes the exported shape), recompute their masks
+every "epoch" (`--spe` steps) and end with an `export` stage that builds the physically smaller network and
+evaluates it; SFP runs once more with `mask_bn: true` (its pruned filters' BN zeroed too, so they cannot regrow).
+One more run trains that small shape from scratch (the usual "is pruning better than a small dense network?"
+control). Prints one table: test top-1 on the full test split (of the exported network for the pruned runs),
+params, FLOPs (torch.utils.flop_counter.FlopCounterMode) and measured inference images/s of each network next to
+the unpruned one (eval mode, no grad, batch 256, interleaved rounds, median). CPU-sized by default (~30 min on 2
+shared cores, 1 thread); on a GPU: --arch resnet56 --steps 40000 --spe 390 --batch 128 --threads 8.
 
     python benchmarks/prune_short.py
 """
@@ -133,6 +134,8 @@ def main() -> int:
         "SFP": {"method": "sfp", "keep_ratio": r},
         "ASRFP": {"method": "asrfp", "keep_ratio": r, "decay": 1.0, "sigma": 1e-3, "decay_off_from": 0.8},
         "GHFP": {"method": "ghfp", "keep_ratio": r, "hard_ramp": "cubic", "hard_full_from": 0.9},
+        # the zeroing methods leave a pruned filter's BN alone (he-y's SFP); with it masked too, nothing regrows
+        "SFP, BN masked": {"method": "sfp", "keep_ratio": r, "mask_bn": True},
     }
     rows, nets = [], {}
     for i, (name, prune) in enumerate(methods.items()):
