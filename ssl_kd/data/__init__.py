@@ -27,6 +27,8 @@ from ssl_kd.data.datasets import (
     image_stats,
     load_dataset,
 )
+from ssl_kd.data.device_augment import DeviceStrong, DeviceTransform, DeviceWeak, to_device_transform
+from ssl_kd.data.device_dataset import DeviceImages, DeviceViewDataset
 from ssl_kd.data.mixing import cutmix, mixup
 from ssl_kd.data.sampler import StreamSampler, mix_seed
 from ssl_kd.data.split import load_split, save_split, ssl_split
@@ -39,6 +41,11 @@ __all__ = [
     "ConcatImageSet",
     "DataConfig",
     "DatasetBundle",
+    "DeviceImages",
+    "DeviceStrong",
+    "DeviceTransform",
+    "DeviceViewDataset",
+    "DeviceWeak",
     "FolderImageSet",
     "ImageSet",
     "SSLSplitConfig",
@@ -64,4 +71,5 @@ __all__ = [
     "mixup",
     "save_split",
     "ssl_split",
+    "to_device_transform",
 ]
