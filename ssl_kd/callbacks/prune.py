@@ -89,7 +89,7 @@ class Prune(Callback):
         record: dict[str, Any] = {"kind": "prune", "prune/lambda": lam, "prune/decay": d}
         for n, p in self.pruners.items():
             ema = runner.stage.ema_models.get(n)
-            p.refresh(self.cfg.keep_ratio, lam, d, [ema.avg.module] if ema is not None else [])
+            p.refresh(self.cfg.keep_ratio, lam, d, [ema.module] if ema is not None else [])
             record.update({f"prune/{n}/{k}": v for k, v in p.stats().items()})
         runner.log(record)
 
