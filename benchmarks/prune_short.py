@@ -8,8 +8,9 @@ evaluates it; SFP runs once more with `mask_bn: true` (its pruned filters' BN ze
 One more run trains that small shape from scratch (the usual "is pruning better than a small dense network?"
 control). Prints one table: test top-1 on the full test split (of the exported network for the pruned runs),
 params, FLOPs (torch.utils.flop_counter.FlopCounterMode) and measured inference images/s of each network next to
-the unpruned one (eval mode, no grad, batch 256, interleaved rounds, median). CPU-sized by default (~30 min on 2
-shared cores, 1 thread); on a GPU: --arch resnet56 --steps 40000 --spe 390 --batch 128 --threads 8.
+the unpruned one (eval mode, no grad, batch 256, interleaved rounds, median). CPU-sized by default, but 7 runs:
+4-15 min each on 2 shared cores with 1 thread (~1 h in all; `--out DIR --reuse` keeps finished runs across
+calls); on a GPU: --arch resnet56 --steps 40000 --spe 390 --batch 128 --threads 8.
 
     python benchmarks/prune_short.py
 """
