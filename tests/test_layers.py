@@ -2,11 +2,11 @@
 
     L0 errors, options, dist, losses        pure functions and the few things everything shares
     L1 models, data, memory                  building blocks (each owns its typed config block)
-    L2 optim, components                     optimizers/backward strategies; policies, schedules, teacher
+    L2 optim, components, prune              optimizers/backward strategies; policies, schedules, teacher; pruning
     L3 config                                YAML, overrides, the experiment schema, the stage-type registry
     L4 engine                                the runner and its parts, the Stage base class
     L5 stages, callbacks, api                the methods, everything that is not the method; load_model
-    L6 run, report, evaluate                 entry points
+    L6 run, report, evaluate, export         entry points
     (the package root, ssl_kd/__init__.py, re-exports load_model lazily: it may import any layer)
 
 A module may import from its own package and from any lower layer, never from a higher one nor from another
@@ -27,11 +27,11 @@ PKG = ROOT / "ssl_kd"
 LAYERS = {
     "errors": 0, "options": 0, "dist": 0, "losses": 0,
     "models": 1, "data": 1, "memory": 1,
-    "optim": 2, "components": 2,
+    "optim": 2, "components": 2, "prune": 2,
     "config": 3,
     "engine": 4,
     "stages": 5, "callbacks": 5, "api": 5,
-    "run": 6, "report": 6, "evaluate": 6,
+    "run": 6, "report": 6, "evaluate": 6, "export": 6,
 }  # fmt: skip
 ROOT_LAYER = 7  # ssl_kd/__init__.py
 

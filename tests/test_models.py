@@ -255,7 +255,7 @@ def test_unknown_model_name_suggests() -> None:
 def test_unknown_option_names_model_and_option() -> None:
     with pytest.raises(UserError, match=r"Model 'wrn_28_2' has no option 'block_bais'.*Did you mean 'block_bias'"):
         create_model("wrn_28_2", 10, block_bais=False)
-    with pytest.raises(UserError, match=r"Model 'resnet20' has no option 'width'.*\(none\)"):
+    with pytest.raises(UserError, match=r"Model 'resnet20' has no option 'width'.*options for 'resnet20': channels\."):
         create_model("resnet20", 10, width=3)
 
 

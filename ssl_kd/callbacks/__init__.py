@@ -10,6 +10,7 @@ from ssl_kd.callbacks.lr import LRScheduler
 from ssl_kd.callbacks.metrics import TrainMetrics
 from ssl_kd.callbacks.nan_guard import NanGuard
 from ssl_kd.callbacks.progress import ProgressLogger
+from ssl_kd.callbacks.prune import Prune
 from ssl_kd.callbacks.wandb_logger import WandbLogger
 from ssl_kd.engine.callback import Callback
 
@@ -24,6 +25,8 @@ def stage_callbacks(runner, stage) -> list[Callback]:
         cbs += [LRScheduler(), TrainMetrics(runner)]
         if cfg.ema.enabled:
             cbs.append(EMA(runner, cfg.ema.decay, cfg.ema.apply_at_end))
+        if cfg.prune is not None:
+            cbs.append(Prune(runner, stage))
     cbs += [Evaluation(runner), Checkpoint(runner)]
     return sorted(cbs, key=lambda c: c.order)
 
@@ -47,6 +50,7 @@ __all__ = [
     "LRScheduler",
     "NanGuard",
     "ProgressLogger",
+    "Prune",
     "TrainMetrics",
     "WandbLogger",
     "experiment_callbacks",

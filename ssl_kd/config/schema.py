@@ -12,6 +12,7 @@ from ssl_kd.config.loader import deep_merge
 from ssl_kd.optim.config import OptimizerConfig, SchedulerConfig
 from ssl_kd.optim.groups import loss_groups
 from ssl_kd.options import Strict
+from ssl_kd.prune.config import PruneConfig
 
 
 # --------------------------------------------------------------------------------------------- experiment
@@ -114,6 +115,7 @@ class StageConfig(Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     init: InitConfig = Field(default_factory=InitConfig)
     nan_guard: bool = True
+    prune: PruneConfig | None = None  # filter pruning while the stage trains (ssl_kd/prune/config.py)
 
     @model_validator(mode="before")
     @classmethod
@@ -147,6 +149,16 @@ class StageConfig(Strict):
     def _one_length(self) -> StageConfig:
         if self.iters is not None and self.epochs is not None:
             raise ValueError("give the stage length as `iters` or `epochs`, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _prune_models(self) -> StageConfig:
+        if self.prune is not None:
+            names = self.prune.models or self.train
+            if not names:
+                raise ValueError("prune: this stage trains no model to prune (prune.models / train are empty)")
+            if set(names) - set(self.train):
+                raise ValueError(f"prune.models: {sorted(set(names) - set(self.train))} are not trained by this stage")
         return self
 
     @model_validator(mode="after")

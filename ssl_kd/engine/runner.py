@@ -289,6 +289,12 @@ class Runner:
         synced = [*(stage._prepared.models[n] for n in stage.cfg.train), *stage._prepared.modules.values()]
         strategy = self.backward
         prog = stage.progress
+
+        def after_backward() -> None:  # the step's gradient is in .grad (once per loss group for grouped strategies)
+            stage.after_backward()
+            for cb in callbacks:
+                cb.on_after_backward(self)
+
         while prog.step < total:
             if prog.step % spe == 0:
                 stage.on_epoch_start()
@@ -312,7 +318,7 @@ class Runner:
                 out["loss"] = loss.detach()
                 for k, v in out.items():
                     terms[k] = terms[k] + v / accum if k in terms else (v / accum if accum > 1 else v)
-            strategy.finish(stage.after_backward)
+            strategy.finish(after_backward)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             prog.step += 1

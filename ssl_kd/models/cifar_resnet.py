@@ -61,7 +61,11 @@ class CifarResNet(ClassifierModel):
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
-    def factory(num_classes: int) -> CifarResNet:
+    def factory(num_classes: int, channels: dict[str, int] | None = None) -> CifarResNet:
+        if channels:  # a filter-pruned shape (ssl_kd.prune's export): {conv name: filters kept}
+            from ssl_kd.models.pruned import pruned_cifar_resnet
+
+            return pruned_cifar_resnet(depth, widths, num_classes, channels)
         return CifarResNet(depth, widths, num_classes)
 
     factory.__name__ = name

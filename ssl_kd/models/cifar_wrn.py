@@ -73,8 +73,12 @@ class CifarWideResNet(ClassifierModel):
 def _register(depth: int, widen: int) -> None:
     name = f"wrn_{depth}_{widen}"
 
-    def factory(num_classes: int, drop_rate: float = 0.0) -> CifarWideResNet:
+    def factory(num_classes: int, drop_rate: float = 0.0, channels: dict[str, int] | None = None) -> CifarWideResNet:
         check_option(name, "drop_rate", drop_rate, 0.0 <= drop_rate < 1.0, "a float in [0, 1)")
+        if channels:  # a filter-pruned shape (ssl_kd.prune's export): {conv name: filters kept}
+            from ssl_kd.models.pruned import pruned_cifar_wrn
+
+            return pruned_cifar_wrn(depth, widen, num_classes, drop_rate, channels)
         return CifarWideResNet(depth, widen, num_classes, drop_rate)
 
     factory.__name__ = name

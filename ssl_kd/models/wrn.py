@@ -165,14 +165,20 @@ def _register_variant(name: str, doc: str, **arch: int) -> None:
     fixed = {k: arch.pop(k) for k in _ARCH_KEYS}
     defaults = arch  # option defaults that differ per variant (first_stride for STL)
 
-    def factory(num_classes: int, **options):
-        return _build(name, num_classes, **fixed, **{**defaults, **options})
+    def factory(num_classes: int, channels: dict[str, int] | None = None, **options):
+        model = _build(name, num_classes, **fixed, **{**defaults, **options})
+        if channels:  # a filter-pruned shape (ssl_kd.prune's export): {conv name: filters kept}
+            from ssl_kd.models.pruned import narrow_ssl_wrn
+
+            narrow_ssl_wrn(model, name, channels)
+        return model
 
     params = [inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int)]
     for p in inspect.signature(SSLWideResNet).parameters.values():
         if p.name not in ("num_classes", *_ARCH_KEYS):
             kind = inspect.Parameter.KEYWORD_ONLY
             params.append(p.replace(kind=kind, default=defaults.get(p.name, p.default)))
+    params.append(inspect.Parameter("channels", inspect.Parameter.KEYWORD_ONLY, default=None))
     factory.__signature__ = inspect.Signature(params, return_annotation=SSLWideResNet)
     factory.__name__ = factory.__qualname__ = name
     factory.__doc__ = doc
