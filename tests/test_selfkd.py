@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import Crash, run_cli
+from conftest import ROOT, Crash, run_cli
 
 import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.data import mixing
@@ -214,6 +217,28 @@ def test_multi_exit_copies_later_stages_fresh_and_reports_every_exit():
     w = create_model("multi_exit", 5, backbone="wrn_16_1", exits=[2])
     assert w.exit_after == (2,) and hasattr(w.branches[0], "bn") and len(w.branches[0].stages) == 1
     assert w(torch.randn(2, 3, 32, 32)).aux["exit2"].shape == (2, 5)
+
+
+STAGE_BASED = ["cifar_resnet18", "resnet8", "resnet8x4", "wrn_16_1", "wrn_28_2", "resnet18", "shufflenetv2",
+               "cnn_small"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", STAGE_BASED)
+def test_stage_based_models_compute_what_multi_exit_assumes(name):
+    """A multi-exit model runs its backbone as stem -> stages -> pre_pool itself: with the same weights its
+    backbone exit must equal the model's own forward (this pins the stage-based contract of every such model)."""
+    torch.manual_seed(0)
+    kwargs = {"width": 4} if name == "cifar_resnet18" else {}
+    plain = create_model(name, 6, **kwargs).eval()
+    multi = create_model("multi_exit", 6, backbone=name, backbone_kwargs=kwargs, exits=[1]).eval()
+    multi.backbone.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = plain(x, return_feats=True), multi(x, return_feats=True)
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.feat, b.feat)
+    assert all(torch.equal(u, v) for u, v in zip(a.feats, b.feats))
+    assert b.aux["exit1"].shape == (2, 6) and b.aux["exit1_map"].shape == b.aux["backbone_map"].shape
 
 
 def test_multi_exit_refuses_what_it_cannot_build():
@@ -446,3 +471,31 @@ def test_mix_block_gives_the_baselines_and_user_errors_are_clear(tmp_path, fake_
     cfg = _config(tmp_path, fake_data_root, "mixskd", MULTI, "    gan: 'off'\n    loss_weights: {gan: 1.0}\n")
     assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'gan'}") == 2
     assert "gan is off" in capsys.readouterr().err
+
+
+DDP = """
+data: {{dataset: cifar10, root: {root}, num_workers: 0, limit_test: 20}}
+experiment: {{seed: 1, logger: {{progress: false, log_every: 2}}}}
+models:
+  a: {multi}
+  b: {plain}
+stages:
+  mixskd: {{type: mixskd, train: [a], iters: 3, batch_size: 8, eval: {{batch_size: 20}}, gan: adversarial_grl}}
+  rm: {{type: recursivemix, train: [b], epochs: 2, steps_per_epoch: 2, batch_size: 8, eval: {{batch_size: 20}}}}
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_both_stages_run_under_ddp(tmp_path, fake_data_root):
+    """2 processes: the multi-exit model and every trainable stage module (self-teacher, trained critics taking lists
+    of maps, the RoI head) go through DDP and train to the end."""
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(DDP.format(root=fake_data_root, multi=MULTI, plain=PLAIN))
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29531", "-m", "ssl_kd.run", str(cfg),
+           f"experiment.output_dir={tmp_path / 'two'}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = torch.load(tmp_path / "two/checkpoints/mixskd/last.pt", weights_only=True)["modules"]
+    b = torch.load(tmp_path / "two/checkpoints/rm/last.pt", weights_only=True)["modules"]
+    assert set(a) == {"self_teacher", "critics"} and set(b) == {"roi_head"}
