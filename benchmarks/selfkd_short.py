@@ -8,7 +8,8 @@ test split (MixSKD: also the best exit, what the reference quotes). Throughput i
 CE and MixSKD runs alternate, and each reports the median time of a training step (loader, forward, backward,
 optimizer; evaluation excluded), so both see the same machine load.
 
-    python benchmarks/selfkd_short.py                      # CPU: width 8, batch 32, 3000 steps, 1 torch thread
+    python benchmarks/selfkd_short.py                      # CPU: width 8, batch 32, 2500 steps, 1 torch thread
+    python benchmarks/selfkd_short.py --only none --tp-widths 64 --tp-steps 8   # throughput of the reference width
     python benchmarks/selfkd_short.py --width 64 --batch 64 --steps 40000 --threads 16 --workers 8   # GPU
 """
 
@@ -132,7 +133,7 @@ def main() -> int:
     ap.add_argument("--no-stem-relu", action="store_true", help="MixSKD's stem (no ReLU) for every method")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids thrashing on shared cores)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
@@ -171,18 +172,19 @@ def main() -> int:
         rows.append((name, last["net/top1"], last.get("net/max/top1"), step_s, seconds))
         print(f"   top-1 {100 * last['net/top1']:.2f}%  ({seconds:.0f} s)", flush=True)
 
-    print(f"\nCIFAR-100 (../shared/data: 23000 train, full 10000 test); cifar_resnet18 width {args.width}, "
-          f"stem ReLU {not args.no_stem_relu}; {args.steps} steps x batch {args.batch}, lr {args.lr} cosine; "
-          f"seed {args.seed}; {device}\n")  # fmt: skip
-    print(f"| {'method':<12} | {'top-1 % (backbone)':>18} | {'vs CE':>6} | {'best exit %':>11} | {'s/step':>6} | "
-          f"{'img/s':>6} | {'time s':>6} |")  # fmt: skip
-    print(f"|{'-' * 14}|{'-' * 20}|{'-' * 8}|{'-' * 13}|{'-' * 8}|{'-' * 8}|{'-' * 8}|")
-    ce = next((r[1] for r in rows if r[0] == "CE"), None)
-    for name, top1, best_exit, step_s, seconds in rows:
-        vs = f"{100 * (top1 - ce):+6.2f}" if ce is not None else "     -"
-        ex = f"{100 * best_exit:11.2f}" if best_exit is not None else f"{'-':>11}"
-        print(f"| {name:<12} | {100 * top1:18.2f} | {vs} | {ex} | {step_s:6.3f} | {args.batch / step_s:6.1f} | "
-              f"{seconds:6.0f} |")  # fmt: skip
+    if rows:
+        print(f"\nCIFAR-100 (../shared/data: 23000 train, full 10000 test); cifar_resnet18 width {args.width}, "
+              f"stem ReLU {not args.no_stem_relu}; {args.steps} steps x batch {args.batch}, lr {args.lr} cosine; "
+              f"seed {args.seed}; {device}\n")  # fmt: skip
+        print(f"| {'method':<12} | {'top-1 % (backbone)':>18} | {'vs CE':>6} | {'best exit %':>11} | {'s/step':>6} | "
+              f"{'img/s':>6} | {'time s':>6} |")  # fmt: skip
+        print(f"|{'-' * 14}|{'-' * 20}|{'-' * 8}|{'-' * 13}|{'-' * 8}|{'-' * 8}|{'-' * 8}|")
+        ce = next((r[1] for r in rows if r[0] == "CE"), None)
+        for name, top1, best_exit, step_s, seconds in rows:
+            vs = f"{100 * (top1 - ce):+6.2f}" if ce is not None else "     -"
+            ex = f"{100 * best_exit:11.2f}" if best_exit is not None else f"{'-':>11}"
+            print(f"| {name:<12} | {100 * top1:18.2f} | {vs} | {ex} | {step_s:6.3f} | {args.batch / step_s:6.1f} | "
+                  f"{seconds:6.0f} |")  # fmt: skip
     print("\nThroughput, measured side by side (median training step; images = the batch of real images, MixSKD's "
           "forward sees twice as many):\n")  # fmt: skip
     print(f"| {'width':>5} | {'CE img/s':>8} | {'MixSKD img/s':>12} | {'MixSKD / CE':>11} |")
