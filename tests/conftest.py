@@ -20,6 +20,16 @@ CONFIGS = ROOT / "configs"
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `slow` (minutes on a 2-core CPU) run only with SSL_KD_SLOW=1; CI skips them."""
+    if os.environ.get("SSL_KD_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set SSL_KD_SLOW=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "cifar10.npz").exists():

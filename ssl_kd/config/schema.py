@@ -36,6 +36,9 @@ class ExperimentConfig(Strict):
     seed: int = 0
     output_dir: str | None = None  # default: runs/<name>
     precision: Literal["no", "fp16", "bf16"] = "no"
+    channels_last: bool = False  # models and device-made batches in NHWC memory layout (faster convs on GPUs)
+    # torch.compile the models a stage trains: "default", or "reduce-overhead" (adds CUDA graphs) / "max-autotune"
+    compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"
     deterministic: bool = False
     logger: LoggerConfig = Field(default_factory=LoggerConfig)
 

@@ -27,6 +27,8 @@ from ssl_kd.data.datasets import (
     image_stats,
     load_dataset,
 )
+from ssl_kd.data.device_augment import DeviceStrong, DeviceTransform, DeviceWeak, to_device_transform
+from ssl_kd.data.device_dataset import DeviceImages, DeviceViewDataset
 from ssl_kd.data.mixing import (
     MixConfig,
     MixParams,
@@ -54,6 +56,11 @@ __all__ = [
     "ConcatImageSet",
     "DataConfig",
     "DatasetBundle",
+    "DeviceImages",
+    "DeviceStrong",
+    "DeviceTransform",
+    "DeviceViewDataset",
+    "DeviceWeak",
     "FolderImageSet",
     "ImageSet",
     "SSLSplitConfig",
@@ -87,4 +94,5 @@ __all__ = [
     "sample_paste_box",
     "save_split",
     "ssl_split",
+    "to_device_transform",
 ]

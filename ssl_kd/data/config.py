@@ -87,6 +87,11 @@ class DataConfig(Strict):
         False, description="SVHN: load the 531k 'extra' split as the unlabelled pool (TorchSSL/USB do)"
     )
     num_workers: int = Field(2, ge=0)
+    pipeline: Literal["host", "device"] = Field(
+        "host",
+        description="host: per-image augmentation in DataLoader workers (PIL-exact, the reference); device: the "
+        "training images as one tensor on the accelerator, whole batches augmented there (device_augment.py)",
+    )
     normalize: Literal["dataset", "imagenet", "none"] = Field(
         "dataset", description="dataset = TorchSSL's per-dataset constants (USB uses imagenet for CIFAR)"
     )

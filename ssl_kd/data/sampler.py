@@ -86,6 +86,11 @@ class StreamSampler:
 
     def batch(self, t: int) -> list[tuple[int, int]]:
         """This rank's t-th batch, computed directly (O(1) in t: resume needs no replay)."""
+        pos, seeds = self.batch_arrays(t)
+        return list(zip(pos.tolist(), seeds.tolist()))
+
+    def batch_arrays(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's t-th batch as (positions, sample seeds) arrays, for batched (device-resident) datasets."""
         start = t * self.global_batch + self.rank * self.batch_size
         q = np.arange(start, start + self.batch_size, dtype=np.int64)
         passes, offsets = np.divmod(q, self.pass_len)
@@ -93,8 +98,7 @@ class StreamSampler:
         for p in np.unique(passes):
             sel = passes == p
             pos[sel] = self.permutation(int(p))[offsets[sel]]
-        seeds = _mix_seed_many(self.seed, q)
-        return list(zip(pos.tolist(), seeds.tolist()))
+        return pos, _mix_seed_many(self.seed, q)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         t = self.start_batch

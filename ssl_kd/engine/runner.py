@@ -76,7 +76,7 @@ class Runner:
         self.backward = None  # the optimizer's backward strategy for the current stage
         self.callbacks: list[Callback] = []
         self.wandb_id: str | None = None
-        self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run)
+        self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run, device=self.device)
         self.evaluator = Evaluator(self.services, self.accelerator, cfg.data.num_workers)
 
     # ================================================================ services for stages and callbacks
@@ -183,11 +183,17 @@ class Runner:
     def _prepare(self, stage: Stage) -> None:
         """Modes, DDP wrapping and EMA models for the stage's models and extra modules."""
         cfg = stage.cfg
+        exp = self.cfg.experiment
+        for n in (*cfg.uses, *cfg.train):
+            if exp.channels_last:
+                self.models[n].to(memory_format=torch.channels_last)
         for n in cfg.uses:
             self.models[n].eval().requires_grad_(False)
         for n in cfg.train:
             self.models[n].train().requires_grad_(True)
         prepared = {n: self.accelerator.prepare_model(self.models[n]) for n in cfg.train}
+        if exp.compile != "no":  # the trained models' forward passes; evaluation and EMA use the plain modules
+            prepared = {n: torch.compile(m, mode=exp.compile) for n, m in prepared.items()}
         stage._prepared.models = {**{n: self.models[n] for n in cfg.uses}, **prepared}
         stage._prepared.modules = {
             n: self.accelerator.prepare_model(m) if _trainable(m) else m for n, m in stage.modules.items()

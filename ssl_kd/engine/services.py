@@ -3,19 +3,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 from ssl_kd.config.schema import Config
-from ssl_kd.data import DatasetBundle, build_transform, load_dataset, load_split, save_split, ssl_split
+from ssl_kd.data import (
+    DatasetBundle,
+    DeviceImages,
+    DeviceViewDataset,
+    ImageSet,
+    Transform,
+    ViewDataset,
+    build_transform,
+    load_dataset,
+    load_split,
+    save_split,
+    ssl_split,
+    to_device_transform,
+)
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError
 
 
 class DataServices:
-    def __init__(self, cfg: Config, run_dir: RunDir, write: bool) -> None:
+    def __init__(self, cfg: Config, run_dir: RunDir, write: bool, device: torch.device | None = None) -> None:
         self.cfg, self.run_dir, self.write = cfg, run_dir, write
+        self.device = device or torch.device("cpu")
+        self._device_images: dict[int, tuple[ImageSet, DeviceImages]] = {}
         self._data: DatasetBundle | None = None
         self._transforms: dict[str, Any] = {}
         self._split: tuple[np.ndarray, np.ndarray] | None = None
@@ -30,6 +47,19 @@ class DataServices:
         if kind not in self._transforms:
             self._transforms[kind] = build_transform(kind, self.data, self.cfg.data.augment)
         return self._transforms[kind]
+
+    def view_dataset(self, images: ImageSet, views: Mapping[str, Transform], indices: np.ndarray | None = None):
+        """The dataset a stream reads views from: per-image in loader workers (`data.pipeline: host`), or whole
+        batches on the device (`device`), with the same views, options and per-sample seeding either way."""
+        if self.cfg.data.pipeline == "host":
+            return ViewDataset(images, views, indices)
+        key = id(images)
+        if key not in self._device_images:  # one device copy per image set, shared by its streams
+            self._device_images[key] = (images, DeviceImages(images, self.device))
+        cl = self.cfg.experiment.channels_last
+        return DeviceViewDataset(
+            self._device_images[key][1], {k: to_device_transform(t, cl) for k, t in views.items()}, indices
+        )
 
     def ssl_split(self, stage_name: str | None) -> tuple[np.ndarray, np.ndarray]:
         if self._split is None:

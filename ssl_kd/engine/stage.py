@@ -207,6 +207,12 @@ class Stage:
     def ssl_split(self) -> tuple[np.ndarray, np.ndarray]:
         return self.runner.ssl_split()
 
+    def view_dataset(self, images: Any, views: Mapping[str, Transform], indices: np.ndarray | None = None):
+        """The dataset of a training stream: `views` (name -> transform) of `images` (optionally a subset by
+        `indices`), each sample's views seeded by its position in the stream. Per-image on the host, or whole
+        batches on the device with `data.pipeline: device`; the stage does not need to know which."""
+        return self.runner.services.view_dataset(images, views, indices)
+
     def add_stream(self, name: str, dataset: torch.utils.data.Dataset, batch_size: int | None = None) -> None:
         self.streams[name] = Stream(dataset, batch_size or self.cfg.batch_size)
 

@@ -6,6 +6,7 @@ step (resume) yields exactly what the uninterrupted run would have, with any num
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import torch
@@ -58,6 +59,9 @@ def make_iterators(
             len(stream.dataset), micro_batch(stage, sname, world_size), seed=seed * 1000 + 17 * stage_index + i,
             rank=rank, world_size=world_size, drop_last=True, start_batch=start_step * stage.cfg.grad_accum,
         )  # fmt: skip
+        if getattr(stream.dataset, "batched", False):  # makes whole batches itself (e.g. on the device)
+            iters[sname] = _batched(stream.dataset, sampler)
+            continue
         loader = torch.utils.data.DataLoader(
             stream.dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
             persistent_workers=False, generator=torch.Generator().manual_seed(0),
@@ -65,3 +69,8 @@ def make_iterators(
         )  # fmt: skip
         iters[sname] = iter(loader)
     return iters
+
+
+def _batched(dataset, sampler: StreamSampler) -> Iterator[dict]:
+    for t in itertools.count(sampler.start_batch):
+        yield dataset.batch(*sampler.batch_arrays(t))

@@ -48,7 +48,19 @@ def adaptive_topk(logits_w: torch.Tensor, logits_s: torch.Tensor) -> int:
     return max(2, int(topk_rank(logits_w, logits_s).item()))
 
 
-def anl_loss(logits_w: torch.Tensor, logits_s: torch.Tensor, k: int, tau: float = 0.95) -> torch.Tensor:
+def topk_mask(probs: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    """1.0 where a class is among the top-k of its row, else 0.0. `k` may be a 0-dim tensor (e.g. the adaptive k
+    max-reduced across ranks), which needs no host sync: membership is then rank < k, with ranks from a stable
+    descending sort (the same set as `topk` unless two probabilities tie exactly)."""
+    if not isinstance(k, torch.Tensor):
+        return torch.zeros_like(probs).scatter_(1, probs.topk(k, dim=1).indices, 1.0)
+    order = probs.argsort(dim=1, descending=True, stable=True)
+    positions = torch.arange(probs.shape[1], device=probs.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(1, order, positions)
+    return (ranks < k).to(probs.dtype)
+
+
+def anl_loss(logits_w: torch.Tensor, logits_s: torch.Tensor, k: int | torch.Tensor, tau: float = 0.95) -> torch.Tensor:
     """Adaptive Negative Learning, on every unlabelled sample (no confidence mask).
 
     The negatives of sample b are the C - k classes outside the weak view's top-k; a negative whose strong
@@ -56,7 +68,7 @@ def anl_loss(logits_w: torch.Tensor, logits_s: torch.Tensor, k: int, tau: float 
     """
     p_w = F.softmax(logits_w.detach().float(), dim=1)
     p_s = F.softmax(logits_s.float(), dim=1)
-    negatives = torch.ones_like(p_s).scatter_(1, p_w.topk(k, dim=1).indices, 0.0)
+    negatives = 1.0 - topk_mask(p_w, k)
     keep = negatives * (p_s.detach() <= tau**2)
     return (keep * -torch.log(1.0 - p_s + _EPS_LOG)).sum(dim=1).mean()
 
@@ -64,7 +76,7 @@ def anl_loss(logits_w: torch.Tensor, logits_s: torch.Tensor, k: int, tau: float 
 def eml_loss(
     logits_w: torch.Tensor,
     logits_s: torch.Tensor,
-    k: int,
+    k: int | torch.Tensor,
     mask: torch.Tensor,
     tau: float = 0.95,
     detach_target: bool = False,
@@ -78,7 +90,7 @@ def eml_loss(
     """
     p_w = F.softmax(logits_w.detach().float(), dim=1)
     p_s = F.softmax(logits_s.float(), dim=1)
-    candidates = torch.zeros_like(p_s).scatter_(1, p_w.topk(k, dim=1).indices, 1.0)
+    candidates = topk_mask(p_w, k)
     candidates.scatter_(1, p_w.argmax(dim=1, keepdim=True), 0.0)
     q = (1.0 - (p_s * (1.0 - candidates)).sum(dim=1, keepdim=True) + _EPS_Q) / (k - 1)
     if detach_target:

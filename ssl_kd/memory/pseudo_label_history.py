@@ -35,7 +35,9 @@ class PseudoLabelHistory:
     def update(self, index: torch.Tensor, confidence: torch.Tensor, pseudo_label: torch.Tensor) -> None:
         """Record samples predicted with the *fixed* tau (not the flexible threshold), as the references do."""
         sure = confidence >= self.tau
-        self.selected_label[index[sure]] = pseudo_label[sure]
+        # where/scatter instead of boolean indexing: no host sync for the number of confident samples
+        current = self.selected_label.index_select(0, index)
+        self.selected_label.index_copy_(0, index, torch.where(sure, pseudo_label.to(current.dtype), current))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"selected_label": self.selected_label, "beta": self.beta}

@@ -19,6 +19,9 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(5.0e-4, ge=0)
     no_decay_bn_bias: bool = False  # TorchSSL/USB: no wd on params named *bn* or *bias* (and 1-d params)
     betas: tuple[float, float] = (0.9, 0.999)
+    # the update kernel: fused (one kernel for all parameters; CUDA), foreach (a few batched kernels), loop (one per
+    # parameter). auto = fused on CUDA, torch's own default elsewhere (on CPU: the loop, the reference arithmetic)
+    impl: Literal["auto", "fused", "foreach", "loop"] = "auto"
     delta: float = Field(0.075, ge=0)  # dot: momentum gap (mdistiller CIFAR 0.075, ImageNet 0.09)
     # optimizers that backpropagate loss groups separately (dot: distill, task): which loss terms each group holds;
     # null = the optimizer's default (dot: task = [ce], distill = every other weighted term)

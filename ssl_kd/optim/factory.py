@@ -29,13 +29,26 @@ def build_optimizer(cfg: OptimizerConfig, named_params: list[tuple[str, nn.Param
         groups = [g for g in groups if g["params"]]
     else:
         groups = [{"params": [p for _, p in named_params], "weight_decay": cfg.weight_decay}]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "dot":
         return DOT(groups, lr=cfg.lr, momentum=cfg.momentum, delta=cfg.delta)
+    impl = _impl(cfg.impl, named_params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **impl)
     if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, **impl)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **impl)
+
+
+def _impl(impl: str, named_params: list[tuple[str, nn.Parameter]]) -> dict[str, bool]:
+    """torch's `fused` / `foreach` flags for the configured update kernel."""
+    on_cuda = bool(named_params) and all(p.device.type == "cuda" for _, p in named_params)
+    if impl == "fused" or (impl == "auto" and on_cuda):
+        return {"fused": True}
+    if impl == "foreach":
+        return {"foreach": True}
+    if impl == "loop":
+        return {"foreach": False}
+    return {}
 
 
 def lr_factor(cfg: SchedulerConfig, total: int, base_lr: float) -> Callable[[int], float]:

@@ -14,10 +14,10 @@ Subset = Literal["all", "labeled"]
 
 def labelled_views(stage: Stage, augment: Augment, subset: Subset):
     """The labelled training images as one view `x`, optionally only the SSL split's labelled subset."""
-    from ssl_kd.data import ViewDataset
-
     indices = stage.ssl_split()[0] if subset == "labeled" else None
-    return ViewDataset(stage.data.train, {"x": stage.transform("test" if augment == "none" else augment)}, indices)
+    return stage.view_dataset(
+        stage.data.train, {"x": stage.transform("test" if augment == "none" else augment)}, indices
+    )
 
 
 def unlabelled_pool(stage: Stage):

@@ -23,7 +23,6 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ssl_kd.components import CTKDOptions, DTDOptions, build_temperature, ramp
 from ssl_kd.config.schema import StageConfig, Strict
-from ssl_kd.data import ViewDataset
 from ssl_kd.engine import Stage, register_stage
 from ssl_kd.errors import UserError
 from ssl_kd.losses import accuracy, dkd_loss, kd_loss, knowledge_adjust
@@ -115,7 +114,7 @@ class KD(Stage):
             transform = self.transform("test" if c.augment == "none" else c.augment)
             pool, ulb = unlabelled_pool(self)
             self.add_stream(
-                "unlabeled", ViewDataset(pool, {"x": transform}, ulb), c.unlabeled_batch_size or c.batch_size
+                "unlabeled", self.view_dataset(pool, {"x": transform}, ulb), c.unlabeled_batch_size or c.batch_size
             )
         self.teacher = self.frozen_teacher(teacher, cache=c.cache_teacher)
         num_classes = classes[self.student] or self.data.num_classes

@@ -22,7 +22,6 @@ from pydantic import Field
 
 from ssl_kd.components import build_threshold, global_adaptive_k, ramp
 from ssl_kd.config.schema import EMAConfig, EvalConfig, OptimizerConfig, SchedulerConfig, StageConfig
-from ssl_kd.data import ViewDataset
 from ssl_kd.engine import Plot, Stage, register_stage
 from ssl_kd.losses import accuracy
 from ssl_kd.losses.ssl import anl_loss, consistency_loss, eml_loss
@@ -87,8 +86,8 @@ class SemiSupervised(Stage):
         lb = self.ssl_split()[0]
         pool, ulb = unlabelled_pool(self)  # with STL-10's unlabeled split / SVHN extra when present
         weak, strong = self.transform("weak"), self.transform("strong")
-        self.add_stream("labeled", ViewDataset(self.data.train, {"x": weak}, lb), c.batch_size)
-        self.add_stream("unlabeled", ViewDataset(pool, {"w": weak, "s": strong}, ulb), c.uratio * c.batch_size)
+        self.add_stream("labeled", self.view_dataset(self.data.train, {"x": weak}, lb), c.batch_size)
+        self.add_stream("unlabeled", self.view_dataset(pool, {"w": weak, "s": strong}, ulb), c.uratio * c.batch_size)
         # indexed by position in the pool; FlexMatch's history is one global history over all processes
         self.threshold = build_threshold(c.threshold, tau=c.tau, num_samples=len(pool),
                                          num_classes=self.data.num_classes, flex_warmup=c.flex_warmup,
@@ -124,7 +123,7 @@ class SemiSupervised(Stage):
             on = self.eml_anl_on.value
             losses["anl"] = on * anl_loss(zw, zs, k, c.tau)
             losses["eml"] = on * eml_loss(zw, zs, k, mask, c.tau, c.detach_eml_target)
-            diagnostics["k"] = torch.tensor(float(k), device=zl.device)
+            diagnostics["k"] = k.float()
         self.threshold.update(u["idx"], conf, yhat)
         diagnostics.update(self.threshold.diagnostics())
 
