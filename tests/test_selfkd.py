@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from ssl_kd.errors import UserError
 from ssl_kd.losses import mixskd_losses, soft_cross_entropy
 from ssl_kd.memory import BatchHistory
 from ssl_kd.models import FeatureCritics, MultiExit, SelfTeacher, create_model, roi_features
+from ssl_kd.report import load_run, stage_rows
 
 torch.set_num_threads(2)
 LN = math.log
@@ -165,6 +167,64 @@ def test_recursive_mix_against_a_loop_and_by_hand(shape, box):
     two = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
     out, _, _ = recursive_mix(torch.zeros(1, 1, 3, 3), ym, two, ym, (0, 0, 3, 3), mode="bilinear")
     assert out[0, 0].tolist() == [[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]]
+
+
+def _ref_box(size, cut_rat, rng):
+    """The reference ``rand_bbox`` (CutMix / RecursiveMix utils.py), transcribed with numpy: it calls the first
+    image axis W and the second H; the box spans rows x1:x2 and columns y1:y2."""
+    w, h = size
+    cut_w, cut_h = int(w * cut_rat), int(h * cut_rat)
+    cx, cy = rng.integers(w), rng.integers(h)
+    x1, y1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cy - cut_h // 2, 0, h)
+    x2, y2 = np.clip(cx + cut_w // 2, 0, w), np.clip(cy + cut_h // 2, 0, h)
+    return (x2 - x1) * (y2 - y1) / (w * h)
+
+
+@pytest.mark.parametrize("kind,size", [("cutmix", (32, 32)), ("paste", (32, 32)), ("paste", (13, 9))])
+def test_box_areas_follow_the_reference_sampler(kind, size):
+    """The distribution of the pasted area (= 1 - lam, the label weight of the partner) against an independent numpy
+    transcription of the reference sampler: CutMix cut ratio sqrt(1 - Beta(1, 1)), RecursiveMix sqrt(U(0, 0.5))."""
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    n = 6000
+    if kind == "cutmix":
+        ours = [1.0 - sample_cutmix(2, 1.0, size).lam for _ in range(n)]
+        ref = [_ref_box(size, math.sqrt(1.0 - rng.beta(1.0, 1.0)), rng) for _ in range(n)]
+    else:
+        ours = [1.0 - box_lam(sample_paste_box(size, 0.5), size) for _ in range(n)]
+        ref = [_ref_box(size, math.sqrt(rng.uniform(0, 0.5)), rng) for _ in range(n)]
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert abs(np.quantile(ours, q) - np.quantile(ref, q)) < 0.03, q
+    assert abs(np.mean(ours) - np.mean(ref)) < 0.01
+    # for scale: the mean share of a batch that CutMix (alpha 1) and RecursiveMix (alpha 0.5) give to the partner
+    assert (0.25 < np.mean(ours) < 0.33) if kind == "cutmix" else (0.12 < np.mean(ours) < 0.2)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (13, 9), (5, 5)])
+def test_partner_label_weight_equals_its_pixel_share(size):
+    """Count pixels: each image is a constant with its own value, so the share of pixels that came from the partner
+    can be read off the mixed image and must equal the label weight the mix gives the partner's class."""
+    torch.manual_seed(3)
+    b, c = 6, 6
+    x = torch.arange(1.0, b + 1).view(b, 1, 1, 1).expand(b, 3, *size).contiguous()
+    y = F.one_hot(torch.arange(b), c).float()
+    for _ in range(30):
+        mix = sample_cutmix(b, 1.0, size)
+        out = mix_tensors({"x": x, "y": y}, mix)
+        for i, j in enumerate(mix.perm.tolist()):
+            if i != j:
+                share = (out["x"][i] == j + 1).float().mean().item()
+                assert math.isclose(out["y"][i, j].item(), share, abs_tol=1e-6)
+                assert math.isclose(out["y"][i, i].item(), 1.0 - share, abs_tol=1e-6)
+        hist_x = torch.full((b + 1, 3, *size), 100.0)  # the previous batch (one more row than this one)
+        hist_y = F.one_hot(torch.full((b + 1,), c - 1), c).float() * 0.5 + 0.5 * F.one_hot(torch.zeros(b + 1).long(), c)
+        box = sample_paste_box(size, 0.5)
+        xm, ym, lam = recursive_mix(x, y, hist_x, hist_y, box)
+        for i in range(b):
+            share = (xm[i] == 100.0).float().mean().item()
+            assert math.isclose(1.0 - lam, share, abs_tol=1e-6)
+            torch.testing.assert_close(ym[i], lam * y[i] + share * hist_y[0])
+            assert math.isclose(ym[i].sum().item(), 1.0, abs_tol=1e-6)
 
 
 # ================================================================================================ history
@@ -412,6 +472,8 @@ def test_resume_mid_epoch_is_bit_exact(tmp_path, fake_data_root, monkeypatch, ki
         exits = [ev[f"test/net/{n}/top1"] for n in ("exit1", "exit2", "exit3")] + [ev["test/net/top1"]]
         assert ev["test/net/max/top1"] == max(exits) and ev["best/net/max/top1"] >= ev["test/net/max/top1"]
         assert {"train/cls", "train/mix", "train/div", "train/fea", "train/gan", "train/acc_exit1"} <= set(train[-1])
+        curves = [row[5] for row in stage_rows(load_run(full))]  # the report: one row per exit, backbone, max
+        assert curves == ["net", "net/exit1", "net/exit2", "net/exit3", "net/max"]
 
 
 def test_recursivemix_history_resets_each_epoch_or_never(tmp_path, fake_data_root):
@@ -430,21 +492,70 @@ def test_recursivemix_history_resets_each_epoch_or_never(tmp_path, fake_data_roo
         assert set(saved) == (set() if extra else {"roi_head"})
 
 
+def test_recursivemix_step_pastes_the_previous_mixed_batch(tmp_path, fake_data_root, monkeypatch):
+    """The stage's history chain, read from the calls it makes (on the device data path, which gives the stage its
+    batches as whole tensors): step t pastes step t-1's *mixed* images and labels, the RoI target is softmax of step
+    t-1's logits, the CE target is the mixed label, and the RoI pools the reference's transposed box."""
+    import ssl_kd.stages.recursivemix as rm_mod
+
+    calls: list[tuple] = []
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            calls.append((name, [a.detach().clone() if torch.is_tensor(a) else a for a in args], out))
+            return out
+
+        monkeypatch.setattr(rm_mod, name, wrapped)
+
+    for name in ("recursive_mix", "roi_features", "soft_cross_entropy"):
+        spy(name, getattr(rm_mod, name))
+    cfg = _config(tmp_path, fake_data_root, "recursivemix", PLAIN)
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'o'}", "stages.s.epochs=1", "data.pipeline=device") == 0
+    steps: list[dict] = []  # per step: [recursive_mix], [roi_features, soft_cross_entropy (RoI)], soft_cross_entropy
+    cur: dict = {}
+    for name, args, out in calls:
+        if name == "recursive_mix":
+            cur["rm"] = (args, out)
+        elif name == "roi_features":
+            cur["roi_features"] = args
+        elif "roi_features" in cur and "roi" not in cur:
+            cur["roi"] = args
+        else:
+            cur["ce"] = (args, out)
+            steps.append(cur)
+            cur = {}
+    assert len(steps) == 4 and "rm" not in steps[0] and all("rm" in st for st in steps[1:])
+    for prev, st in zip(steps, steps[1:]):
+        (x, y, hist_x, hist_y, box, mode), (xm, ym, lam) = st["rm"]
+        prev_logits, prev_target = prev["ce"][0]
+        prev_x = prev["rm"][1][0] if "rm" in prev else None
+        if prev_x is not None:  # the history holds the previous step's mixed images, not its raw ones
+            assert torch.equal(hist_x, prev_x)
+        torch.testing.assert_close(hist_y, prev_target)  # and its mixed (or one-hot) labels
+        torch.testing.assert_close(st["roi"][1], F.softmax(prev_logits, 1))  # RoI target: softmax(z_{t-1})
+        torch.testing.assert_close(st["ce"][0][1], ym)  # CE target: the mixed label
+        x1, y1, x2, y2 = box
+        assert st["roi_features"][1] == (y1, x1, y2, x2)  # the reference's axis swap (roi_box: transposed)
+        assert mode == "nearest" and lam == box_lam(box, (32, 32))
+
+
 @pytest.mark.parametrize(
-    "extra,teacher_trains,critics_train",
+    "extra,teacher_trains,critics_train,pipeline",
     [
-        ("", True, False),  # defaults: ImageNet-script loss, the reference's frozen random critics
-        ("    train_teacher_with_mixcls: false\n", False, False),  # the CIFAR script: nothing reaches the teacher
-        ("    gan: adversarial_grl\n", True, True),
+        ("", True, False, "host"),  # defaults: ImageNet-script loss, the reference's frozen random critics
+        ("    train_teacher_with_mixcls: false\n", False, False, "host"),  # the CIFAR script: teacher untouched
+        ("    gan: adversarial_grl\n", True, True, "device"),  # (on the device data path)
     ],
-    ids=["default", "cifar_script", "adversarial"],
+    ids=["default", "cifar_script", "adversarial_device_pipeline"],
 )
-def test_mixskd_reference_switches(tmp_path, fake_data_root, extra, teacher_trains, critics_train):
+def test_mixskd_reference_switches(tmp_path, fake_data_root, extra, teacher_trains, critics_train, pipeline):
     """What trains: compare the stage modules after 4 steps with those after 1 step (same initialisation)."""
     cfg = _config(tmp_path, fake_data_root, "mixskd", MULTI, extra)
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run_cli(cfg, f"experiment.output_dir={a}", "stages.s.epochs=1") == 0
-    assert run_cli(cfg, f"experiment.output_dir={b}", "stages.s.epochs=1", "stages.s.steps_per_epoch=1") == 0
+    data = f"data.pipeline={pipeline}"
+    assert run_cli(cfg, f"experiment.output_dir={a}", "stages.s.epochs=1", data) == 0
+    assert run_cli(cfg, f"experiment.output_dir={b}", "stages.s.epochs=1", "stages.s.steps_per_epoch=1", data) == 0
     ma = torch.load(a / "checkpoints/s/last.pt", weights_only=True)["modules"]
     mb = torch.load(b / "checkpoints/s/last.pt", weights_only=True)["modules"]
     for mod, trains in (("self_teacher", teacher_trains), ("critics", critics_train)):

@@ -4,14 +4,18 @@
                          epoch start with history_reset: epoch, the reference's local variable)
     if H: r ~ U(0, alpha), box side sqrt(r) (H, W), centre uniform, clipped       one box for the whole batch
           x' = x with resize(x_h) pasted into the box,  lam = 1 - area / (H W),  y' = lam y + (1 - lam) y_h
-    z = fc(GAP(F(x'))),  z_roi = fc_roi(RoIAlign(F(x'), box))      F: the last stage's map
+    z = fc(GAP(F(x'))),  z_roi = fc_roi(RoIAlign(F(x'), box))      F: the last stage's map (box: see roi_box)
     L = CE(z, y') + omega (1 - lam) CE(z_roi, softmax(z_h))           both soft-target CEs; omega = loss_weights.roi
     H <- (x', y', z)
 
 Reference quirks kept (each an option with the reference as default): the history resets every epoch (one
 unmixed step per epoch), z_h is one optimizer step stale, nearest-neighbour resize (`interpolate: bilinear` uses
 align_corners), the consistency term scales with the pasted area (`roi_area_weight`), a separate RoI classifier
-(`share_fc: true` reuses fc), label smoothing eps/(C-1) off target. The RoI head is trained but never evaluated.
+(`share_fc: true` reuses fc), label smoothing eps/(C-1) off target, and the RoI box transposed (`roi_box`: the
+reference's ``rand_bbox`` names the row axis x, pastes into rows x1:x2 and columns y1:y2, then hands the same four
+numbers to ``roi_align``, which reads x as the column axis; so it pools the pasted box mirrored across the image
+diagonal, same size, centre (cy, cx) instead of (cx, cy); `roi_box: pasted` pools the pasted box itself). The RoI
+head is trained but never evaluated.
 On steps without a pasted box the RoI head still runs (times 0) so that DDP sees every parameter used; its
 gradient is then 0, as the reference's zeroed (not None) gradient is.
 """
@@ -44,6 +48,7 @@ class RecursiveMixConfig(StageConfig):
     history_reset: Literal["epoch", "never"] = "epoch"
     roi_area_weight: bool = True  # omega (1 - lam) CE_roi (reference); false: omega CE_roi
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # RecursiveMix's smooth_one_hot: 1 - eps, eps / (C - 1)
+    roi_box: Literal["transposed", "pasted"] = "transposed"  # transposed: the reference's axis swap (module doc)
     augment: Augment = "weak"
 
 
@@ -86,7 +91,9 @@ class RecursiveMix(Stage):
         z = out.logits
         head = raw.fc if c.share_fc else self.module("roi_head")
         if lam < 1.0:
-            z_roi = head(roi_features(out.feats[0], box, size))
+            x1, y1, x2, y2 = box
+            roi_box = box if c.roi_box == "pasted" else (y1, x1, y2, x2)
+            z_roi = head(roi_features(out.feats[0], roi_box, size))
             roi_ce = soft_cross_entropy(z_roi, F.softmax(hist["z"][:n].float(), dim=1))
             roi = (1.0 - lam) * roi_ce if c.roi_area_weight else roi_ce
         else:
