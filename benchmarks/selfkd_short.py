@@ -67,7 +67,14 @@ def methods(args: argparse.Namespace, steps: int) -> dict[str, tuple[dict, dict]
         "CutMix": (plain, stage("supervised", steps, args, mix={"kind": "cutmix", "alpha": 1.0})),
         "RecursiveMix": (plain, stage("recursivemix", steps, args, alpha=0.5, loss_weights={"ce": 1.0, "roi": 0.5})),
         "MixSKD": (multi, stage("mixskd", steps, args, alpha=0.4, temperature=3.0)),
+        # ablations, only with --only: RecursiveMix without its RoI term (omega 0: the paste and mixed labels alone),
+        # and with the RoI over the pasted box instead of the reference's transposed one
+        "RM-omega0": (plain, stage("recursivemix", steps, args, alpha=0.5, loss_weights={"ce": 1.0, "roi": 0.0})),
+        "RM-pastedroi": (plain, stage("recursivemix", steps, args, alpha=0.5, roi_box="pasted")),
     }
+
+
+ABLATIONS = ("RM-omega0", "RM-pastedroi")
 
 
 class Clock(Callback):
@@ -137,8 +144,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids thrashing on shared cores)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", default=None, help="comma-separated subset of CE,Mixup,CutMix,RecursiveMix,MixSKD")
-    ap.add_argument("--tp-widths", default=None, help="widths for the throughput ratio (default: --width)")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated subset of CE,Mixup,CutMix,RecursiveMix,MixSKD and the ablations RM-omega0,RM-pastedroi",
+    )
+    ap.add_argument("--tp-widths", default=None, help="widths for the throughput ratio (default: --width; none)")
     ap.add_argument("--tp-steps", type=int, default=30)
     ap.add_argument("--tp-rounds", type=int, default=2)
     ap.add_argument("--out", default=None, help="keep the run folders here (default: a temp folder)")
@@ -151,7 +162,7 @@ def main() -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {args.threads} torch thread(s)"
 
     # 1) throughput, side by side
-    widths = [int(w) for w in (args.tp_widths or str(args.width)).split(",")]
+    widths = [] if args.tp_widths == "none" else [int(w) for w in (args.tp_widths or str(args.width)).split(",")]
     tp = {}
     for w in widths:
         print(f"== throughput, width {w}: CE and MixSKD alternating, {args.tp_rounds} x {args.tp_steps} steps",
@@ -160,7 +171,7 @@ def main() -> int:
 
     # 2) accuracy at the same budget
     rows = []
-    chosen = args.only.split(",") if args.only else list(methods(args, args.steps))
+    chosen = args.only.split(",") if args.only else [m for m in methods(args, args.steps) if m not in ABLATIONS]
     for name, (model, st) in methods(args, args.steps).items():
         if name not in chosen:
             continue
@@ -185,12 +196,13 @@ def main() -> int:
             ex = f"{100 * best_exit:11.2f}" if best_exit is not None else f"{'-':>11}"
             print(f"| {name:<12} | {100 * top1:18.2f} | {vs} | {ex} | {step_s:6.3f} | {args.batch / step_s:6.1f} | "
                   f"{seconds:6.0f} |")  # fmt: skip
-    print("\nThroughput, measured side by side (median training step; images = the batch of real images, MixSKD's "
-          "forward sees twice as many):\n")  # fmt: skip
-    print(f"| {'width':>5} | {'CE img/s':>8} | {'MixSKD img/s':>12} | {'MixSKD / CE':>11} |")
-    print(f"|{'-' * 7}|{'-' * 10}|{'-' * 14}|{'-' * 13}|")
-    for w, (ce_s, mix_s) in tp.items():
-        print(f"| {w:>5} | {args.batch / ce_s:8.1f} | {args.batch / mix_s:12.1f} | {ce_s / mix_s:11.3f} |")
+    if tp:
+        print("\nThroughput, measured side by side (median training step; images = the batch of real images, "
+              "MixSKD's forward sees twice as many):\n")  # fmt: skip
+        print(f"| {'width':>5} | {'CE img/s':>8} | {'MixSKD img/s':>12} | {'MixSKD / CE':>11} |")
+        print(f"|{'-' * 7}|{'-' * 10}|{'-' * 14}|{'-' * 13}|")
+        for w, (ce_s, mix_s) in tp.items():
+            print(f"| {w:>5} | {args.batch / ce_s:8.1f} | {args.batch / mix_s:12.1f} | {ce_s / mix_s:11.3f} |")
     print(f"\nrun folders: {out}")
     return 0
 
