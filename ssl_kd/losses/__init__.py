@@ -4,6 +4,7 @@ from ssl_kd.losses.ce import accuracy, soft_cross_entropy
 from ssl_kd.losses.dkd import dkd_loss, dkd_parts
 from ssl_kd.losses.ka import knowledge_adjust
 from ssl_kd.losses.kd import kd_loss
+from ssl_kd.losses.mixskd import interpolate_rows, mixskd_losses, mixup_ce
 from ssl_kd.losses.ssl import (
     adaptive_topk,
     anl_loss,
@@ -41,7 +42,10 @@ __all__ = [
     "eml_loss",
     "flexmatch_beta",
     "flexmatch_class_thresholds",
+    "interpolate_rows",
     "kd_loss",
+    "mixskd_losses",
+    "mixup_ce",
     "soft_cross_entropy",
     "topk_rank",
 ]

@@ -2,8 +2,10 @@
 with create_model (which records its constructor spec)."""
 
 # Importing the model modules registers their factories.
-from ssl_kd.models import cifar_resnet, cifar_wrn, mobilenetv2, resnet, shufflenet, small, vgg, wrn  # noqa: F401
-from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, select_maps
+from ssl_kd.models import cifar_resnet, cifar_wrn, mobilenetv2, multi_exit, resnet, shufflenet, small, vgg, wrn  # noqa: F401
+from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, is_stage_based, select_maps
+from ssl_kd.models.heads import FeatureCritics, SelfTeacher, roi_features
+from ssl_kd.models.multi_exit import MultiExit
 from ssl_kd.models.registry import (
     create_model,
     create_model_from_spec,
@@ -15,13 +17,18 @@ from ssl_kd.models.registry import (
 
 __all__ = [
     "ClassifierModel",
+    "FeatureCritics",
     "ModelOutput",
+    "MultiExit",
     "Prediction",
+    "SelfTeacher",
     "create_model",
     "create_model_from_spec",
+    "is_stage_based",
     "list_models",
     "model_options",
     "model_spec",
     "register_model",
+    "roi_features",
     "select_maps",
 ]

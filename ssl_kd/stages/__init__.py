@@ -1,3 +1,3 @@
 """Built-in stage types. Importing this module registers them."""
 
-from ssl_kd.stages import evaluate, export, kd, semi_supervised, supervised  # noqa: F401
+from ssl_kd.stages import evaluate, export, kd, mixskd, recursivemix, semi_supervised, supervised  # noqa: F401
