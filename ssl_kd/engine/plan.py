@@ -41,6 +41,7 @@ def plan(runner: Runner) -> str:
             continue
         if scfg.init.mode == "checkpoint":
             load_checkpoint(scfg.init.path, f"stages.{name}.init.path")
+        runner.take_snapshots(scfg)
         stage.setup()
         total, spe = stage_lengths(stage)
         for sname in stage.streams if stage.trains else ():
@@ -57,6 +58,11 @@ def plan(runner: Runner) -> str:
             parts.append(f"[{streams}]")
         if scfg.init.mode != "continue":
             parts.append(f"init: {scfg.init.mode} {scfg.init.stage or scfg.init.path or ''} {scfg.init.which}")
+        for snap in scfg.snapshot:
+            parts.append(f"snapshot: {snap.of} -> {snap.as_} (frozen)")
+        if scfg.data is not None:
+            sd = stage.data
+            parts.append(f"data: {sd.name} ({len(sd.train)} train / {len(sd.test)} test, {sd.num_classes} classes)")
         lines.append(" ".join(parts))
     runner.stage = None
     return "\n".join(lines)

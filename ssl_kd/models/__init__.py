@@ -4,6 +4,7 @@ with create_model (which records its constructor spec)."""
 # Importing the model modules registers their factories.
 from ssl_kd.models import cifar_resnet, cifar_wrn, mobilenetv2, resnet, shufflenet, small, vgg, wrn  # noqa: F401
 from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, select_maps
+from ssl_kd.models.feature_heads import Embed, LinearProbe, seeded_linear
 from ssl_kd.models.registry import (
     create_model,
     create_model_from_spec,
@@ -15,6 +16,8 @@ from ssl_kd.models.registry import (
 
 __all__ = [
     "ClassifierModel",
+    "Embed",
+    "LinearProbe",
     "ModelOutput",
     "Prediction",
     "create_model",
@@ -23,5 +26,6 @@ __all__ = [
     "model_options",
     "model_spec",
     "register_model",
+    "seeded_linear",
     "select_maps",
 ]

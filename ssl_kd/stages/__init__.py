@@ -1,3 +1,3 @@
 """Built-in stage types. Importing this module registers them."""
 
-from ssl_kd.stages import evaluate, kd, semi_supervised, supervised  # noqa: F401
+from ssl_kd.stages import ctc, evaluate, kd, linear_probe, semi_supervised, supervised  # noqa: F401
