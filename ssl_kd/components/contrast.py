@@ -62,7 +62,7 @@ class ClassNegatives:
     def __init__(self, targets: np.ndarray, k: int, seed: int, device: torch.device | str = "cpu") -> None:
         if k < 1:
             raise ValueError(f"the number of negatives must be >= 1, got {k}")
-        targets = np.asarray(targets, dtype=np.int64)
+        targets = np.array(targets, dtype=np.int64)  # a copy: the dataset's labels may be a read-only map
         if (targets < 0).any():
             raise ValueError("contrastive negatives need a label for every training image")
         self.k, self.seed, self.n = int(k), int(seed), len(targets)

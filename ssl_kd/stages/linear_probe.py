@@ -15,7 +15,7 @@ batch; ours drops it.
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -36,6 +36,13 @@ class LinearProbeConfig(StageConfig):
     batch_size: int = Field(512, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=0.4, momentum=0.9, weight_decay=5e-4))
     scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig(name="cosine", interval="epoch"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _iters_replace_default_epochs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("iters") is not None and "epochs" not in data:
+            return {**data, "epochs": None}
+        return data
 
     @model_validator(mode="after")
     def _frozen_backbone(self) -> LinearProbeConfig:
