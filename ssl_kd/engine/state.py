@@ -147,11 +147,18 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def _resume_free(key: str) -> bool:
+    parts = key.split(".", 2)
+    if parts[0] == "stages" and len(parts) == 3 and parts[2].startswith("data."):  # a stage's own `data:` block
+        key = parts[2]
+    return key.startswith(RESUME_FREE)
+
+
 def check_compatible(old: dict[str, Any], new: dict[str, Any], where: str) -> None:
     a, b = _flatten(old), _flatten(new)
     diffs = [
         k for k in sorted(set(a) | set(b))
-        if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUME_FREE)
+        if a.get(k, "<absent>") != b.get(k, "<absent>") and not _resume_free(k)
     ]  # fmt: skip
     if diffs:
         shown = "; ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in diffs[:6])
