@@ -69,17 +69,32 @@ def probe_stage(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
-def run(cfg: dict, folder: Path) -> tuple[dict, float]:
+def run(cfg: dict, folder: Path, reuse: bool) -> tuple[dict, float, str]:
+    """Train one method (+ probe) in `folder`. With `reuse`, a folder that holds the same config is not trained
+    again: a finished run is read back, an interrupted one continues from its last checkpoint (`--resume`, exact).
+    Returns (results, seconds, how): the seconds of a reused or resumed run include its earlier part, measured as
+    the time from writing its config to its last checkpoint."""
     from ssl_kd.run import main
 
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path, ckpt, timing = folder / "bench.yaml", folder / "run" / "checkpoints" / "last.pt", folder / "seconds.json"
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    earlier, how = 0.0, "run"
+    if reuse and path.exists() and path.read_text() == text and ckpt.exists():
+        results = torch.load(ckpt, weights_only=True)["results"]
+        earlier = json.loads(timing.read_text()) if timing.exists() else ckpt.stat().st_mtime - path.stat().st_mtime
+        if all(name in results for name in cfg["stages"]):
+            return results, earlier, "reused"
+        how = "resumed"
+    else:
+        path.write_text(text)
     t0 = time.perf_counter()
-    if main([str(path), f"experiment.output_dir={folder / 'run'}"]) != 0:
+    argv = [str(path), f"experiment.output_dir={folder / 'run'}"] + (["--resume"] if how == "resumed" else [])
+    if main(argv) != 0:
         raise SystemExit(f"run failed: {path}")
-    seconds = time.perf_counter() - t0
-    return torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"], seconds
+    seconds = earlier + time.perf_counter() - t0
+    timing.write_text(json.dumps(seconds))
+    return torch.load(ckpt, weights_only=True)["results"], seconds, how
 
 
 def main() -> int:
@@ -98,6 +113,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="keep the run folders here (default: a temp folder)")
+    ap.add_argument(
+        "--reuse", action="store_true", help="with --out: read back finished runs of the same config, resume others"
+    )
     args = ap.parse_args()
     for name in ("cifar100", "cifar10"):
         if not (Path(args.data_root) / f"{name}.npz").exists():
@@ -109,7 +127,7 @@ def main() -> int:
     from ssl_kd.models import create_model
 
     torch.manual_seed(args.seed)  # one initialisation shared by every method
-    init_file = out / "init.pt"
+    init_file = out / "init.pt"  # the same bytes on every call with the same seed and model
     kwargs = (
         {"width": args.width} if args.arch == "cnn_small" else ({"cifar_stem": True} if args.arch == "resnet18" else {})
     )
@@ -127,17 +145,10 @@ def main() -> int:
     for i, (name, stages) in enumerate(methods.items()):
         cfg = {**base_config(args, init_file), "stages": {**stages, "probe": probe_stage(args)}}
         print(f"== {name}: {list(stages)} + probe", flush=True)
-        results, seconds = run(cfg, out / f"run_{i}")
+        results, seconds, how = run(cfg, out / f"run_{i}", args.reuse)
         trained = results[list(stages)[-1]]
-        rows.append(
-            (
-                name,
-                trained["last"]["net/top1"],
-                results["probe"]["best_top1"],
-                results["probe"]["last"]["net/top1"],
-                seconds,
-            )
-        )
+        row = (name, trained["last"]["net/top1"], results["probe"]["best_top1"], results["probe"]["last"]["net/top1"])
+        rows.append((*row, seconds, how))
         (out / "results.json").write_text(json.dumps(rows, indent=1))
 
     threads = torch.get_num_threads()
@@ -153,11 +164,13 @@ def main() -> int:
     )
     print(f"probe: {args.probe_limit} CIFAR-10 train / {args.probe_test} test images, {args.probe_epochs} epochs, "
           f"batch 512, lr 0.4, BN train mode; best and last probe top-1\n")  # fmt: skip
-    head = ("method", "CIFAR-100 top-1 %", "CIFAR-10 probe best %", "probe last %", "time s")
-    print(f"| {head[0]:<11} | {head[1]:>17} | {head[2]:>21} | {head[3]:>12} | {head[4]:>6} |")
-    print(f"|{'-' * 13}|{'-' * 19}|{'-' * 23}|{'-' * 14}|{'-' * 8}|")
-    for name, disc, best, last, seconds in rows:
-        print(f"| {name:<11} | {100 * disc:17.2f} | {100 * best:21.2f} | {100 * last:12.2f} | {seconds:6.0f} |")
+    head = ("method", "CIFAR-100 top-1 %", "CIFAR-10 probe best %", "probe last %", "time s", "run")
+    print(f"| {head[0]:<11} | {head[1]:>17} | {head[2]:>21} | {head[3]:>12} | {head[4]:>6} | {head[5]:<7} |")
+    print(f"|{'-' * 13}|{'-' * 19}|{'-' * 23}|{'-' * 14}|{'-' * 8}|{'-' * 9}|")
+    for name, disc, best, last, seconds, how in rows:
+        print(
+            f"| {name:<11} | {100 * disc:17.2f} | {100 * best:21.2f} | {100 * last:12.2f} | {seconds:6.0f} | {how:<7} |"
+        )
     print(f"\nrun folders: {out}")
     return 0
 
