@@ -146,6 +146,9 @@ def _main(argv: list[str]) -> int:
     resolved = resolved_dict(cfg)
     run_dir = RunDir(run_folder(config, cfg, args.resume))
     dataset_info(cfg.data)  # data must be findable before anything is written
+    for st in cfg.stages.values():  # and every stage's own dataset
+        if st.enabled and st.data is not None:
+            dataset_info(st.data)
 
     try:
         import torch

@@ -63,7 +63,7 @@ def write_fake_npz(
 def fake_data_root(tmp_path_factory) -> Path:
     """A data.root holding tiny cifar10.npz / cifar100.npz, so every shipped config can run offline."""
     root = tmp_path_factory.mktemp("fake_data")
-    write_fake_npz(root / "cifar10.npz", 10, 20, 10)
+    write_fake_npz(root / "cifar10.npz", 10, 52, 10)  # >= 512 train images: the linear probe's batch
     write_fake_npz(root / "cifar100.npz", 100, 2, 1)
     write_fake_npz(root / "svhn.npz", 10, 20, 10, unlabeled=40)
     write_fake_npz(root / "stl10.npz", 10, 4, 2, size=96, unlabeled=40)

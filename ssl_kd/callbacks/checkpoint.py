@@ -35,7 +35,7 @@ class Checkpoint(Callback):
 
     def on_stage_end(self, runner) -> None:
         stage = runner.stage
-        if stage.cfg.train:
+        if stage.cfg.train or stage.modules:  # e.g. a linear probe trains only its own head
             runner.save_stage_weights(
                 "last",
                 {

@@ -170,3 +170,33 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
     for key, value in overrides:
         set_dotted(out, key, value)
     return out
+
+
+_REFERENCE = re.compile(r"^\$\{\s*([^{}\s]+)\s*\}$")
+
+
+def resolve_references(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Replace every value written `${a.b.c}` with the value at that dotted path of the same config (after `_base_`
+    and the overrides), so one override changes every place that refers to it, e.g. one preset for two stages:
+    `stages.contrast.preset: ${stages.instance.preset}`. References may chain; a loop or a missing path is an error
+    naming the key that holds the reference."""
+
+    def lookup(path: str, where: str, chain: tuple[str, ...]) -> Any:
+        if path in chain:
+            raise UserError(f"{where}: the reference `${{{path}}}` forms a loop: {' -> '.join((*chain, path))}.")
+        node: Any = cfg
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"{where}: `${{{path}}}` refers to '{path}', which the config does not set.")
+            node = node[part]
+        return resolve(node, path, (*chain, path))
+
+    def resolve(value: Any, where: str, chain: tuple[str, ...]) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v, f"{where}.{k}" if where else str(k), chain) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, f"{where}[{i}]", chain) for i, v in enumerate(value)]
+        match = _REFERENCE.match(value) if isinstance(value, str) else None
+        return lookup(match.group(1), where, chain) if match else value
+
+    return resolve(cfg, "", ())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ssl_kd.config.loader import deep_merge
 from ssl_kd.optim.config import OptimizerConfig, SchedulerConfig
@@ -94,6 +94,17 @@ class InitConfig(Strict):
     strict: bool = True
 
 
+class SnapshotConfig(Strict):
+    """A frozen copy of model `of`, taken when the stage starts (after its `init`), available to this and later
+    stages as model `as`: read like any other model (list it under `uses`), eval mode, no grad, checkpointed with
+    the run (a resumed stage keeps the copy it took, not a copy of the weights trained since)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    of: str
+    as_: str = Field(alias="as")
+
+
 class StageConfig(Strict):
     """Keys every stage has. A stage type extends this with its own keys (its `Config`)."""
 
@@ -116,6 +127,15 @@ class StageConfig(Strict):
     init: InitConfig = Field(default_factory=InitConfig)
     nan_guard: bool = True
     prune: PruneConfig | None = None  # filter pruning while the stage trains (ssl_kd/prune/config.py)
+    # frozen copies of models taken at the stage's start: `snapshot: {of: net, as: net_t0}` (or a list of them)
+    snapshot: list[SnapshotConfig] = Field(default_factory=list)
+    # this stage's own dataset: the top-level `data:` schema, merged key by key over it (null: the top-level data)
+    data: Any = None
+
+    @field_validator("snapshot", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else ([] if value is None else value)
 
     @model_validator(mode="before")
     @classmethod

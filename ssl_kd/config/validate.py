@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ssl_kd.config.loader import apply_overrides, load_yaml
+from ssl_kd.config.loader import apply_overrides, deep_merge, load_yaml, resolve_references
 from ssl_kd.config.registry import import_modules, resolve_import, stage_types
 from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.data.config import DataConfig
@@ -80,6 +80,11 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
                 f"{source}: stages.{name}.type: unknown stage type '{st}'.{suggest(st, types)} Valid: {choices(types)}."
             )
         typed[name] = _validate(types[st].Config, block, ("stages", name), source)
+        if typed[name].data is not None:  # the stage's own dataset: merged key by key over the top-level data
+            if not isinstance(typed[name].data, dict):
+                raise UserError(f"{source}: stages.{name}.data: must be a mapping like `data:`, got {block['data']!r}.")
+            merged = deep_merge(raw.get("data") or {}, typed[name].data)
+            typed[name].data = _validate(DataConfig, merged, ("stages", name, "data"), source)
     cfg.stages = typed
     _check_models(cfg, source)
     _check_references(cfg, source)
@@ -110,14 +115,29 @@ def _check_references(cfg: Config, source: str) -> None:
             f"{source}: stages: at least one stage is needed (e.g. `stages: {{train: {{type: supervised}}}}`)."
         )
     names = list(cfg.stages)
+    known = dict(cfg.models)  # models, and the snapshots of this and earlier stages
     for i, (name, st) in enumerate(cfg.stages.items()):
         where = f"{source}: stages.{name}"
+        for snap in st.snapshot:
+            if snap.of not in known:
+                raise UserError(
+                    f"{where}.snapshot.of: model '{snap.of}' is not defined.{suggest(snap.of, known)} "
+                    f"Defined: {choices(known) or '(none)'}."
+                )
+            if snap.as_ in cfg.models:
+                raise UserError(
+                    f"{where}.snapshot.as: '{snap.as_}' is already a model under `models`; name the snapshot "
+                    f"differently (e.g. '{snap.of}_snapshot')."
+                )
+            if snap.as_ in st.train:
+                raise UserError(f"{where}.snapshot.as: the snapshot '{snap.as_}' is frozen; it cannot be in `train`.")
+            known[snap.as_] = None
         for key in ("train", "uses"):
             for m in getattr(st, key):
-                if m not in cfg.models:
+                if m not in known:
                     raise UserError(
-                        f"{where}.{key}: model '{m}' is not defined under `models`.{suggest(m, cfg.models)} "
-                        f"Defined: {choices(cfg.models) or '(none)'}."
+                        f"{where}.{key}: model '{m}' is not defined under `models`.{suggest(m, known)} "
+                        f"Defined: {choices(known) or '(none)'}."
                     )
         overlap = set(st.train) & set(st.uses)
         if overlap:
@@ -143,11 +163,11 @@ def _check_references(cfg: Config, source: str) -> None:
                 f"a positive length, or skip the stage with stages.{name}.enabled=false."
             )
         for m in st.eval.models or []:
-            if m not in cfg.models:
-                raise UserError(f"{where}.eval.models: model '{m}' is not defined.{suggest(m, cfg.models)}")
+            if m not in known:
+                raise UserError(f"{where}.eval.models: model '{m}' is not defined.{suggest(m, known)}")
         for m in st.init.models or []:
-            if m not in cfg.models:
-                raise UserError(f"{where}.init.models: model '{m}' is not defined.{suggest(m, cfg.models)}")
+            if m not in known:
+                raise UserError(f"{where}.init.models: model '{m}' is not defined.{suggest(m, known)}")
 
 
 def _check_override_targets(raw: dict[str, Any], overrides: list[tuple[str, Any]], source: str) -> None:
@@ -184,7 +204,7 @@ def resolve_config(
     path = Path(path)
     raw = load_yaml(path)
     _check_override_targets(raw, overrides, str(path))
-    raw = apply_overrides(raw, overrides)
+    raw = resolve_references(apply_overrides(raw, overrides))
     exp = raw.setdefault("experiment", {}) or {}
     raw["experiment"] = exp
     if isinstance(exp, dict) and not exp.get("name"):
@@ -223,4 +243,7 @@ def resolved_dict(cfg: Config) -> dict[str, Any]:
     out = cfg.model_dump(mode="json")
     out["data"] = cfg.data.model_dump(mode="json")
     out["stages"] = {k: v.model_dump(mode="json") for k, v in cfg.stages.items()}
+    for k, v in cfg.stages.items():
+        if v.data is not None:
+            out["stages"][k]["data"] = v.data.model_dump(mode="json")
     return out

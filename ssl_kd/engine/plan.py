@@ -138,6 +138,7 @@ def plan(runner: Runner) -> str:
         if not scfg.enabled:
             lines.append(f"  {i + 1}. {name:<14} {scfg.type:<11} (disabled)")
             continue
+        runner.take_snapshots(scfg)
         stage.setup()
         total, spe = stage_lengths(stage)
         for sname in stage.streams if stage.trains else ():
@@ -154,6 +155,11 @@ def plan(runner: Runner) -> str:
             parts.append(f"[{streams}]")
         if scfg.init.mode != "continue":
             parts.append(f"init: {scfg.init.mode} {scfg.init.stage or scfg.init.path or ''} {scfg.init.which}")
+        for snap in scfg.snapshot:
+            parts.append(f"snapshot: {snap.of} -> {snap.as_} (frozen)")
+        if scfg.data is not None:
+            sd = stage.data
+            parts.append(f"data: {sd.name} ({len(sd.train)} train / {len(sd.test)} test, {sd.num_classes} classes)")
         lines.append(" ".join(parts))
         lines += stage_details(scfg, stage.trains)
     runner.stage = None

@@ -10,6 +10,7 @@ only through the Stage hooks and the callbacks it is given.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -30,7 +31,7 @@ from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.services import DataServices
 from ssl_kd.engine.stage import Stage
-from ssl_kd.engine.streams import make_iterators, stage_lengths
+from ssl_kd.engine.streams import make_iterators, one_pass, stage_lengths
 from ssl_kd.errors import TrainingStopped, UserError
 from ssl_kd.memory import EMAModel
 from ssl_kd.models import model_spec
@@ -77,19 +78,48 @@ class Runner:
         self.callbacks: list[Callback] = []
         self.wandb_id: str | None = None
         self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run, device=self.device)
+        self._stage_services: dict[str, DataServices] = {}  # stages with their own `data:`
         self.evaluator = Evaluator(self.services, self.accelerator, cfg.data.num_workers)
 
     # ================================================================ services for stages and callbacks
     @property
+    def stage_services(self) -> DataServices:
+        """The current stage's data services: its own dataset when its config names one, else the run's."""
+        scfg = self.stage.cfg if self.stage is not None else None
+        if scfg is None or scfg.data is None:
+            return self.services
+        name = self.stage.name
+        if name not in self._stage_services:
+            self._stage_services[name] = DataServices(
+                self.cfg, self.run_dir, write=self.services.write, device=self.device, data=scfg.data,
+                split_path=self.run_dir.root / f"split.{name}.npz",
+            )  # fmt: skip
+        return self._stage_services[name]
+
+    @property
     def data(self):  # -> DatasetBundle
-        return self.services.data
+        return self.stage_services.data
 
     def transform(self, kind: str):
-        return self.services.transform(kind)
+        return self.stage_services.transform(kind)
 
     def ssl_split(self):
         """Labelled/unlabelled indices: computed once per run, saved in the run folder, reloaded on resume."""
-        return self.services.ssl_split(self.stage.name if self.stage else None)
+        return self.stage_services.ssl_split(self.stage.name if self.stage else None)
+
+    def take_snapshots(self, cfg) -> None:
+        """The stage's `snapshot`s: frozen copies of models as they stand now (after `init`), added to the run's
+        models (so they are read like any model and saved in every later checkpoint)."""
+        for snap in cfg.snapshot:
+            self.models[snap.as_] = copy.deepcopy(self.models[snap.of]).requires_grad_(False).eval()
+
+    def one_pass(self, dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over a stream dataset, this rank's share, on the device (see `Stage.one_pass`)."""
+        for batch in one_pass(
+            dataset, batch_size, seed=seed, rank=self.accelerator.process_index, world_size=self.world_size,
+            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+        ):  # fmt: skip
+            yield send_to_device(batch, self.device, non_blocking=True)
 
     def log(self, record: dict[str, Any]) -> None:
         """Send one metrics record (already reduced across ranks) to every logger."""
@@ -239,8 +269,10 @@ class Runner:
     def _run_stage(self, stage: Stage, ckpt: dict[str, Any] | None) -> None:
         cfg = stage.cfg
         self.stage = stage
+        self.evaluator.services = self.stage_services
         if ckpt is None:
             apply_init(self.models, self.cfg, self.run_dir, stage.name, cfg, self.stage_index, self.device)
+            self.take_snapshots(cfg)  # a resumed stage keeps the snapshot its checkpoint holds
         stage.setup()
         total, spe = stage_lengths(stage)
         stage.progress.total_steps, stage.progress.steps_per_epoch = total, spe

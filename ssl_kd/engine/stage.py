@@ -24,7 +24,8 @@ ran before its checkpoint (their effects are in the registered state), so hooks 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -34,6 +35,7 @@ from torch import nn
 
 from ssl_kd.components import Schedule, ScheduleConfig, Scheduled, Teacher
 from ssl_kd.config.schema import StageConfig
+from ssl_kd.data import mix_seed
 from ssl_kd.errors import UserError
 
 if TYPE_CHECKING:
@@ -152,6 +154,7 @@ class Stage:
     # ================================================================ what the runner offers a method
     @property
     def data(self) -> DatasetBundle:
+        """The stage's dataset: its own `data:` block when it has one, else the run's."""
         return self.runner.data
 
     def model(self, name: str) -> nn.Module:
@@ -211,7 +214,18 @@ class Stage:
         """The dataset of a training stream: `views` (name -> transform) of `images` (optionally a subset by
         `indices`), each sample's views seeded by its position in the stream. Per-image on the host, or whole
         batches on the device with `data.pipeline: device`; the stage does not need to know which."""
-        return self.runner.services.view_dataset(images, views, indices)
+        return self.runner.stage_services.view_dataset(images, views, indices)
+
+    def one_pass(self, dataset: torch.utils.data.Dataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over a stream dataset (e.g. to fill a memory bank) in fixed order, this rank's share, on the
+        device. Batches are equal-sized on every rank; `batch["valid"]` marks the real samples of padded ones."""
+        return self.runner.one_pass(dataset, batch_size, seed=self.seed("one_pass"))
+
+    def seed(self, *salt: int | str) -> int:
+        """A seed for the stage's own draws (a memory bank's init, sampled negatives): a hash of the experiment seed,
+        the stage's position and `salt`, the same on every rank and independent of the global RNG."""
+        parts = [zlib.crc32(s.encode()) if isinstance(s, str) else int(s) for s in salt]
+        return mix_seed(self.runner.cfg.experiment.seed, self.runner.stage_index, *parts)
 
     def add_stream(self, name: str, dataset: torch.utils.data.Dataset, batch_size: int | None = None) -> None:
         self.streams[name] = Stream(dataset, batch_size or self.cfg.batch_size)

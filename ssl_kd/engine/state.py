@@ -203,6 +203,13 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def _resume_free(key: str) -> bool:
+    parts = key.split(".", 2)
+    if parts[0] == "stages" and len(parts) == 3 and parts[2].startswith("data."):  # a stage's own `data:` block
+        key = parts[2]
+    return key.startswith(RESUME_FREE)
+
+
 def _show(diffs: list[str], a: dict[str, Any], b: dict[str, Any], limit: int = 6) -> str:
     shown = "; ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in diffs[:limit])
     return shown + (f" (+{len(diffs) - limit} more)" if len(diffs) > limit else "")
@@ -219,7 +226,7 @@ def check_compatible(
     started = old_names if started is None else started
     diffs = [
         k for k in sorted(set(a) | set(b))
-        if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(RESUME_FREE)
+        if a.get(k, "<absent>") != b.get(k, "<absent>") and not _resume_free(k)
     ]  # fmt: skip
 
     def later(k: str) -> bool:

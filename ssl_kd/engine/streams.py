@@ -9,9 +9,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
-from ssl_kd.data import StreamSampler
+from ssl_kd.data import StreamSampler, mix_seed
 from ssl_kd.engine.stage import Stage
 from ssl_kd.errors import UserError
 
@@ -74,3 +75,35 @@ def make_iterators(
 def _batched(dataset, sampler: StreamSampler) -> Iterator[dict]:
     for t in itertools.count(sampler.start_batch):
         yield dataset.batch(*sampler.batch_arrays(t))
+
+
+def one_pass(
+    dataset, batch_size: int, *, seed: int, rank: int, world_size: int, num_workers: int, pin_memory: bool
+) -> Iterator[dict[str, torch.Tensor]]:  # fmt: skip
+    """One pass over a stream dataset in position order, this rank's share (positions rank, rank + W, ...), each
+    sample's views seeded by (seed, position). Every rank yields the same number of equal-sized batches: shards
+    one short are padded by repeating a position, and `valid` marks the real samples (collectives that gather the
+    batch need equal shapes; the padded rows must not count)."""
+    n = len(dataset)
+    per = -(-n // world_size)
+    mine = np.arange(rank, n, world_size, dtype=np.int64)
+    valid = np.arange(per) < len(mine)
+    mine = np.concatenate([mine, np.full(per - len(mine), mine[-1] if len(mine) else 0, dtype=np.int64)])
+    seeds = np.array([mix_seed(seed, int(p)) for p in mine], dtype=np.uint64)
+    cuts = range(0, per, batch_size)
+    if getattr(dataset, "batched", False):  # makes whole batches itself (e.g. on the device)
+        batches = (dataset.batch(mine[s : s + batch_size], seeds[s : s + batch_size]) for s in cuts)
+    else:
+        sampler = [list(zip(mine[s : s + batch_size].tolist(), seeds[s : s + batch_size].tolist())) for s in cuts]
+        batches = iter(
+            torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=sampler,
+                num_workers=num_workers,
+                pin_memory=pin_memory,
+                generator=torch.Generator().manual_seed(0),
+            )  # fmt: skip
+        )
+    for s, batch in zip(cuts, batches):
+        batch["valid"] = torch.as_tensor(valid[s : s + batch_size])
+        yield batch

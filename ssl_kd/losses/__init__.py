@@ -1,6 +1,12 @@
 """Pure loss functions: no state, no config; stages compose them."""
 
 from ssl_kd.losses.ce import accuracy, soft_cross_entropy
+from ssl_kd.losses.contrastive import (
+    contrast_exp_scores,
+    crd_nce_loss,
+    instance_discrimination_loss,
+    nce_normaliser,
+)
 from ssl_kd.losses.dkd import dkd_loss, dkd_parts
 from ssl_kd.losses.ka import knowledge_adjust
 from ssl_kd.losses.kd import kd_loss
@@ -38,14 +44,18 @@ __all__ = [
     "adaptive_topk",
     "anl_loss",
     "consistency_loss",
+    "contrast_exp_scores",
+    "crd_nce_loss",
     "convex_mapping",
     "eml_loss",
     "flexmatch_beta",
     "flexmatch_class_thresholds",
+    "instance_discrimination_loss",
     "interpolate_rows",
     "kd_loss",
     "mixskd_losses",
     "mixup_ce",
+    "nce_normaliser",
     "soft_cross_entropy",
     "topk_rank",
 ]

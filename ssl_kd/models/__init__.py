@@ -2,8 +2,19 @@
 with create_model (which records its constructor spec)."""
 
 # Importing the model modules registers their factories.
-from ssl_kd.models import cifar_resnet, cifar_wrn, mobilenetv2, multi_exit, resnet, shufflenet, small, vgg, wrn  # noqa: F401
+from ssl_kd.models import (  # noqa: F401
+    cifar_resnet,
+    cifar_wrn,
+    mobilenetv2,
+    multi_exit,
+    resnet,
+    shufflenet,
+    small,
+    vgg,
+    wrn,
+)
 from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, is_stage_based, select_maps
+from ssl_kd.models.feature_heads import Embed, LinearProbe, seeded_linear
 from ssl_kd.models.heads import FeatureCritics, SelfTeacher, roi_features
 from ssl_kd.models.multi_exit import MultiExit
 from ssl_kd.models.registry import (
@@ -17,7 +28,9 @@ from ssl_kd.models.registry import (
 
 __all__ = [
     "ClassifierModel",
+    "Embed",
     "FeatureCritics",
+    "LinearProbe",
     "ModelOutput",
     "MultiExit",
     "Prediction",
@@ -30,5 +43,6 @@ __all__ = [
     "model_spec",
     "register_model",
     "roi_features",
+    "seeded_linear",
     "select_maps",
 ]

@@ -1,3 +1,13 @@
 """Built-in stage types. Importing this module registers them."""
 
-from ssl_kd.stages import evaluate, export, kd, mixskd, recursivemix, semi_supervised, supervised  # noqa: F401
+from ssl_kd.stages import (  # noqa: F401
+    ctc,
+    evaluate,
+    export,
+    kd,
+    linear_probe,
+    mixskd,
+    recursivemix,
+    semi_supervised,
+    supervised,
+)
