@@ -17,7 +17,7 @@ EXPECTED_MODELS = {
     "resnet8x4", "resnet32x4",
     "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
     "resnet18", "resnet50", "mobilenetv2", "mlp", "cnn_small",
-    "vgg8", "vgg13", "shufflenetv1", "shufflenetv2",
+    "vgg8", "vgg13", "shufflenetv1", "shufflenetv2", "cifar_resnet18", "multi_exit",
 }  # fmt: skip
 
 # Spatial sizes of `feats` for a 32px input (stem first).
@@ -29,6 +29,8 @@ SPATIAL_32 = {
     "wrn_40_2": [32, 32, 16, 8],
     "mobilenetv2": [16, 16, 8, 4, 2],  # stem stride 2, RepDistiller's f0..f4
     "resnet18": [8, 8, 4, 2, 1],  # ImageNet stem: /4 then stages /1 /2 /2 /2
+    "cifar_resnet18": [32, 32, 16, 8, 4],  # Self-KD-Lib / RecursiveMix: 3x3 stem, stages /1 /2 /2 /2
+    "multi_exit": [32, 32, 16, 8, 4],  # its backbone's maps (default cifar_resnet18)
     "cnn_small": [32, 16, 8],
     "vgg8": [32, 16, 8, 4, 4],  # the reference pools after blocks 0-2 only on 32px inputs
     "shufflenetv1": [32, 16, 8, 4],  # 1x1 stem at full resolution, then three stride-2 stages

@@ -29,13 +29,28 @@ from ssl_kd.data.datasets import (
 )
 from ssl_kd.data.device_augment import DeviceStrong, DeviceTransform, DeviceWeak, to_device_transform
 from ssl_kd.data.device_dataset import DeviceImages, DeviceViewDataset
-from ssl_kd.data.mixing import cutmix, mixup
+from ssl_kd.data.mixing import (
+    MixConfig,
+    MixParams,
+    box_lam,
+    cutmix,
+    mix_tensors,
+    mixup,
+    one_hot,
+    recursive_mix,
+    sample_cutmix,
+    sample_mix,
+    sample_mixup,
+    sample_paste_box,
+)
 from ssl_kd.data.sampler import StreamSampler, mix_seed
 from ssl_kd.data.split import load_split, save_split, ssl_split
 
 __all__ = [
     "DATASET_STATS",
     "IMAGENET_STATS",
+    "MixConfig",
+    "MixParams",
     "RANDAUGMENT_OPS",
     "AugmentConfig",
     "ConcatImageSet",
@@ -58,6 +73,7 @@ __all__ = [
     "WeakAugConfig",
     "WeakTransform",
     "balanced_subset",
+    "box_lam",
     "build_transform",
     "concat_image_sets",
     "cutmix",
@@ -68,7 +84,14 @@ __all__ = [
     "load_dataset",
     "load_split",
     "mix_seed",
+    "mix_tensors",
     "mixup",
+    "one_hot",
+    "recursive_mix",
+    "sample_cutmix",
+    "sample_mix",
+    "sample_mixup",
+    "sample_paste_box",
     "save_split",
     "ssl_split",
     "to_device_transform",

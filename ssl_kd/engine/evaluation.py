@@ -60,7 +60,8 @@ class Evaluator:
     @torch.no_grad()
     def evaluate(self, predict: Predict, batch_size: int) -> dict[str, float]:
         """Top-1/top-5 and CE of each prediction on the full test split: `{"top1", "top5", "loss"}` for the
-        headline, `{"<name>/top1", ...}` for every further named prediction."""
+        headline, `{"<name>/top1", ...}` for every further named prediction, and with several predictions
+        `max/top1`, the best of them (what multi-exit papers such as MixSKD report)."""
         acc = self.accelerator
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), dtype=torch.float64, device=acc.device)
@@ -89,4 +90,6 @@ class Evaluator:
             prefix = "" if i == 0 else f"{name}/"
             top1, top5, ce = values[3 * i : 3 * i + 3]
             out.update({f"{prefix}top1": top1 / n, f"{prefix}top5": top5 / n, f"{prefix}loss": ce / n})
+        if len(names) > 1 and "max" not in names:  # several outputs (e.g. the exits of a multi-exit model)
+            out["max/top1"] = max(out[f"{'' if i == 0 else f'{name}/'}top1"] for i, name in enumerate(names))
         return out

@@ -10,6 +10,7 @@ from ssl_kd.losses.contrastive import (
 from ssl_kd.losses.dkd import dkd_loss, dkd_parts
 from ssl_kd.losses.ka import knowledge_adjust
 from ssl_kd.losses.kd import kd_loss
+from ssl_kd.losses.mixskd import interpolate_rows, mixskd_losses, mixup_ce
 from ssl_kd.losses.ssl import (
     adaptive_topk,
     anl_loss,
@@ -50,7 +51,10 @@ __all__ = [
     "flexmatch_beta",
     "flexmatch_class_thresholds",
     "instance_discrimination_loss",
+    "interpolate_rows",
     "kd_loss",
+    "mixskd_losses",
+    "mixup_ce",
     "nce_normaliser",
     "soft_cross_entropy",
     "topk_rank",

@@ -2,9 +2,21 @@
 with create_model (which records its constructor spec)."""
 
 # Importing the model modules registers their factories.
-from ssl_kd.models import cifar_resnet, cifar_wrn, mobilenetv2, resnet, shufflenet, small, vgg, wrn  # noqa: F401
-from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, select_maps
+from ssl_kd.models import (  # noqa: F401
+    cifar_resnet,
+    cifar_wrn,
+    mobilenetv2,
+    multi_exit,
+    resnet,
+    shufflenet,
+    small,
+    vgg,
+    wrn,
+)
+from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, is_stage_based, select_maps
 from ssl_kd.models.feature_heads import Embed, LinearProbe, seeded_linear
+from ssl_kd.models.heads import FeatureCritics, SelfTeacher, roi_features
+from ssl_kd.models.multi_exit import MultiExit
 from ssl_kd.models.registry import (
     create_model,
     create_model_from_spec,
@@ -17,15 +29,20 @@ from ssl_kd.models.registry import (
 __all__ = [
     "ClassifierModel",
     "Embed",
+    "FeatureCritics",
     "LinearProbe",
     "ModelOutput",
+    "MultiExit",
     "Prediction",
+    "SelfTeacher",
     "create_model",
     "create_model_from_spec",
+    "is_stage_based",
     "list_models",
     "model_options",
     "model_spec",
     "register_model",
+    "roi_features",
     "seeded_linear",
     "select_maps",
 ]

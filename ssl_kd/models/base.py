@@ -57,6 +57,10 @@ class ClassifierModel(nn.Module):
     feat_channels: tuple[int, ...]
     fc: nn.Linear
     extra_inputs: ClassVar[tuple[str, ...]] = ()  # batch fields the forward takes besides the image
+    # A *stage-based* model has ``stem`` and ``stages`` and computes the default ``forward_features`` (stem ->
+    # stages -> pre_pool -> global pool). It names the attributes its ``pre_pool`` reads, so that a multi-exit model
+    # can build fresh copies of its later stages and of that head (``ssl_kd.models.multi_exit``).
+    pre_pool_modules: ClassVar[tuple[str, ...]] = ()
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """The common shape (``stem`` then ``stages``): every stage output is a feature map, pooled after
@@ -107,6 +111,11 @@ class ClassifierModel(nn.Module):
             if given - declared
             else f"{type(self).__name__}.forward: missing extra inputs {sorted(declared - given)}"
         )
+
+
+def is_stage_based(model: nn.Module) -> bool:
+    """Whether ``model`` follows the stem -> stages -> pre_pool shape that multi-exit models are built from."""
+    return isinstance(model, ClassifierModel) and hasattr(model, "stem") and hasattr(model, "stages")
 
 
 def select_maps(maps: list[Tensor], which: bool | Sequence[int]) -> tuple[Tensor, ...] | None:

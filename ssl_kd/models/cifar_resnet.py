@@ -1,6 +1,7 @@
 """CIFAR ResNets of the KD literature (RepDistiller / mdistiller): 3 stages of post-activation BasicBlocks.
 
 resnet{8..110} use widths 16/16/32/64 (stem/stages); the "x4" models use 32/64/128/256. Depth = 6n + 2.
+cifar_resnet18 is the 4-stage ResNet-18 of the self-distillation repos (Self-KD-Lib, RecursiveMix).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_kd.models.base import ClassifierModel
-from ssl_kd.models.registry import register_model
+from ssl_kd.models.registry import check_option, register_model
 
 NARROW = (16, 16, 32, 64)
 WIDE = (32, 64, 128, 256)
@@ -34,30 +35,49 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(ClassifierModel):
-    def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int) -> None:
+    """Stem conv3x3 -> BN (-> ReLU) -> stages of BasicBlocks (the first at stride 1, the others stride 2) -> GAP -> fc.
+
+    ``depth`` 6n+2 gives the KD repos' 3-stage nets (n blocks per stage); ``blocks`` gives the block count of each
+    stage instead (ResNet-18 of Self-KD-Lib / RecursiveMix: 4 stages of 2). ``init``: ``kaiming`` is the KD repos'
+    (conv kaiming fan_out, BN 1/0); ``torch`` keeps PyTorch's default init, as Self-KD-Lib and RecursiveMix do.
+    """
+
+    def __init__(
+        self,
+        depth: int | None,
+        widths: tuple[int, ...],
+        num_classes: int,
+        blocks: tuple[int, ...] | None = None,
+        stem_relu: bool = True,
+        init: str = "kaiming",
+    ) -> None:
         super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
+        if blocks is None:
+            if depth is None or (depth - 2) % 6 != 0:
+                raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+            blocks = ((depth - 2) // 6,) * (len(widths) - 1)
+        if len(blocks) != len(widths) - 1:
+            raise ValueError(f"one block count per stage: {len(widths) - 1} stages, got {blocks}")
         self.num_classes = num_classes
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        stem: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0])]
+        self.stem = nn.Sequential(*stem, nn.ReLU()) if stem_relu else nn.Sequential(*stem)
         stages, in_ch = [], widths[0]
-        for s, out_ch in enumerate(widths[1:]):
-            blocks = [
-                BasicBlock(in_ch if i == 0 else out_ch, out_ch, (1 if s == 0 else 2) if i == 0 else 1) for i in range(n)
-            ]
-            stages.append(nn.Sequential(*blocks))
+        for s, (out_ch, n) in enumerate(zip(widths[1:], blocks)):
+            first_stride = 1 if s == 0 else 2
+            stages.append(nn.Sequential(*[BasicBlock(in_ch if i == 0 else out_ch, out_ch, first_stride if i == 0 else 1)
+                                          for i in range(n)]))  # fmt: skip
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
         self.fc = nn.Linear(widths[-1], num_classes)
         self.feat_dim = widths[-1]
         self.feat_channels = tuple(widths)
-        for m in self.modules():  # the KD repos' init; Linear keeps PyTorch's default
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        if init == "kaiming":  # the KD repos' init; Linear keeps PyTorch's default
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
@@ -73,3 +93,13 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
     _register(f"resnet{_depth}", _depth, NARROW)
 _register("resnet8x4", 8, WIDE)
 _register("resnet32x4", 32, WIDE)
+
+
+@register_model("cifar_resnet18")
+def cifar_resnet18(num_classes: int, width: int = 64, stem_relu: bool = True) -> CifarResNet:
+    """The CIFAR ResNet-18 of Self-KD-Lib and RecursiveMix: 3x3 stem, BasicBlock [2, 2, 2, 2], widths
+    w/w/2w/4w/8w (w = 64: 11.2M params), PyTorch's default init. ``stem_relu=False`` is MixSKD's backbone
+    (Self-KD-Lib models/resnet_mixskd.py has no ReLU after the stem BN); ``width`` < 64 gives a narrow net."""
+    check_option("cifar_resnet18", "width", width, isinstance(width, int) and width >= 1, "a positive integer")
+    w = width
+    return CifarResNet(None, (w, w, 2 * w, 4 * w, 8 * w), num_classes, (2, 2, 2, 2), stem_relu, "torch")

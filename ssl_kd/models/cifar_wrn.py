@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool, repdistiller_init
+from ssl_kd.models.base import ClassifierModel, repdistiller_init
 from ssl_kd.models.registry import check_option, register_model
 
 
@@ -61,13 +61,15 @@ class CifarWideResNet(ClassifierModel):
         self.feat_channels = widths
         repdistiller_init(self, linear_std=None)  # the KD repos' init: N(0, sqrt(2 / (k*k*out))) = kaiming fan_out
 
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.stem(x)
-        maps = [out]
-        for group in self.groups:
-            out = group(out)
-            maps.append(out)
-        return maps, global_pool(self.relu(self.bn(out)))
+    # stage-based (ClassifierModel.forward_features): stem -> groups -> BN -> ReLU -> pool
+    pre_pool_modules = ("bn", "relu")
+
+    @property
+    def stages(self) -> nn.ModuleList:
+        return self.groups
+
+    def pre_pool(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn(x))
 
 
 def _register(depth: int, widen: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.base import ClassifierModel
 from ssl_kd.models.registry import register_model
 
 
@@ -38,13 +38,13 @@ class ResNet(ClassifierModel):
         exp = block.expansion
         self.feat_channels = (64, 64 * exp, 128 * exp, 256 * exp, 512 * exp)
 
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        maps = [out]
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            out = layer(out)
-            maps.append(out)
-        return maps, global_pool(out)
+    # stage-based (ClassifierModel.forward_features) under torchvision's attribute names
+    def stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
 
 
 @register_model("resnet18")

@@ -127,6 +127,8 @@ class ShuffleNetV2(ClassifierModel):
         self.feat_dim = last
         self.feat_channels = (24, *widths)
 
+    pre_pool_modules = ("head",)
+
     def pre_pool(self, x: Tensor) -> Tensor:
         return self.head(x)
 

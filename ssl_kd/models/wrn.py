@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool
+from ssl_kd.models.base import ClassifierModel
 from ssl_kd.models.registry import check_option, register_model
 
 _CONV_INITS = ("kaiming_normal", "kaiming_uniform")
@@ -135,13 +135,15 @@ class SSLWideResNet(ClassifierModel):
                 nn.init.xavier_normal_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        out = self.stem(x)
-        maps = [out]
-        for group in self.groups:
-            out = group(out)
-            maps.append(out)
-        return maps, global_pool(self.act(self.bn(out)))
+    # stage-based (ClassifierModel.forward_features): stem -> groups -> BN -> LReLU -> pool
+    pre_pool_modules = ("bn", "act")
+
+    @property
+    def stages(self) -> nn.ModuleList:
+        return self.groups
+
+    def pre_pool(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(x))
 
 
 def _build(name: str, num_classes: int, **options: Any) -> SSLWideResNet:

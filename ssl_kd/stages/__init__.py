@@ -1,3 +1,12 @@
 """Built-in stage types. Importing this module registers them."""
 
-from ssl_kd.stages import ctc, evaluate, kd, linear_probe, semi_supervised, supervised  # noqa: F401
+from ssl_kd.stages import (  # noqa: F401
+    ctc,
+    evaluate,
+    kd,
+    linear_probe,
+    mixskd,
+    recursivemix,
+    semi_supervised,
+    supervised,
+)

@@ -1,0 +1,501 @@
+"""Self-distillation I: mixing (MixUp / CutMix / RecursiveMix paste on a dict of tensors), the batch history,
+multi-exit models and their evaluation, MixSKD's losses, and the `mixskd` / `recursivemix` stages end to end
+(including resume in the middle of an epoch with a non-empty history)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT, Crash, run_cli
+
+import ssl_kd.callbacks as callbacks_mod
+from ssl_kd.data import mixing
+from ssl_kd.data.mixing import (
+    MixConfig,
+    MixParams,
+    box_lam,
+    cutmix_box,
+    mix_tensors,
+    recursive_mix,
+    sample_cutmix,
+    sample_mix,
+    sample_paste_box,
+)
+from ssl_kd.errors import UserError
+from ssl_kd.losses import mixskd_losses, soft_cross_entropy
+from ssl_kd.memory import BatchHistory
+from ssl_kd.models import FeatureCritics, MultiExit, SelfTeacher, create_model, roi_features
+
+torch.set_num_threads(2)
+LN = math.log
+
+
+# ================================================================================================ mixing
+def _old_lam_perm(alpha, batch):
+    if alpha > 0:
+        a = torch.tensor(float(alpha))
+        lam = float(torch.distributions.Beta(a, a).sample())
+    else:
+        lam = 1.0
+    return lam, torch.randperm(batch)
+
+
+def _old_mixup(x, y, alpha, c):
+    """The supervised stage's mixup before this change, transcribed (its behaviour must not change)."""
+    lam, perm = _old_lam_perm(alpha, x.shape[0])
+    t = F.one_hot(y, c).to(x.dtype)
+    return lam * x + (1.0 - lam) * x[perm], lam * t + (1.0 - lam) * t[perm]
+
+
+def _old_cutmix(x, y, alpha, c):
+    lam, perm = _old_lam_perm(alpha, x.shape[0])
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(torch.randint(h, (1,))), int(torch.randint(w, (1,)))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+    t = F.one_hot(y, c).to(x.dtype)
+    return out, lam * t + (1.0 - lam) * t[perm]
+
+
+@pytest.mark.parametrize("fn,old,alpha", [("mixup", _old_mixup, 0.0), ("mixup", _old_mixup, 0.4),
+                                          ("cutmix", _old_cutmix, 1.0)])  # fmt: skip
+def test_legacy_mixup_and_cutmix_are_bit_identical(fn, old, alpha):
+    x, y = torch.randn(6, 3, 7, 9), torch.randint(0, 5, (6,))
+    for seed in range(10):
+        torch.manual_seed(seed)
+        a = old(x, y, alpha, 5)
+        torch.manual_seed(seed)
+        b = getattr(mixing, fn)(x, y, alpha, 5)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_one_mix_applies_to_every_tensor_of_a_dict():
+    torch.manual_seed(0)
+    b = 5
+    batch = {"x": torch.randn(b, 3, 8, 8), "y": F.one_hot(torch.arange(b), 5).float(),
+             "meta": torch.randn(b, 4), "fmap": torch.randn(b, 2, 4, 4)}  # fmt: skip
+    mix = MixParams(0.3, torch.tensor([4, 3, 2, 1, 0]))
+    out = mix_tensors(batch, mix)
+    for k, t in batch.items():  # mixup: every tensor blended with the same lambda and partner
+        torch.testing.assert_close(out[k], 0.3 * t + 0.7 * t[[4, 3, 2, 1, 0]])
+    box = MixParams(box_lam((2, 0, 6, 4), (8, 8)), torch.tensor([1, 0, 2, 3, 4]), box=(2, 0, 6, 4))
+    out = mix_tensors(batch, box)
+    assert box.lam == 0.75 and box.area == 0.25
+    x = out["x"]
+    assert torch.equal(x[0, :, 0:4, 2:6], batch["x"][1, :, 0:4, 2:6])  # the partner's same region (CutMix)
+    assert torch.equal(x[0, :, 4:, :], batch["x"][0, :, 4:, :])  # outside the box: untouched
+    assert torch.equal(out["fmap"][0, :, 0:2, 1:3], batch["fmap"][1, :, 0:2, 1:3])  # box rescaled to the 4x4 map
+    assert torch.equal(out["fmap"][0, :, 2:, :], batch["fmap"][0, :, 2:, :])
+    torch.testing.assert_close(out["meta"], 0.75 * batch["meta"] + 0.25 * batch["meta"][[1, 0, 2, 3, 4]])
+    assert not torch.equal(batch["x"], x)  # inputs are not modified in place
+    with pytest.raises(TypeError, match="one-hot"):
+        mix_tensors({"y": torch.arange(3)}, MixParams(0.5, torch.arange(3)))
+
+
+@pytest.mark.parametrize(
+    "size,cut,centre,box",
+    [
+        ((32, 32), 0.5, (0, 0), (0, 0, 8, 8)),  # clipped at the top-left border
+        ((32, 32), 0.5, (31, 31), (23, 23, 32, 32)),  # clipped at the bottom-right border
+        ((32, 32), 7 / 32, (16, 16), (13, 13, 19, 19)),  # odd side 7: half extent 3, the box is 6 wide
+        ((5, 7), 0.6, (2, 3), (1, 1, 5, 3)),  # non-square odd image: cut_h = 3, cut_w = 4
+        ((32, 32), 0.01, (10, 10), (10, 10, 10, 10)),  # side 0: empty box
+    ],
+)
+def test_box_edge_cases(size, cut, centre, box):
+    assert cutmix_box(size, cut, *centre) == box
+    x1, y1, x2, y2 = box
+    assert box_lam(box, size) == 1.0 - (x2 - x1) * (y2 - y1) / (size[0] * size[1])
+
+
+def test_sampled_boxes_stay_inside_and_lambda_is_the_clipped_area():
+    torch.manual_seed(0)
+    for _ in range(200):
+        x1, y1, x2, y2 = sample_paste_box((13, 9), 0.5)
+        assert 0 <= x1 <= x2 <= 9 and 0 <= y1 <= y2 <= 13
+        assert (x2 - x1) * (y2 - y1) <= 0.5 * 13 * 9 + 1e-9  # area ratio ~ U(0, alpha) before clipping
+        mix = sample_cutmix(1, 1.0, (13, 9))  # batch of 1
+        assert mix.perm.tolist() == [0] and mix.lam == box_lam(mix.box, (13, 9))
+    assert sample_mix(MixConfig(kind="none"), 4, (8, 8)) is None
+    assert sample_mix(MixConfig(kind="mixup", alpha=0.4, prob=0.0), 4, (8, 8)) is None
+
+
+def _loop_recursive_mix(x, y, hx, hy, box):
+    """Independent RecursiveMix paste: per-pixel nearest-neighbour resize (src = floor(dst * in / out))."""
+    x1, y1, x2, y2 = box
+    out = x.clone()
+    h, w = y2 - y1, x2 - x1
+    for b in range(x.shape[0]):
+        for i in range(h):
+            for j in range(w):
+                si, sj = (i * hx.shape[2]) // h, (j * hx.shape[3]) // w
+                out[b, :, y1 + i, x1 + j] = hx[b, :, si, sj]
+    lam = 1.0 - h * w / (x.shape[2] * x.shape[3])
+    return out, lam * y + (1 - lam) * hy[: x.shape[0]], lam
+
+
+@pytest.mark.parametrize("shape,box", [((3, 2, 8, 8), (2, 1, 7, 4)), ((1, 3, 5, 7), (0, 1, 3, 5)),
+                                       ((2, 1, 6, 6), (3, 3, 3, 3))])  # fmt: skip
+def test_recursive_mix_against_a_loop_and_by_hand(shape, box):
+    torch.manual_seed(1)
+    x, hx = torch.randn(shape), torch.randn(shape[0] + 2, *shape[1:])  # the history may hold more rows
+    y, hy = F.softmax(torch.randn(shape[0], 4), 1), F.softmax(torch.randn(shape[0] + 2, 4), 1)
+    got = recursive_mix(x, y, hx, hy, box)
+    want = _loop_recursive_mix(x, y, hx, hy, box)
+    assert torch.equal(got[0], want[0]) and got[2] == want[2]
+    torch.testing.assert_close(got[1], want[1])
+    # by hand: a 4x4 history image shrunk into a 2x2 box keeps rows/cols 0 and 2; lam = 1 - 4/16
+    img, hist = torch.zeros(1, 1, 4, 4), torch.arange(16.0).reshape(1, 1, 4, 4)
+    out, ym, lam = recursive_mix(img, torch.tensor([[1.0, 0.0]]), hist, torch.tensor([[0.0, 1.0]]), (1, 1, 3, 3))
+    assert lam == 0.75 and ym.tolist() == [[0.75, 0.25]]
+    assert out[0, 0].tolist() == [[0, 0, 0, 0], [0, 0, 2, 0], [0, 8, 10, 0], [0, 0, 0, 0]]
+    # bilinear uses align_corners=True: a 2x2 image stretched to 3x3 keeps its corners
+    two = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    out, _, _ = recursive_mix(torch.zeros(1, 1, 3, 3), ym, two, ym, (0, 0, 3, 3), mode="bilinear")
+    assert out[0, 0].tolist() == [[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]]
+
+
+# ================================================================================================ history
+def test_history_detaches_resets_and_round_trips():
+    h = BatchHistory("epoch")
+    assert h.empty
+    x = torch.ones(2, 3, requires_grad=True)
+    y = x * 2
+    h.update(x=y, z=x)
+    assert not h["x"].requires_grad and torch.equal(h["x"], y.detach())
+    y.data.fill_(7.0)  # later in-place edits of the source do not reach the history
+    assert h["x"].max() == 2
+    state = h.state_dict()
+    h.on_epoch_start()
+    assert h.empty
+    h.load_state_dict(state)
+    assert torch.equal(h["z"], torch.ones(2, 3))
+    never = BatchHistory("never")
+    never.update(x=torch.zeros(1))
+    never.on_epoch_start()
+    assert not never.empty
+    with pytest.raises(ValueError, match="epoch"):
+        BatchHistory("step")
+
+
+# ================================================================================================ models
+def test_multi_exit_copies_later_stages_fresh_and_reports_every_exit():
+    torch.manual_seed(0)
+    m = create_model("multi_exit", 7, backbone="cifar_resnet18", backbone_kwargs={"width": 4, "stem_relu": False})
+    assert isinstance(m, MultiExit) and m.exit_after == (1, 2, 3)
+    assert m.exit_names == ("exit1", "exit2", "exit3", "backbone")
+    # branch k = fresh copies of stages k+1..4 (same shapes, own weights), its own fc
+    for k, branch in zip((1, 2, 3), m.branches):
+        assert len(branch.stages) == 4 - k
+        for mine, theirs in zip(branch.stages, list(m.backbone.stages)[k:]):
+            shapes = [p.shape for p in mine.parameters()]
+            assert shapes == [p.shape for p in theirs.parameters()]
+            assert not any(torch.equal(a, b) for a, b in zip(mine.parameters(), theirs.parameters()) if a.ndim > 1)
+    assert len(m.backbone.stem) == 2  # MixSKD's ResNet-18: conv + BN, no ReLU
+    x = torch.randn(3, 3, 32, 32)
+    out = m.eval()(x)
+    maps = m.exit_maps(out)
+    assert [t.shape for t in maps] == [(3, 32, 4, 4)] * 4
+    for z, fmap, name in zip(m.exit_logits(out), maps, m.exit_names):
+        fc = m.fc if name == "backbone" else m.branches[m.exit_names.index(name)].fc
+        torch.testing.assert_close(z, fc(fmap.mean((2, 3))))
+    pred = m.predict({"x": x})
+    assert list(pred) == ["backbone", "exit1", "exit2", "exit3"] and torch.equal(pred["backbone"], out.logits)
+    # a WRN backbone: the exits copy its pre-pool BN + activation too
+    w = create_model("multi_exit", 5, backbone="wrn_16_1", exits=[2])
+    assert w.exit_after == (2,) and hasattr(w.branches[0], "bn") and len(w.branches[0].stages) == 1
+    assert w(torch.randn(2, 3, 32, 32)).aux["exit2"].shape == (2, 5)
+
+
+STAGE_BASED = ["cifar_resnet18", "resnet8", "resnet8x4", "wrn_16_1", "wrn_28_2", "resnet18", "shufflenetv2",
+               "cnn_small"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", STAGE_BASED)
+def test_stage_based_models_compute_what_multi_exit_assumes(name):
+    """A multi-exit model runs its backbone as stem -> stages -> pre_pool itself: with the same weights its
+    backbone exit must equal the model's own forward (this pins the stage-based contract of every such model)."""
+    torch.manual_seed(0)
+    kwargs = {"width": 4} if name == "cifar_resnet18" else {}
+    plain = create_model(name, 6, **kwargs).eval()
+    multi = create_model("multi_exit", 6, backbone=name, backbone_kwargs=kwargs, exits=[1]).eval()
+    multi.backbone.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a, b = plain(x, return_feats=True), multi(x, return_feats=True)
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.feat, b.feat)
+    assert all(torch.equal(u, v) for u, v in zip(a.feats, b.feats))
+    assert b.aux["exit1"].shape == (2, 6) and b.aux["exit1_map"].shape == b.aux["backbone_map"].shape
+
+
+def test_multi_exit_refuses_what_it_cannot_build():
+    with pytest.raises(UserError, match="not stage-based"):
+        create_model("multi_exit", 5, backbone="mlp")
+    with pytest.raises(UserError, match="exits"):
+        create_model("multi_exit", 5, backbone="resnet8", exits=[3])
+    with pytest.raises(UserError, match="Unknown model"):
+        create_model("multi_exit", 5, backbone="resnet99")
+
+
+def test_roi_features_by_hand_and_batch_of_one():
+    fmap = torch.arange(16.0).reshape(1, 1, 4, 4)
+    # the whole 8x8 image on a 4x4 map (scale 1/2, aligned): bilinear samples at the 16 pixel centres
+    assert roi_features(fmap, (0, 0, 8, 8), (8, 8)).tolist() == [[7.5]]
+    # the top-left quarter: pixels 0, 1, 4, 5
+    assert roi_features(fmap, (0, 0, 4, 4), (8, 8)).tolist() == [[2.5]]
+    two = torch.cat([fmap, fmap + 1])
+    assert roi_features(two, (0, 0, 4, 4), (8, 8)).tolist() == [[2.5], [3.5]]  # one box for every image
+
+
+def test_self_teacher_and_critics():
+    torch.manual_seed(0)
+    maps = [torch.randn(2, 3, 2, 2) for _ in range(4)]
+    t = SelfTeacher(4, 3, 5)
+    want = t.fc(F.conv2d(torch.cat(maps, 1), t.conv.weight).mean((2, 3)))
+    torch.testing.assert_close(t(maps), want)
+    hat = [torch.randn(2, 3, 2, 2, requires_grad=True) for _ in range(2)]
+    tilde = [torch.randn(2, 3, 2, 2) for _ in range(2)]
+    for adversarial in (False, True):
+        critics = FeatureCritics([3, 3], hidden=4, adversarial=adversarial)
+        loss = critics(hat, tilde)
+        want = 0.0
+        for d, a, b in zip(critics.critics, hat, tilde):  # BCE over [interp -> (1, 0); mixed -> (0, 1)]
+            logits = d(torch.cat([a, b]).mean((2, 3)))
+            target = torch.tensor([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 2)
+            want += F.binary_cross_entropy_with_logits(logits, target)
+        torch.testing.assert_close(loss, want)
+        g = torch.autograd.grad(loss, hat[0], retain_graph=True)[0]
+        g_want = torch.autograd.grad(want, hat[0])[0]
+        torch.testing.assert_close(g, -g_want if adversarial else g_want)  # the GRL flips the features' gradient
+
+
+# ================================================================================================ losses
+def test_soft_cross_entropy_by_hand():
+    logits = torch.tensor([[0.0, LN(3.0)]])
+    assert math.isclose(soft_cross_entropy(logits, torch.tensor([[0.5, 0.5]])).item(),
+                        -(0.5 * LN(0.25) + 0.5 * LN(0.75)), rel_tol=1e-6)  # fmt: skip
+
+
+def _kl_loop(s, t, temp):
+    """T^2 * mean over rows of sum_c p_t (log p_t - log p_s), written with loops."""
+    total = 0.0
+    for i in range(s.shape[0]):
+        ps = [math.exp(v / temp) for v in s[i].tolist()]
+        pt = [math.exp(v / temp) for v in t[i].tolist()]
+        zs, zt = sum(ps), sum(pt)
+        total += sum((b / zt) * (LN(b / zt) - LN(a / zs)) for a, b in zip(ps, pt))
+    return temp * temp * total / s.shape[0]
+
+
+def _ce_loop(z, label):
+    row = z.tolist()
+    return -(row[label] - LN(sum(math.exp(v) for v in row)))
+
+
+def _mixskd_loop(clean, mixed, th, tt, fh, ft, y, perm, lam, temp):
+    """Spec §1.2 term by term with Python loops (not the implementation's tensor code)."""
+    b, k = len(y), len(clean)
+    y, perm = y.tolist(), perm.tolist()
+    hat = [torch.stack([lam * z[i] + (1 - lam) * z[perm[i]] for i in range(b)]) for z in clean]
+    cls = sum(_ce_loop(z[i], y[i]) for z in clean for i in range(b)) / b
+    mix = 0.0
+    for q in [*mixed, th, tt]:
+        mix += sum(lam * _ce_loop(q[i], y[i]) + (1 - lam) * _ce_loop(q[i], y[perm[i]]) for i in range(b)) / b
+    div = _kl_loop(hat[-1], tt, temp) + _kl_loop(mixed[-1], th, temp)
+    for j in range(k - 1):
+        div += _kl_loop(hat[j], mixed[j], temp) + _kl_loop(mixed[j], hat[j], temp)
+    fea = sum(((a - c) ** 2).sum().item() / a.numel() for a, c in zip(fh, ft))
+    return {"cls": cls, "mix": mix, "div": div, "fea": fea}
+
+
+def test_mixskd_losses_against_a_loop_transcription():
+    torch.manual_seed(3)
+    b, c, k = 5, 7, 4
+    clean = [torch.randn(b, c) for _ in range(k)]
+    mixed = [torch.randn(b, c) for _ in range(k)]
+    th, tt = torch.randn(b, c), torch.randn(b, c)
+    fh, ft = [torch.randn(b, 3, 2, 2) for _ in range(k)], [torch.randn(b, 3, 2, 2) for _ in range(k)]
+    y, perm, lam = torch.randint(0, c, (b,)), torch.randperm(b), 0.37
+    got = mixskd_losses(clean, mixed, th, tt, fh, ft, y, perm, lam, temperature=3.0)
+    want = _mixskd_loop(clean, mixed, th, tt, fh, ft, y, perm, lam, 3.0)
+    assert set(got) == {"cls", "mix", "div", "fea"}
+    for key, v in want.items():
+        assert math.isclose(got[key].item(), v, rel_tol=1e-5), key
+
+
+def test_mixskd_losses_by_hand_and_targets_detached():
+    # one exit, uniform logits: cls = ln 2; fea = mean((1 - 0)^2) = 1; mix = ln 2 (exit) + ln 2 (t^) + the mixup CE
+    # of t~ = [0, 3 ln 3] (softmax [1/28, 27/28]) on labels (0, 1) / (1, 0) with lam 1/2: (ln 28 + ln(28/27)) / 2
+    z = torch.zeros(2, 2)
+    y, perm = torch.tensor([0, 1]), torch.tensor([1, 0])
+    t_tilde = torch.tensor([[0.0, 3 * LN(3.0)]] * 2, requires_grad=True)  # softmax(t~/3) = [1/4, 3/4]
+    t_hat = torch.zeros(2, 2, requires_grad=True)
+    mixed = torch.zeros(2, 2, requires_grad=True)
+    out = mixskd_losses([z], [mixed], t_hat, t_tilde, [torch.ones(2, 1, 1, 1)], [torch.zeros(2, 1, 1, 1)], y, perm, 0.5)
+    assert math.isclose(out["cls"].item(), LN(2), rel_tol=1e-6)
+    assert math.isclose(out["mix"].item(), 2 * LN(2) + 0.5 * (LN(28) + LN(28 / 27)), rel_tol=1e-6)
+    # KL_3(z^ <- t~) with z^ uniform: 9 (1/4 ln(1/2) + 3/4 ln(3/2)); KL_3(z~ <- t^) = 0
+    assert math.isclose(out["div"].item(), 9 * (0.25 * LN(0.5) + 0.75 * LN(1.5)), rel_tol=1e-5)
+    assert out["fea"].item() == 1.0
+    out["div"].backward()
+    assert t_tilde.grad is None and t_hat.grad is None  # every KL target is detached
+
+
+# ================================================================================================ stages
+TINY = """
+data: {{dataset: cifar10, root: {root}, num_workers: 0, limit_test: 40}}
+experiment: {{seed: 1, logger: {{progress: false, log_every: 1}}}}
+models:
+  net: {model}
+stages:
+  s:
+    type: {kind}
+    train: [net]
+    epochs: 2
+    steps_per_epoch: 4
+    batch_size: 8
+    optimizer: {{name: sgd, lr: 0.05, momentum: 0.9, nesterov: true}}
+    eval: {{every: 1, batch_size: 40}}
+    checkpoint: {{every: 3, unit: steps}}
+{extra}"""
+MULTI = "{arch: multi_exit, kwargs: {backbone: cifar_resnet18, backbone_kwargs: {width: 4, stem_relu: false}}}"
+PLAIN = "{arch: cifar_resnet18, kwargs: {width: 4}}"
+
+
+def _config(tmp_path, fake_data_root, kind, model, extra=""):
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(TINY.format(root=fake_data_root, kind=kind, model=model, extra=extra))
+    return path
+
+
+def _records(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind,model", [("recursivemix", PLAIN), ("mixskd", MULTI)], ids=["recursivemix", "mixskd"])
+def test_resume_mid_epoch_is_bit_exact(tmp_path, fake_data_root, monkeypatch, kind, model):
+    """Crash at step 5 (epoch 2, after the mid-epoch checkpoint at step 3, whose history is not empty)."""
+    cfg = _config(tmp_path, fake_data_root, kind, model)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(cfg, f"experiment.output_dir={full}") == 0
+    orig = callbacks_mod.experiment_callbacks
+    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(5)])
+    assert run_cli(cfg, f"experiment.output_dir={cut}") == 130
+    if kind == "recursivemix":
+        state = torch.load(cut / "checkpoints/last.pt", weights_only=True)
+        assert state["step"] == 3 and state["stage"]["states"]["history"]["tensors"]["x"].shape == (8, 3, 32, 32)
+    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
+    assert run_cli(cut / "config.yaml", "--resume") == 0
+    a = torch.load(full / "checkpoints/last.pt", weights_only=True)
+    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)
+    assert all(torch.equal(a["models"]["net"][k], b["models"]["net"][k]) for k in a["models"]["net"])
+    rec = _records(full)
+    train = [r for r in rec if r["kind"] == "train"]
+    assert [r["train/lam"] for r in train] == [r["train/lam"] for r in _records(cut) if r["kind"] == "train"]
+    if kind == "recursivemix":
+        assert all(math.isclose(r["train/area"], 1 - r["train/lam"], abs_tol=1e-6) for r in train)
+    else:
+        ev = [r for r in rec if r["kind"] == "eval"][-1]
+        exits = [ev[f"test/net/{n}/top1"] for n in ("exit1", "exit2", "exit3")] + [ev["test/net/top1"]]
+        assert ev["test/net/max/top1"] == max(exits) and ev["best/net/max/top1"] >= ev["test/net/max/top1"]
+        assert {"train/cls", "train/mix", "train/div", "train/fea", "train/gan", "train/acc_exit1"} <= set(train[-1])
+
+
+def test_recursivemix_history_resets_each_epoch_or_never(tmp_path, fake_data_root):
+    """Steps without a paste (lam = 1): the first of each epoch with reset: epoch, only the very first with never
+    (here with the shared fc and bilinear resize, the reference's other options)."""
+    never = "    history_reset: never\n    share_fc: true\n    interpolate: bilinear\n"
+    for extra, expected in (("", [1, 5]), (never, [1])):
+        cfg = _config(tmp_path, fake_data_root, "recursivemix", PLAIN, extra)
+        out = tmp_path / str(len(extra))
+        assert run_cli(cfg, f"experiment.output_dir={out}", "stages.s.alpha=1.0") == 0
+        train = [r for r in _records(out) if r["kind"] == "train"]
+        assert [r["step"] for r in train if r["train/lam"] == 1.0] == expected
+        assert all(r["train/roi"] == 0.0 for r in train if r["train/lam"] == 1.0)
+        assert all(r["train/roi"] > 0.0 for r in train if r["train/lam"] < 1.0)
+        saved = torch.load(out / "checkpoints/s/last.pt", weights_only=True)["modules"]
+        assert set(saved) == (set() if extra else {"roi_head"})
+
+
+@pytest.mark.parametrize(
+    "extra,teacher_trains,critics_train",
+    [
+        ("", True, False),  # defaults: ImageNet-script loss, the reference's frozen random critics
+        ("    train_teacher_with_mixcls: false\n", False, False),  # the CIFAR script: nothing reaches the teacher
+        ("    gan: adversarial_grl\n", True, True),
+    ],
+    ids=["default", "cifar_script", "adversarial"],
+)
+def test_mixskd_reference_switches(tmp_path, fake_data_root, extra, teacher_trains, critics_train):
+    """What trains: compare the stage modules after 4 steps with those after 1 step (same initialisation)."""
+    cfg = _config(tmp_path, fake_data_root, "mixskd", MULTI, extra)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(cfg, f"experiment.output_dir={a}", "stages.s.epochs=1") == 0
+    assert run_cli(cfg, f"experiment.output_dir={b}", "stages.s.epochs=1", "stages.s.steps_per_epoch=1") == 0
+    ma = torch.load(a / "checkpoints/s/last.pt", weights_only=True)["modules"]
+    mb = torch.load(b / "checkpoints/s/last.pt", weights_only=True)["modules"]
+    for mod, trains in (("self_teacher", teacher_trains), ("critics", critics_train)):
+        same = all(torch.equal(ma[mod][k], mb[mod][k]) for k in ma[mod])
+        assert same != trains, mod
+    train = [r for r in _records(a) if r["kind"] == "train"]
+    assert all(r["train/mix"] > 0 for r in train)  # logged in every form (weight 0 in the CIFAR-script form)
+
+
+def test_mix_block_gives_the_baselines_and_user_errors_are_clear(tmp_path, fake_data_root, capsys):
+    for kind in ("mixup", "cutmix"):
+        cfg = _config(tmp_path, fake_data_root, "supervised", PLAIN, f"    mix: {{kind: {kind}, alpha: 1.0}}\n")
+        out = tmp_path / kind
+        assert run_cli(cfg, f"experiment.output_dir={out}", "stages.s.epochs=1") == 0
+        lams = [r["train/lam"] for r in _records(out) if r["kind"] == "train"]
+        assert len(lams) == 4 and all(0 < v < 1 for v in lams)
+    cfg = _config(tmp_path, fake_data_root, "supervised", PLAIN, "    mix: {kind: mixup}\n    mixup_alpha: 0.2\n")
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'both'}") == 2
+    assert "not both" in capsys.readouterr().err
+    cfg = _config(tmp_path, fake_data_root, "mixskd", PLAIN)
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'plain'}") == 2
+    err = capsys.readouterr().err
+    assert "multi_exit" in err and "Traceback" not in err
+    cfg = _config(tmp_path, fake_data_root, "mixskd", MULTI, "    gan: 'off'\n    loss_weights: {gan: 1.0}\n")
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'gan'}") == 2
+    assert "gan is off" in capsys.readouterr().err
+
+
+DDP = """
+data: {{dataset: cifar10, root: {root}, num_workers: 0, limit_test: 20}}
+experiment: {{seed: 1, logger: {{progress: false, log_every: 2}}}}
+models:
+  a: {multi}
+  b: {plain}
+stages:
+  mixskd: {{type: mixskd, train: [a], iters: 3, batch_size: 8, eval: {{batch_size: 20}}, gan: adversarial_grl}}
+  rm: {{type: recursivemix, train: [b], epochs: 2, steps_per_epoch: 2, batch_size: 8, eval: {{batch_size: 20}}}}
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_both_stages_run_under_ddp(tmp_path, fake_data_root):
+    """2 processes: the multi-exit model and every trainable stage module (self-teacher, trained critics taking lists
+    of maps, the RoI head) go through DDP and train to the end."""
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(DDP.format(root=fake_data_root, multi=MULTI, plain=PLAIN))
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29531", "-m", "ssl_kd.run", str(cfg),
+           f"experiment.output_dir={tmp_path / 'two'}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = torch.load(tmp_path / "two/checkpoints/mixskd/last.pt", weights_only=True)["modules"]
+    b = torch.load(tmp_path / "two/checkpoints/rm/last.pt", weights_only=True)["modules"]
+    assert set(a) == {"self_teacher", "critics"} and set(b) == {"roi_head"}
