@@ -24,10 +24,9 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from ssl_kd.components import CTKDOptions, DTDOptions, build_temperature, ramp
 from ssl_kd.config.schema import StageConfig, Strict
 from ssl_kd.engine import Stage, register_stage
-from ssl_kd.errors import UserError
 from ssl_kd.losses import accuracy, dkd_loss, kd_loss, knowledge_adjust
 from ssl_kd.memory import TeacherLogitCache  # noqa: F401  (re-exported: the cache a cached teacher keeps)
-from ssl_kd.stages._common import Augment, Subset, labelled_views, unlabelled_pool
+from ssl_kd.stages._common import Augment, Subset, check_same_classes, labelled_views, unlabelled_pool
 
 
 class DKDOptions(Strict):
@@ -103,12 +102,7 @@ class KD(Stage):
         c = self.cfg
         self.student = self.single("train")
         teacher = self.single("uses")
-        classes = {n: getattr(self.runner.models[n], "num_classes", None) for n in (self.student, teacher)}
-        if len(set(classes.values())) > 1:
-            raise UserError(
-                f"stages.{self.name}: the student and teacher must have the same number of classes to be "
-                f"distilled, got {classes}; check models.<name>.num_classes."
-            )
+        classes = check_same_classes(self, self.student, teacher)
         self.add_stream("train", labelled_views(self, c.augment, c.subset))
         if c.unlabeled:
             transform = self.transform("test" if c.augment == "none" else c.augment)
