@@ -30,7 +30,7 @@ LAYERS = {
     "config": 3,
     "engine": 4,
     "stages": 5, "callbacks": 5,
-    "run": 6, "report": 6,
+    "run": 6, "report": 6, "synth": 6,
 }  # fmt: skip
 
 
