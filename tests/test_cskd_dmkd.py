@@ -148,7 +148,7 @@ def test_align_dense():
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "run"
-    assert run_cli(QUICK, "stages.teacher.epochs=2", "stages.distill.enabled=false",
+    assert run_cli(QUICK, "stages.teacher.epochs=1", "stages.distill.enabled=false",
                    "experiment.logger.progress=false", f"experiment.output_dir={out}") == 0  # fmt: skip
     return out / "checkpoints" / "teacher" / "last.pt"
 
@@ -183,7 +183,7 @@ def test_cskd_stage_beta_schedule_and_patch_term(tmp_path, teacher_file):
     # a cosine per-epoch beta is one config key away
     cfg2 = write_config(tmp_path / "c2.yaml", teacher_file, {"arch": "vit", "kwargs": TINY_VIT},
                         {"type": "cskd", "beta": {"shape": "cosine", "unit": "epoch"}, "iters": None, "epochs": 2,
-                         "eval": {"every": 2}})  # fmt: skip
+                         "eval": {"every": 2}}, data={"limit_train": 96})  # fmt: skip
     assert run_cli(cfg2, f"experiment.output_dir={tmp_path / 'r2'}") == 0
     betas = sorted({round(r["train/beta"], 6) for r in train_records(tmp_path / "r2")})
     assert betas == [0.0, 0.5]  # epochs 0, 1 of 2: (1 - cos(pi f)) / 2 at f = 0, 1/2
