@@ -52,6 +52,12 @@ def test_vit_outputs_class_token_logits_dense_logits_and_patch_maps():
 
 
 def test_vit_presets_and_bad_options():
+    def count(m):  # DeiT's own parameter counts (timm), i.e. without our patch head
+        return sum(p.numel() for p in m.parameters()) - sum(p.numel() for p in m.patch_head.parameters())
+
+    assert count(create_model("deit_tiny", 1000)) == 5_717_416
+    assert count(create_model("deit_small", 1000)) == 22_050_664
+    assert count(create_model("deit_tiny", 1000, dist_token=True)) == 5_910_800  # deit_tiny_distilled
     for name, grid, dim in [("vit_cifar_small", 8, 384), ("deit_tiny", 14, 192), ("deit_small", 14, 384)]:
         m = create_model(name, 10)
         assert (m.grid, m.feat_dim) == (grid, dim)
