@@ -1,4 +1,4 @@
-"""KD vs DKD vs KD+DOT on real CIFAR, next to the student trained alone, with the same short budget.
+"""KD vs DKD vs KD+DOT on real CIFAR next to the student alone; CNN -> ViT KD vs CSKD; DM-KD on a stand-in set.
 
 One teacher is trained first; then four single-stage runs train the same student architecture from the same
 initial weights, on the same data order, for the same number of steps: alone (CE), KD (tau 4, 0.1 CE + 0.9 KD),
@@ -9,6 +9,19 @@ DKD (alpha 1, beta 2 as mdistiller's small-ResNet pairs, CE 1, warm-up 1 epoch),
     python benchmarks/kd_short.py                                    # CIFAR-10, resnet20 -> resnet8
     python benchmarks/kd_short.py --dataset cifar100 --teacher resnet32x4 --student resnet8x4 \\
         --limit-train 50000 --teacher-steps 20000 --student-steps 20000 --workers 8     # GPU
+
+`--suites cskd,dmkd` (CIFAR-100) runs the issue-13 comparisons instead, after the same teacher:
+
+* cskd: the CNN teacher -> a small ViT (patch 4 on 32 px: an 8x8 patch grid, the teacher's last map is 8x8 too),
+  same init, data order, AdamW budget: KD on the class token (CE + tau^2 KL, tau 1) vs CSKD (the same + the per-patch
+  CKF loss, beta linear 0 -> 1 over the run).
+* dmkd: the CNN student distilled with CE weight 0 (no labels read), KD only, on the real CIFAR-100 training images
+  vs on a STAND-IN for DM-KD's diffusion-generated set: real CIFAR-10 training images (another dataset, none of
+  CIFAR-100's classes), written as class_<c>_seed_0_num_<i>.png (c = the CIFAR-10 class, never read) and read by the
+  data.train_source filename parser; plus the stand-in with mixup (alpha 0.4). No diffusion model runs here: the
+  stand-in measures the pipeline and KD on out-of-distribution images, not DM-KD's generated data.
+
+    nice -n 10 python benchmarks/kd_short.py --dataset cifar100 --suites cskd,dmkd     # ~30 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ def base_config(args: argparse.Namespace) -> dict:
         "experiment": {"seed": args.seed, "logger": {"progress": False, "log_every": 100}},
         "data": {
             "dataset": args.dataset, "root": args.data_root, "limit_train": args.limit_train,
+            "limit_test": args.limit_test,
             "num_workers": args.workers, "augment": {"weak": {"flip": True, "crop_padding": 4, "pad_mode": "constant"}},
         },
     }  # fmt: skip
@@ -43,6 +57,16 @@ def stage(kind: str, steps: int, **extra) -> dict:
         "type": kind, "iters": steps, "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
         "scheduler": {"name": "cosine", "interval": "step"},
+        "eval": {"batch_size": 500}, "checkpoint": {"every": steps, "unit": "steps"}, **extra,
+    }  # fmt: skip
+
+
+def vit_stage(steps: int, **extra) -> dict:
+    """A DeiT-like short recipe for the small ViT: AdamW lr 1e-3, wd 0.05, 5 % warm-up then cosine."""
+    return {
+        "iters": steps, "batch_size": 64, "train": ["student"], "uses": ["teacher"],
+        "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+        "scheduler": {"name": "cosine", "interval": "step", "warmup": max(1, steps // 20)},
         "eval": {"batch_size": 500}, "checkpoint": {"every": steps, "unit": "steps"}, **extra,
     }  # fmt: skip
 
@@ -63,40 +87,29 @@ def run(cfg: dict, folder: Path) -> tuple[float, float]:
     return next(v for k, v in last.items() if k.endswith("/top1")), seconds
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-root", default=os.environ.get("SSL_KD_DATA", str(ROOT / ".." / "shared" / "data")))
-    ap.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
-    ap.add_argument("--limit-train", type=int, default=20000, help="class-balanced train subset")
-    ap.add_argument("--teacher", default="resnet20")
-    ap.add_argument("--student", default="resnet8")
-    ap.add_argument("--teacher-steps", type=int, default=2000)
-    ap.add_argument("--student-steps", type=int, default=1200)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="keep the run folders here (default: a temp folder)")
-    args = ap.parse_args()
-    if not (Path(args.data_root) / f"{args.dataset}.npz").exists():
-        print(f"needs {args.data_root}/{args.dataset}.npz (set --data-root or SSL_KD_DATA)", file=sys.stderr)
-        return 2
-    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
-    out = Path(args.out or tempfile.mkdtemp(prefix="kd_short_"))
-
+def student_init(args: argparse.Namespace, out: Path, arch: str, name: str, **kwargs) -> Path:
+    """One initialisation of a student, shared by every method that trains it."""
     from ssl_kd.models import create_model
 
-    # 1) the teacher
-    teacher_cfg = {**base_config(args), "models": {"teacher": {"arch": args.teacher}},
-                   "stages": {"teacher": stage("supervised", args.teacher_steps, train=["teacher"])}}  # fmt: skip
-    print(f"== teacher {args.teacher}: {args.teacher_steps} steps", flush=True)
-    teacher_top1, teacher_s = run(teacher_cfg, out / "teacher")
-    teacher_file = out / "teacher" / "run" / "checkpoints" / "teacher" / "last.pt"
-
-    # 2) one student initialisation shared by every method
     torch.manual_seed(args.seed)
     classes = 100 if args.dataset == "cifar100" else 10
-    init_file = out / "student_init.pt"
-    torch.save({"models": {"student": create_model(args.student, classes).state_dict()}}, init_file)
+    path = out / f"{name}_init.pt"
+    torch.save({"models": {"student": create_model(arch, classes, **kwargs).state_dict()}}, path)
+    return path
 
+
+def table(rows: list[tuple[str, float, float]], versus: str) -> None:
+    width = max(11, *(len(r[0]) for r in rows))
+    print(f"| {'method':<{width}} | {'top-1 %':>7} | {versus:>8} | {'time s':>6} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 9}|{'-' * 10}|{'-' * 8}|")
+    first = rows[0][1]
+    for name, top1, seconds in rows:
+        print(f"| {name:<{width}} | {100 * top1:7.2f} | {100 * (top1 - first):+8.2f} | {seconds:6.0f} |", flush=True)
+
+
+def suite_kd(args: argparse.Namespace, out: Path, teacher_file: Path) -> None:
+    """Alone vs KD vs DKD vs KD+DOT, CNN student."""
+    init_file = student_init(args, out, args.student, "student")
     warmup = max(1, round(args.student_steps * 64 / args.limit_train * 20 / 240))  # mdistiller's 20 of 240 epochs
     kd = {"uses": ["teacher"], "loss": "kd", "temperature": 4.0, "loss_weights": {"ce": 0.1, "kd": 0.9}}
     methods = {
@@ -117,15 +130,126 @@ def main() -> int:
         top1, seconds = run(cfg, out / f"student_{i}")
         rows.append((name, top1, seconds))
 
+    print(f"\nstudent {args.student}: {args.student_steps} steps each (batch 64), same init and data order\n")
+    table(rows, "vs alone")
+
+
+def suite_cskd(args: argparse.Namespace, out: Path, teacher_file: Path) -> None:
+    """CNN teacher -> small ViT: KD on the class token vs CSKD, same init, data order and budget."""
+    vit = {"depth": args.vit_depth, "dim": args.vit_dim, "heads": args.vit_heads, "patch_size": 4, "image_size": 32}
+    init_file = student_init(args, out, "vit", "vit", **vit)
+    models = {
+        "student": {"arch": "vit", "kwargs": vit, "checkpoint": str(init_file)},
+        "teacher": {"arch": args.teacher, "checkpoint": str(teacher_file)},
+    }
+    steps = args.vit_steps
+    methods = {
+        "KD (cls token)": vit_stage(steps, type="kd", temperature=1.0, loss_weights={"ce": 1.0, "kd": 1.0}),
+        "CSKD": vit_stage(steps, type="cskd", temperature=1.0, loss_weights={"ce": 1.0, "kd": 1.0, "patch": 1.0}),
+    }
+    rows = []
+    for i, (name, st) in enumerate(methods.items()):
+        print(f"== ViT student (depth {args.vit_depth}, dim {args.vit_dim}), {name}: {steps} steps", flush=True)
+        cfg = {**base_config(args), "models": models, "stages": {"student": st}}
+        top1, seconds = run(cfg, out / f"vit_{i}")
+        rows.append((name, top1, seconds))
+    print(f"\nCNN {args.teacher} -> ViT depth {args.vit_depth} dim {args.vit_dim} patch 4: {steps} steps each "
+          f"(batch 64, AdamW 1e-3, cosine), same init and data order\n")  # fmt: skip
+    table(rows, "vs KD")
+
+
+def write_standin(args: argparse.Namespace, folder: Path) -> int:
+    """Real CIFAR-10 training images (another dataset) as DM-KD-named PNGs: the stand-in for generated images."""
+    import numpy as np
+    from PIL import Image
+
+    with np.load(Path(args.data_root) / "cifar10.npz") as z:
+        x, y = z["x_train"][: args.standin_images], z["y_train"][: args.standin_images]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (image, label) in enumerate(zip(x, y)):
+        Image.fromarray(image).save(folder / f"class_{int(label)}_seed_0_num_{i}.png")
+    return len(x)
+
+
+def suite_dmkd(args: argparse.Namespace, out: Path, teacher_file: Path) -> None:
+    """KD with CE weight 0 on the real training set vs on the stand-in folder (and with mixup), real test set."""
+    init_file = student_init(args, out, args.student, "dmkd_student")
+    folder = out / "standin_cifar10"
+    n = write_standin(args, folder)
+    models = {
+        "student": {"arch": args.student, "checkpoint": str(init_file)},
+        "teacher": {"arch": args.teacher, "checkpoint": str(teacher_file)},
+    }
+    source = {"data": {"train_source": {"kind": "filenames", "path": str(folder)}}}
+    kd = {"train": ["student"], "uses": ["teacher"], "loss": "kd", "temperature": 4.0,
+          "loss_weights": {"ce": 0.0, "kd": 1.0}}  # fmt: skip
+    steps = args.dmkd_steps
+    methods = {
+        "KD, real CIFAR-100 images": stage("kd", steps, **kd),
+        "DM-KD on stand-in": stage("kd", steps, **kd, **source),
+        "DM-KD on stand-in + mixup 0.4": stage("kd", steps, **kd, **source, mix={"kind": "mixup", "alpha": 0.4}),
+    }
+    rows = []
+    for i, (name, st) in enumerate(methods.items()):
+        print(f"== student {args.student}, {name}: {steps} steps", flush=True)
+        cfg = {**base_config(args), "models": models, "stages": {"student": st}}
+        top1, seconds = run(cfg, out / f"dmkd_{i}")
+        rows.append((name, top1, seconds))
+    print(
+        f"\nstudent {args.student}, CE weight 0 (no label read), tau 4: {steps} steps each (batch 64), same init; "
+        f"stand-in = {n} real CIFAR-10 training images (NOT diffusion-generated); test = real CIFAR-100\n"
+    )
+    table(rows, "vs real")
+
+
+SUITES = {"kd": suite_kd, "cskd": suite_cskd, "dmkd": suite_dmkd}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=os.environ.get("SSL_KD_DATA", str(ROOT / ".." / "shared" / "data")))
+    ap.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    ap.add_argument("--limit-train", type=int, default=20000, help="class-balanced train subset")
+    ap.add_argument("--limit-test", type=int, default=None, help="class-balanced test subset (default: all)")
+    ap.add_argument("--teacher", default="resnet20")
+    ap.add_argument("--student", default="resnet8")
+    ap.add_argument("--teacher-steps", type=int, default=2000)
+    ap.add_argument("--student-steps", type=int, default=1200)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="keep the run folders here (default: a temp folder)")
+    ap.add_argument("--suites", default="kd", help="comma-separated: kd (alone/KD/DKD/DOT), cskd, dmkd")
+    ap.add_argument("--vit-steps", type=int, default=1200)
+    ap.add_argument("--vit-depth", type=int, default=4)
+    ap.add_argument("--vit-dim", type=int, default=96)
+    ap.add_argument("--vit-heads", type=int, default=3)
+    ap.add_argument("--dmkd-steps", type=int, default=1200)
+    ap.add_argument("--standin-images", type=int, default=10000, help="CIFAR-10 images in the DM-KD stand-in")
+    args = ap.parse_args()
+    if not (Path(args.data_root) / f"{args.dataset}.npz").exists():
+        print(f"needs {args.data_root}/{args.dataset}.npz (set --data-root or SSL_KD_DATA)", file=sys.stderr)
+        return 2
+    suites = [x.strip() for x in args.suites.split(",") if x.strip()]
+    for name in suites:
+        if name not in SUITES:
+            print(f"unknown suite {name!r}; choose from {', '.join(SUITES)}", file=sys.stderr)
+            return 2
+    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    out = Path(args.out or tempfile.mkdtemp(prefix="kd_short_"))
+
+    # 1) the teacher
+    teacher_cfg = {**base_config(args), "models": {"teacher": {"arch": args.teacher}},
+                   "stages": {"teacher": stage("supervised", args.teacher_steps, train=["teacher"])}}  # fmt: skip
+    print(f"== teacher {args.teacher}: {args.teacher_steps} steps", flush=True)
+    teacher_top1, teacher_s = run(teacher_cfg, out / "teacher")
+    teacher_file = out / "teacher" / "run" / "checkpoints" / "teacher" / "last.pt"
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{args.dataset.upper()}: {args.limit_train} train images, full test split; seed {args.seed}; {device}")
+    test = f"{args.limit_test} test images (class-balanced)" if args.limit_test else "full test split"
+    print(f"\n{args.dataset.upper()}: {args.limit_train} train images, {test}; seed {args.seed}; {device}")
     print(f"teacher {args.teacher}: {args.teacher_steps} steps, top-1 {100 * teacher_top1:.2f}% ({teacher_s:.0f} s)")
-    print(f"student {args.student}: {args.student_steps} steps each (batch 64), same init and data order\n")
-    print(f"| {'method':<11} | {'top-1 %':>7} | {'vs alone':>8} | {'time s':>6} |")
-    print(f"|{'-' * 13}|{'-' * 9}|{'-' * 10}|{'-' * 8}|")
-    alone = rows[0][1]
-    for name, top1, seconds in rows:
-        print(f"| {name:<11} | {100 * top1:7.2f} | {100 * (top1 - alone):+8.2f} | {seconds:6.0f} |")
+    for name in suites:
+        SUITES[name](args, out, teacher_file)
     print(f"\nrun folders: {out}")
     return 0
 

@@ -59,10 +59,26 @@ def write_fake_npz(
     return path
 
 
+def write_synthetic_folder(folder: Path, num_classes: int, per_class: int, size: int = 32, seed: int = 0) -> Path:
+    """DM-KD-style generated images: PNGs named class_<c>_seed_<s>_num_<i>.png (class-dependent red channel)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for c in range(num_classes):
+        for i in range(per_class):
+            x = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            x[..., 0] = c * 255 // max(1, num_classes - 1)
+            Image.fromarray(x).save(folder / f"class_{c}_seed_{seed + c}_num_{i}.png")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def fake_data_root(tmp_path_factory) -> Path:
-    """A data.root holding tiny cifar10.npz / cifar100.npz, so every shipped config can run offline."""
+    """A data.root holding tiny cifar10.npz / cifar100.npz (and a DM-KD-style synthetic folder), so every shipped
+    config can run offline."""
     root = tmp_path_factory.mktemp("fake_data")
+    write_synthetic_folder(root / "dmkd_cifar100", 100, 2)  # 200 >= the shipped batch size
     write_fake_npz(root / "cifar10.npz", 10, 52, 10)  # >= 512 train images: the linear probe's batch
     write_fake_npz(root / "cifar100.npz", 100, 2, 1)
     write_fake_npz(root / "svhn.npz", 10, 20, 10, unlabeled=40)

@@ -6,7 +6,7 @@
     L3 config                                YAML, overrides, the experiment schema, the stage-type registry
     L4 engine                                the runner and its parts, the Stage base class
     L5 stages, callbacks, api                the methods, everything that is not the method; load_model
-    L6 run, report, evaluate, export         entry points
+    L6 run, report, evaluate, export, synth  entry points
     (the package root, ssl_kd/__init__.py, re-exports load_model lazily: it may import any layer)
 
 A module may import from its own package and from any lower layer, never from a higher one nor from another
@@ -31,7 +31,7 @@ LAYERS = {
     "config": 3,
     "engine": 4,
     "stages": 5, "callbacks": 5, "api": 5,
-    "run": 6, "report": 6, "evaluate": 6, "export": 6,
+    "run": 6, "report": 6, "evaluate": 6, "export": 6, "synth": 6,
 }  # fmt: skip
 ROOT_LAYER = 7  # ssl_kd/__init__.py
 

@@ -18,7 +18,11 @@ EXPECTED_MODELS = {
     "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
     "resnet18", "resnet50", "mobilenetv2", "mlp", "cnn_small",
     "vgg8", "vgg13", "shufflenetv1", "shufflenetv2", "cifar_resnet18", "multi_exit",
+    "resnet34", "vit", "vit_cifar_tiny", "vit_cifar_small", "deit_tiny", "deit_small",
 }  # fmt: skip
+# ViTs take one image size (their position embedding): the DeiT shapes are built for 32 px here
+VITS = {"vit", "vit_cifar_tiny", "vit_cifar_small", "deit_tiny", "deit_small"}
+AT_32 = {"deit_tiny": {"image_size": 32}, "deit_small": {"image_size": 32}}
 
 # Spatial sizes of `feats` for a 32px input (stem first).
 SPATIAL_32 = {
@@ -35,6 +39,8 @@ SPATIAL_32 = {
     "vgg8": [32, 16, 8, 4, 4],  # the reference pools after blocks 0-2 only on 32px inputs
     "shufflenetv1": [32, 16, 8, 4],  # 1x1 stem at full resolution, then three stride-2 stages
     "shufflenetv2": [32, 16, 8, 4],
+    "vit_cifar_tiny": [8] * 7,  # patch tokens as 8x8 maps: after the embedding and after each of 6 blocks
+    "deit_small": [2] * 13,  # patch 16 on 32 px
 }
 
 
@@ -51,7 +57,7 @@ def test_registry_lists_every_model() -> None:
 def test_forward_contract(name: str) -> None:
     torch.manual_seed(0)
     num_classes = 7
-    model = create_model(name, num_classes).eval()
+    model = create_model(name, num_classes, **AT_32.get(name, {})).eval()
     assert model.num_classes == num_classes
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -73,7 +79,7 @@ def test_forward_contract(name: str) -> None:
     assert torch.isfinite(out.logits).all()
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS - {"resnet50", "wrn_28_8", "resnet110"}))
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS - {"resnet50", "wrn_28_8", "resnet110"} - VITS))
 @pytest.mark.parametrize("size", [8, 13])
 def test_small_and_odd_inputs(name: str, size: int) -> None:
     model = create_model(name, 3).train()  # train mode: BN on a batch of 2 must still work

@@ -8,7 +8,15 @@ from ssl_kd.data.augment import (
     build_transform,
     cutout,
 )
-from ssl_kd.data.config import AugmentConfig, DataConfig, SSLSplitConfig, StrongAugConfig, WeakAugConfig
+from ssl_kd.data.config import (
+    SYNTHETIC_NAME_REGEX,
+    AugmentConfig,
+    DataConfig,
+    SSLSplitConfig,
+    StrongAugConfig,
+    TrainSourceConfig,
+    WeakAugConfig,
+)
 from ssl_kd.data.containers import (
     ConcatImageSet,
     DatasetBundle,
@@ -47,6 +55,8 @@ from ssl_kd.data.sampler import StreamSampler, mix_seed
 from ssl_kd.data.split import load_split, save_split, ssl_split
 
 __all__ = [
+    "SYNTHETIC_NAME_REGEX",
+    "TrainSourceConfig",
     "DATASET_STATS",
     "IMAGENET_STATS",
     "MixConfig",

@@ -76,6 +76,12 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
     else:
         raw = _load_named(cfg)
     train, test, unlabeled = raw["train"], raw["test"], raw.get("unlabeled")
+    if cfg.train_source is not None:  # e.g. DM-KD's synthetic images; the real test split stays
+        from ssl_kd.data.synthetic import load_train_source
+
+        size = cfg.image_size or int(test.image_shape[0])
+        train, unlabeled = load_train_source(cfg, raw["num_classes"], raw.get("classes"), size), None
+        raw["source"] = f"train: {cfg.train_source_path()}; test: {raw['source']}"
 
     if cfg.image_size is not None and not isinstance(train, FolderImageSet):
         size = (cfg.image_size, cfg.image_size)
@@ -135,6 +141,12 @@ def dataset_info(cfg: DataConfig) -> dict[str, Any]:
             source = f"{where} (will download via torchvision)" if kind == "download" else str(where)
         if name == "svhn" and not cfg.extra_unlabeled:
             unl = 0
+
+    if cfg.train_source is not None:
+        from ssl_kd.data.synthetic import train_source_info
+
+        extra = train_source_info(cfg, int(classes))
+        n_tr, unl, source = extra["num_train"], 0, f"{extra['train_source']}; test: {source}"
 
     def lim(n: int, k: int | None) -> int:
         return int(min(n, k) if k is not None else n)

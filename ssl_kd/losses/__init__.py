@@ -7,6 +7,7 @@ from ssl_kd.losses.contrastive import (
     instance_discrimination_loss,
     nce_normaliser,
 )
+from ssl_kd.losses.cskd import align_dense, ckf_target, patch_distill_loss
 from ssl_kd.losses.dkd import dkd_loss, dkd_parts
 from ssl_kd.losses.ka import knowledge_adjust
 from ssl_kd.losses.kd import kd_loss
@@ -34,7 +35,10 @@ __all__ = [
     "GlobalTemperature",
     "InstanceTemperature",
     "as_column",
+    "align_dense",
+    "ckf_target",
     "ctkd_lambda",
+    "patch_distill_loss",
     "dkd_loss",
     "dkd_parts",
     "dtd_temperature",

@@ -11,9 +11,10 @@ from ssl_kd.models import (  # noqa: F401
     shufflenet,
     small,
     vgg,
+    vit,
     wrn,
 )
-from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, is_stage_based, select_maps
+from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, dense_logits, is_stage_based, select_maps
 from ssl_kd.models.feature_heads import Embed, LinearProbe, seeded_linear
 from ssl_kd.models.heads import FeatureCritics, SelfTeacher, roi_features
 from ssl_kd.models.multi_exit import MultiExit
@@ -37,6 +38,7 @@ __all__ = [
     "SelfTeacher",
     "create_model",
     "create_model_from_spec",
+    "dense_logits",
     "is_stage_based",
     "list_models",
     "model_options",

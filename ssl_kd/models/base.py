@@ -10,8 +10,11 @@ The contract, for every registered model:
   them by name (``Stage.forward``), so a model that needs more than the image needs no new stage.
 * ``return_feats``: ``True`` for every intermediate map (stem, then each stage), or a sequence of indices
   (negative ones count from the end, as in timm's ``forward_intermediates``) for just those maps.
-* ``ModelOutput.aux``: named auxiliary outputs (exits of a multi-exit model, auxiliary heads, dense per-position
-  logits), empty for a plain classifier.
+* ``ModelOutput.aux``: named auxiliary outputs (exits of a multi-exit model, auxiliary heads), empty for a plain
+  classifier.
+* ``return_dense=True``: ``aux["dense"]`` holds dense per-position logits (B, C, h, w): for a CNN its classifier
+  applied at every position of the map it pools (no pooling; their mean over positions is the logits, as the head
+  is linear), for a ViT its patch head on every patch token. Spatial distillation (CSKD) reads them.
 * ``model.predict(batch)``: what evaluation scores. The logits by default; a model may return several named
   predictions (first = the headline), e.g. each exit of a multi-exit network.
 """
@@ -24,6 +27,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 NO_AUX: Mapping[str, Tensor] = MappingProxyType({})
@@ -64,13 +68,19 @@ class ClassifierModel(nn.Module):
 
     def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         """The common shape (``stem`` then ``stages``): every stage output is a feature map, pooled after
-        ``pre_pool``. Models of another shape override this."""
+        ``pre_pool``. Models of another shape override this (or ``forward_map``)."""
+        maps, last = self.forward_map(x)
+        return maps, global_pool(last)
+
+    def forward_map(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """(stage maps, the map global pooling reads). Dense logits apply ``fc`` at every position of the latter;
+        a model whose pooled feature is not the average of one map (an MLP) has no dense logits."""
         out = self.stem(x)
         maps = [out]
         for stage in self.stages:
             out = stage(out)
             maps.append(out)
-        return maps, global_pool(self.pre_pool(out))
+        return maps, self.pre_pool(out)
 
     def pre_pool(self, x: Tensor) -> Tensor:
         return x
@@ -81,13 +91,33 @@ class ClassifierModel(nn.Module):
     def forward_aux(self, maps: list[Tensor], feat: Tensor, **inputs: Tensor) -> Mapping[str, Tensor]:
         return NO_AUX
 
-    def forward(self, x: Tensor, return_feats: bool | Sequence[int] = False, **inputs: Tensor) -> ModelOutput:
+    def forward(
+        self, x: Tensor, return_feats: bool | Sequence[int] = False, return_dense: bool = False, **inputs: Tensor
+    ) -> ModelOutput:
         if inputs.keys() != set(self.extra_inputs):
             self._bad_inputs(inputs)
-        maps, feat = self.forward_features(x)
-        feat = self.fuse(feat, **inputs)
+        if not return_dense:
+            maps, feat = self.forward_features(x)
+            feat = self.fuse(feat, **inputs)
+            logits = self.fc(feat)
+            return ModelOutput(logits, feat, select_maps(maps, return_feats), self.forward_aux(maps, feat, **inputs))
+        self._check_dense()
+        maps, last = self.forward_map(x)
+        feat = global_pool(last)
         logits = self.fc(feat)
-        return ModelOutput(logits, feat, select_maps(maps, return_feats), self.forward_aux(maps, feat, **inputs))
+        aux = {**self.forward_aux(maps, feat), "dense": dense_logits(last, self.fc)}
+        return ModelOutput(logits, feat, select_maps(maps, return_feats), aux)
+
+    def _check_dense(self) -> None:
+        cls = type(self)
+        if self.extra_inputs or (
+            cls.forward_features is not ClassifierModel.forward_features
+            and cls.forward_map is ClassifierModel.forward_map
+        ):
+            raise TypeError(
+                f"{cls.__name__} has no dense logits: its classifier does not read the average of one feature map "
+                f"alone (it needs a spatial forward_map and no extra inputs)"
+            )
 
     def inputs_from(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """The extra inputs this model declares, taken from a batch by name."""
@@ -129,6 +159,12 @@ def select_maps(maps: list[Tensor], which: bool | Sequence[int]) -> tuple[Tensor
     if bad:
         raise IndexError(f"feature indices {bad} out of range for {n} feature maps (valid: {-n}..{n - 1})")
     return tuple(maps[i] for i in which)
+
+
+def dense_logits(fmap: Tensor, fc: nn.Linear) -> Tensor:
+    """A linear classifier at every position of a (B, D, h, w) map: (B, C, h, w), a 1x1 convolution with its weights.
+    Averaged over positions it equals ``fc(global_pool(fmap))`` (the head is linear)."""
+    return F.conv2d(fmap, fc.weight[:, :, None, None], fc.bias)
 
 
 def global_pool(x: Tensor) -> Tensor:

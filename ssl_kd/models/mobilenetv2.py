@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool, repdistiller_init
+from ssl_kd.models.base import ClassifierModel, repdistiller_init
 from ssl_kd.models.registry import check_option, register_model
 
 
@@ -67,14 +67,14 @@ class MobileNetV2(ClassifierModel):
         self.feat_channels = tuple(channels)
         repdistiller_init(self, linear_std=0.01)  # RepDistiller's init
 
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    def forward_map(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         out = self.stem(x)
         maps = [out]
         for i, block in enumerate(self.blocks):
             out = block(out)
             if i in self.TAPS:
                 maps.append(out)
-        return maps, global_pool(self.conv_last(out))
+        return maps, self.conv_last(out)
 
 
 @register_model("mobilenetv2")

@@ -53,6 +53,12 @@ def resnet18(num_classes: int, cifar_stem: bool = False, zero_init_residual: boo
     return ResNet(tv.BasicBlock, [2, 2, 2, 2], num_classes, cifar_stem, zero_init_residual)
 
 
+@register_model("resnet34")
+def resnet34(num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> ResNet:
+    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); DM-KD's CIFAR-100 teacher with ``cifar_stem: true``."""
+    return ResNet(tv.BasicBlock, [3, 4, 6, 3], num_classes, cifar_stem, zero_init_residual)
+
+
 @register_model("resnet50")
 def resnet50(num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> ResNet:
     """ResNet-50 (Bottleneck, [3, 4, 6, 3], stride on the 3x3 conv as in torchvision v1.5)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel, global_pool, repdistiller_init
+from ssl_kd.models.base import ClassifierModel, repdistiller_init
 from ssl_kd.models.registry import register_model
 
 # channels of each conv in each of the five blocks
@@ -39,7 +39,7 @@ class CifarVGG(ClassifierModel):
         self.feat_channels = tuple(b[-1] for b in layout)
         repdistiller_init(self, linear_std=0.01)  # RepDistiller's init
 
-    def forward_features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    def forward_map(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         pool_four = x.shape[-2] >= 64
         maps = []
         out = x
@@ -48,7 +48,7 @@ class CifarVGG(ClassifierModel):
             maps.append(out)
             if i < 3 or (i == 3 and pool_four):
                 out = F.max_pool2d(out, 2)
-        return maps, global_pool(out)
+        return maps, out
 
 
 def _register(name: str) -> None:

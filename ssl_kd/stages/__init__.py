@@ -1,6 +1,7 @@
 """Built-in stage types. Importing this module registers them."""
 
 from ssl_kd.stages import (  # noqa: F401
+    cskd,
     ctc,
     evaluate,
     export,

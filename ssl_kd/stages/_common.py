@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 
 from ssl_kd.engine.stage import Stage
+from ssl_kd.errors import UserError
 
 Augment = Literal["weak", "strong", "none"]
 Subset = Literal["all", "labeled"]
@@ -31,3 +32,14 @@ def unlabelled_pool(stage: Stage):
         return stage.data.train, ulb
     pool = concat_image_sets(stage.data.train, extra)
     return pool, np.concatenate([ulb, len(stage.data.train) + np.arange(len(extra))])
+
+
+def check_same_classes(stage: Stage, student: str, teacher: str) -> dict[str, int | None]:
+    """A teacher can only be distilled into a student with the same classes; returns each model's count."""
+    classes = {n: getattr(stage.runner.models[n], "num_classes", None) for n in (student, teacher)}
+    if len(set(classes.values())) > 1:
+        raise UserError(
+            f"stages.{stage.name}: the student and teacher must have the same number of classes to be "
+            f"distilled, got {classes}; check models.<name>.num_classes."
+        )
+    return classes

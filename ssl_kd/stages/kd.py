@@ -11,6 +11,13 @@ Defaults are mdistiller's CIFAR-100 recipe (KD: tau 4, w_ce 0.1, w_kd 0.9; DKD: 
 warm-up 20 epochs). DOT is not a stage option but an optimizer (`optimizer.name: dot`) that backpropagates the
 `kd` and `ce` terms separately through the runner's loss groups. With `unlabeled: true` the KD term also covers
 a stream of unlabelled images (CE stays on the labelled batch).
+
+DM-KD (nextwave.md §5.6) is this stage on synthetic images (`data.train_source`, real test set) with
+`loss_weights: {ce: 0, kd: 1}`: with a CE weight of 0 the step never reads the batch's labels (DKD's target class is
+then the teacher's prediction; the logged `agree` is the student's agreement with the teacher). `mix:` mixes the
+training batch (mixup or CutMix, ssl_kd.data.mixing) before both forwards: the student learns the teacher's logits
+on the mixed images, and the CE (if weighted) uses the mixed one-hot labels. The teacher is always called in eval
+mode under no_grad (DM-KD's reference builds the teacher's graph; that changes no result, only memory).
 """
 
 from __future__ import annotations
@@ -23,11 +30,11 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ssl_kd.components import CTKDOptions, DTDOptions, build_temperature, ramp
 from ssl_kd.config.schema import StageConfig, Strict
+from ssl_kd.data import MixConfig, mix_tensors, one_hot, sample_mix
 from ssl_kd.engine import Stage, register_stage
-from ssl_kd.errors import UserError
-from ssl_kd.losses import accuracy, dkd_loss, kd_loss, knowledge_adjust
+from ssl_kd.losses import accuracy, dkd_loss, kd_loss, knowledge_adjust, soft_cross_entropy
 from ssl_kd.memory import TeacherLogitCache  # noqa: F401  (re-exported: the cache a cached teacher keeps)
-from ssl_kd.stages._common import Augment, Subset, labelled_views, unlabelled_pool
+from ssl_kd.stages._common import Augment, Subset, check_same_classes, labelled_views, unlabelled_pool
 
 
 class DKDOptions(Strict):
@@ -59,6 +66,7 @@ class KDConfig(StageConfig):
     augment: Augment = "weak"
     subset: Subset = "all"  # with unlabeled: true always "labeled"
     cache_teacher: bool = False  # keep each image's teacher logits after the first epoch (needs augment: none)
+    mix: MixConfig = Field(default_factory=MixConfig)  # mixup / CutMix on the training batch (DM-KD: 0.4 / 0.25)
 
     @model_validator(mode="before")
     @classmethod
@@ -100,6 +108,19 @@ class KDConfig(StageConfig):
             self.subset = "labeled"  # the default "all" would put every image in the CE batch
         return self
 
+    @model_validator(mode="after")
+    def _mix_and_labels(self) -> KDConfig:
+        if self.mix.kind != "none" and (self.cache_teacher or self.unlabeled):
+            raise ValueError("mix: a mixed batch is new every step, so it works without cache_teacher and unlabeled")
+        if not self.uses_labels and self.ka.mode != "none":
+            raise ValueError("ka corrects the teacher with the labels, but loss_weights.ce is 0 (no labels are read)")
+        return self
+
+    @property
+    def uses_labels(self) -> bool:
+        """A CE weight of 0 (DM-KD) means the step reads no label at all."""
+        return self.loss_weights.get("ce", 0.0) != 0
+
 
 @register_stage("kd")
 class KD(Stage):
@@ -110,12 +131,7 @@ class KD(Stage):
         c = self.cfg
         self.student = self.single("train")
         teacher = self.single("uses")
-        classes = {n: getattr(self.runner.models[n], "num_classes", None) for n in (self.student, teacher)}
-        if len(set(classes.values())) > 1:
-            raise UserError(
-                f"stages.{self.name}: the student and teacher must have the same number of classes to be "
-                f"distilled, got {classes}; check models.<name>.num_classes."
-            )
+        classes = check_same_classes(self, self.student, teacher)
         self.add_stream("train", labelled_views(self, c.augment, c.subset))
         if c.unlabeled:
             transform = self.transform("test" if c.augment == "none" else c.augment)
@@ -132,14 +148,24 @@ class KD(Stage):
 
     def train_step(self, batch):
         c = self.cfg
-        x, y, idx = batch["train"]["x"], batch["train"]["y"], batch["train"]["idx"]
-        n = len(y)
+        x, idx = batch["train"]["x"], batch["train"]["idx"]
+        y = batch["train"]["y"] if c.uses_labels else None  # DM-KD (ce weight 0): labels are never read
+        n = len(x)
+        soft_y = None
+        mix = sample_mix(c.mix, n, (x.shape[-2], x.shape[-1])) if c.mix.kind != "none" else None
+        if mix is not None:  # mixup / CutMix: both networks see the mixed images
+            parts = {"x": x} if y is None else {"x": x, "y": one_hot(y, self.data.num_classes, torch.float32)}
+            mixed = mix_tensors(parts, mix)
+            x, soft_y = mixed["x"], mixed.get("y")
         if c.unlabeled:  # one forward over labelled + unlabelled images
             x, idx = torch.cat([x, batch["unlabeled"]["x"]]), torch.cat([idx, batch["unlabeled"]["idx"]])
         s = self.model(self.student)(x).logits
-        t = self.teacher(x, idx)
-        # unlabelled images have no label: DKD's target/non-target split uses the teacher's prediction there
-        target = torch.cat([y, t[n:].argmax(dim=1)]) if c.unlabeled else y
+        t = self.teacher(x, idx)  # eval mode, no_grad
+        # images without a label (unlabelled, or none read): DKD's target/non-target split uses the teacher's argmax
+        if y is None:
+            target = t.argmax(dim=1)
+        else:
+            target = torch.cat([y, t[n:].argmax(dim=1)]) if c.unlabeled else y
         tau = self.module("temperature")(s, t)
         if c.ka.mode != "none":
             t = knowledge_adjust(t, target, c.ka.mode, tau, c.ka.correct_prob)
@@ -148,8 +174,13 @@ class KD(Stage):
             kd = kd_loss(s, t, tau, tau2)
         else:
             kd = self.warmup.value * dkd_loss(s, t, target, c.dkd.alpha, c.dkd.beta, tau, tau2)
-        losses = {"ce": F.cross_entropy(s[:n], y), "kd": kd}
-        diagnostics = {"acc": accuracy(s[:n], y)}
+        losses = {"kd": kd}
+        diagnostics = {"agree": (s[:n].argmax(dim=1) == t[:n].argmax(dim=1)).float().mean()}
+        if y is not None:
+            losses["ce"] = F.cross_entropy(s[:n], y) if soft_y is None else soft_cross_entropy(s[:n], soft_y)
+            diagnostics["acc"] = accuracy(s[:n], y)
+        if mix is not None:
+            diagnostics["lam"] = torch.tensor(float(mix.lam), device=x.device)
         if c.temperature_policy != "fixed":
             diagnostics["tau"] = tau.detach().float().mean()
         return losses, diagnostics
