@@ -86,12 +86,27 @@ def extract_state_dict(obj: dict[str, Any], model_name: str) -> dict[str, torch.
     return None
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool, where: str) -> None:
-    """Load with a message that names the file/key instead of torch's wall of missing keys."""
+def load_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], strict: bool, where: str, partial: bool = False
+) -> None:
+    """Load with a message that names the file/key instead of torch's wall of missing keys.
+
+    ``partial``: load only the tensors whose name and shape fit (a pretrained backbone under a new head and fc),
+    print how many were skipped, and refuse a file of which nothing fits."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if partial:
+        fit = {k: v for k, v in state.items() if k in own and k not in shape}
+        if not fit:
+            raise UserError(f"{where}: no tensor of the file fits the model (names or shapes differ everywhere).")
+        model.load_state_dict(fit, strict=False)
+        print(
+            f"{where}: loaded {len(fit)}/{len(own)} tensors; kept the fresh init of {len(own) - len(fit)} "
+            f"(e.g. {(shape + missing or ['-'])[0]}), ignored {len(unexpected) + len(shape)} from the file."
+        )
+        return
     if shape or (strict and (missing or unexpected)):
         parts = []
         if shape:

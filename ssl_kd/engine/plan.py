@@ -23,9 +23,11 @@ def plan(runner: Runner) -> str:
         f"Experiment '{exp.name}' (seed {exp.seed}, precision {exp.precision}, {runner.world_size} process(es))",
         f"  run folder: {runner.run_dir.root}",
         f"Data: {d.name}: {len(d.train)} train / {len(d.test)} test images, {d.num_classes} classes, {d.image_size}px",
-        "Models:",
     ]
-    runner.models = build_models(cfg, d.num_classes, runner.device)
+    if d.info.get("metadata"):
+        lines.append(f"  {d.info['metadata']}")
+    lines.append("Models:")
+    runner.models = build_models(cfg, d.num_classes, runner.device, d.train.fields)
     for name, m in runner.models.items():
         n = sum(p.numel() for p in m.parameters())
         src = f" <- {cfg.models[name].checkpoint}" if cfg.models[name].checkpoint else ""

@@ -158,7 +158,7 @@ class Runner:
         if self.is_main:
             self.run_dir.root.mkdir(parents=True, exist_ok=True)
         seed_everything(exp.seed, exp.deterministic)
-        self.models = build_models(self.cfg, self.data.num_classes, self.device)
+        self.models = build_models(self.cfg, self.data.num_classes, self.device, self.data.train.fields)
         ckpt = ckpt_io.load_resume(self) if self.resume else None
         if ckpt is not None and not ckpt["in_stage"]:
             ckpt_io.restore_rng_of(self, ckpt)

@@ -2,21 +2,39 @@
 with create_model (which records its constructor spec)."""
 
 # Importing the model modules registers their factories.
-from ssl_kd.models import cifar_resnet, cifar_wrn, mobilenetv2, multi_exit, resnet, shufflenet, small, vgg, wrn  # noqa: F401
+from ssl_kd.models import (  # noqa: F401
+    cifar_resnet,
+    cifar_wrn,
+    fusion,
+    mobilenetv2,
+    multi_exit,
+    resnet,
+    shufflenet,
+    small,
+    vgg,
+    wrn,
+)
 from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, is_stage_based, select_maps
+from ssl_kd.models.fusion import ConcatHead, DynamicMLPHead, FCNet, FusionModule
 from ssl_kd.models.heads import FeatureCritics, SelfTeacher, roi_features
 from ssl_kd.models.multi_exit import MultiExit
 from ssl_kd.models.registry import (
     create_model,
     create_model_from_spec,
+    list_heads,
     list_models,
     model_options,
     model_spec,
+    register_head,
     register_model,
 )
 
 __all__ = [
     "ClassifierModel",
+    "ConcatHead",
+    "DynamicMLPHead",
+    "FCNet",
+    "FusionModule",
     "FeatureCritics",
     "ModelOutput",
     "MultiExit",
@@ -25,9 +43,11 @@ __all__ = [
     "create_model",
     "create_model_from_spec",
     "is_stage_based",
+    "list_heads",
     "list_models",
     "model_options",
     "model_spec",
+    "register_head",
     "register_model",
     "roi_features",
     "select_maps",
