@@ -125,9 +125,12 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
 def dataset_info(cfg: DataConfig) -> dict[str, Any]:
     """Sizes, classes, image size and location without decoding images (for --dry-run).
 
-    Raises the same UserError as `load_dataset` when the data is missing.
+    Raises the same UserError as `load_dataset` when the data is missing. With `metadata:` the metadata is read
+    and checked too (bad dates or coordinates are found before a run folder is written).
     """
     name = cfg.dataset
+    if cfg.metadata is not None:
+        load_dataset(cfg)
     if name == "digits":
         n_tr, n_te, unl, classes, size = (
             1797 - 10 * DIGITS_TEST_PER_CLASS,
@@ -622,7 +625,8 @@ def _attach_metadata(cfg: DataConfig, raw: dict[str, Any]) -> str:
                 f"data.metadata: {where} has no usable {'/'.join(m.use)} metadata (every training sample's "
                 f"encoding is the zero 'unknown' vector). Give lat_/lon_/date_<split> arrays (npz), a CSV "
                 f"(image_folder: data.metadata.csv), the iNat JSON's fields, or data.metadata.synthetic_location; "
-                f"with dates but no coordinates use `use: [temporal]` and `missing: used`.")  # fmt: skip
+                f"when only some parts are known (dates but no coordinates, or synthetic coordinates without dates) "
+                f"encode those (`use: [temporal]` / `use: [geo]`) with `missing: used`.")  # fmt: skip
     desc = f"meta = {'+'.join(m.use)} ({meta_dim(m.use)}-d, missing -> zeros: {m.missing})"
     if syn is not None:
         desc += f", SYNTHETIC locations (one region per {syn.by}, spread {syn.spread:g} deg, seed {syn.seed})"
