@@ -27,6 +27,7 @@ from ssl_kd.data.datasets import (
     image_stats,
     load_dataset,
 )
+from ssl_kd.data.metadata import encode_metadata
 from ssl_kd.data.mixing import (
     MixConfig,
     MixParams,
@@ -73,6 +74,7 @@ __all__ = [
     "cutout",
     "dataset_info",
     "decoded_npz",
+    "encode_metadata",
     "image_stats",
     "load_dataset",
     "load_split",
