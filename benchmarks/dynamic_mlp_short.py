@@ -17,7 +17,8 @@ the same data order for the same number of steps. The three differ only in the h
     SYNTHETIC latitude/longitude, one region per coarse class (20 regions, N(0, spread) degrees around each centre),
     geo only (4-d). Made up so that "metadata helps" is measurable; not a claim about real data.
 
-    nice -n 10 python benchmarks/dynamic_mlp_short.py              # CPU: width 16, batch 64, 2 seeds
+    nice -n 10 python benchmarks/dynamic_mlp_short.py --only plants &   # CPU: width 8, batch 32, 200 steps, 2 seeds;
+    nice -n 10 python benchmarks/dynamic_mlp_short.py --only CIFAR &    # ~28 min per dataset on 2 shared cores
     python benchmarks/dynamic_mlp_short.py --steps 3000 --width 64 --threads 8 --workers 4   # a bigger machine
 """
 
@@ -96,13 +97,13 @@ def run(cfg: dict, folder: Path) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=os.environ.get("SSL_KD_DATA", str(ROOT / ".." / "shared" / "data")))
-    ap.add_argument("--width", type=int, default=16, help="CIFAR ResNet-18 base width (64 = the full model)")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--width", type=int, default=8, help="CIFAR ResNet-18 base width (64 = the full model)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--spread", type=float, default=10.0, help="synthetic locations: degrees around each centre")
-    ap.add_argument("--cifar-test", type=int, default=2000, help="class-balanced CIFAR-100 test images")
+    ap.add_argument("--cifar-test", type=int, default=1000, help="class-balanced CIFAR-100 test images")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids thrashing on shared cores)")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--only", default=None, help="run only datasets whose name starts with this (plants, CIFAR)")
