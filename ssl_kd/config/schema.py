@@ -52,7 +52,11 @@ class ModelConfig(Strict):
     arch: str
     num_classes: int | None = Field(None, ge=1)  # default: the dataset's class count
     checkpoint: str | None = None  # weights to load when the model is built (ours or a raw state_dict)
+    # true: load only the tensors whose name and shape fit (an ImageNet backbone under a new head/fc); the rest keep
+    # their fresh init and the run says how many were skipped
+    checkpoint_partial: bool = False
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    head: dict[str, Any] | None = None  # a head the model carries, e.g. {type: dynamic_mlp, variant: c}
 
 
 # --------------------------------------------------------------------------------------------- stage parts

@@ -37,6 +37,7 @@ from ssl_kd.data.datasets import (
 )
 from ssl_kd.data.device_augment import DeviceStrong, DeviceTransform, DeviceWeak, to_device_transform
 from ssl_kd.data.device_dataset import DeviceImages, DeviceViewDataset
+from ssl_kd.data.metadata import encode_metadata
 from ssl_kd.data.mixing import (
     MixConfig,
     MixParams,
@@ -90,6 +91,7 @@ __all__ = [
     "cutout",
     "dataset_info",
     "decoded_npz",
+    "encode_metadata",
     "image_stats",
     "load_dataset",
     "load_split",

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from ssl_kd.options import Strict
 
 DEFAULT_DATA_ROOT = "~/.cache/ssl_kd/data"
-DATASETS = ("cifar10", "cifar100", "svhn", "stl10", "npz", "image_folder", "digits")
+DATASETS = ("cifar10", "cifar100", "svhn", "stl10", "npz", "image_folder", "digits", "ucsc_plants32", "inat")
 
 
 class WeakAugConfig(Strict):
@@ -99,6 +99,47 @@ class TrainSourceConfig(Strict):
         return v
 
 
+class SyntheticLocationConfig(Strict):
+    """SYNTHETIC class-correlated coordinates (ssl_kd.data.metadata.synthetic_locations), for tests and benchmarks
+    on datasets without real ones: each group gets a region, each sample a point near it. Not real data."""
+
+    by: Literal["coarse", "class"] = Field(
+        "coarse", description="one region per coarse class (npz y_<split>_coarse, e.g. CIFAR-100) or per class"
+    )
+    spread: float = Field(10.0, ge=0, description="std (degrees) of each sample around its region's centre")
+    seed: int = 0
+
+
+class MetadataConfig(Strict):
+    """Per-sample location/date metadata, encoded and passed un-augmented to the batch as `meta`.
+
+    Sources: the dataset's own file (npz keys lat_/lon_/date_ or doy_<split>; the iNaturalist JSON), or `csv` for
+    an image folder; `synthetic_location` replaces lat/lon with made-up class-correlated ones. Encoding: DynamicMLP
+    (specs/selfkd.md §4.1), 6-d for geo + temporal.
+    """
+
+    use: list[Literal["geo", "temporal"]] = Field(default_factory=lambda: ["geo", "temporal"])
+    missing: Literal["any", "used"] = Field(
+        "any", description="zero vector when any of lat/lon/date is missing (reference) or any *used* one is"
+    )
+    csv: str | None = Field(None, description="image_folder: CSV with file,lat,lon,date (file relative to path)")
+    synthetic_location: SyntheticLocationConfig | None = None
+
+    @field_validator("use")
+    @classmethod
+    def _use(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"use must list geo and/or temporal once each, got {v}")
+        return v
+
+
+class InatConfig(Strict):
+    """iNaturalist COCO-style JSONs under data.root (image file_name relative to it)."""
+
+    train: str = "train_mini.json"
+    test: str = "val.json"
+
+
 class DataConfig(Strict):
     """Which dataset, where it lives, how it is normalized and augmented.
 
@@ -106,10 +147,14 @@ class DataConfig(Strict):
     without a `data:` block runs anywhere offline; paper configs name their dataset. Named datasets are looked
     up under `root` as torchvision's files, then as `<root>/<name>.npz`, then downloaded if `download: true`.
     `limit_train` / `limit_test` keep a class-balanced subset chosen by a fixed hash (the same on every
-    machine and for every seed), so tests can run any config on tiny data.
+    machine and for every seed), so tests can run any config on tiny data. `ucsc_plants32` is only looked up as
+    `<root>/ucsc_plants32.npz` (the project's shared plant photos with dates); `inat` reads iNaturalist's JSONs
+    (`inat.train` / `inat.test`) under `root`, images resized to `image_size` (default 224).
     """
 
-    dataset: Literal["cifar10", "cifar100", "svhn", "stl10", "npz", "image_folder", "digits"] = "digits"
+    dataset: Literal[
+        "cifar10", "cifar100", "svhn", "stl10", "npz", "image_folder", "digits", "ucsc_plants32", "inat"
+    ] = "digits"
     root: str | None = Field(
         None, description=f"folder with the named datasets; null = $SSL_KD_DATA, else {DEFAULT_DATA_ROOT}"
     )
@@ -138,6 +183,8 @@ class DataConfig(Strict):
     train_source: TrainSourceConfig | None = Field(
         None, description="train on other images (DM-KD's synthetic set); test split and classes stay the dataset's"
     )
+    metadata: MetadataConfig | None = Field(None, description="location/date metadata as the batch field `meta`")
+    inat: InatConfig = Field(default_factory=InatConfig)
     ssl: SSLSplitConfig = Field(default_factory=SSLSplitConfig)
 
     @field_validator("mean", "std")
@@ -159,6 +206,8 @@ class DataConfig(Strict):
             raise ValueError("give both `mean` and `std`, or neither")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"`std` must be positive, got {self.std}")
+        if self.metadata is not None and self.metadata.csv and self.dataset != "image_folder":
+            raise ValueError("metadata.csv is for `dataset: image_folder`; other datasets carry their own metadata")
         if self.dataset in ("npz", "image_folder") and not self.path:
             what = "the .npz file" if self.dataset == "npz" else "the folder holding train/<class>/ and test/<class>/"
             raise ValueError(f"dataset '{self.dataset}' needs `path`: {what}")

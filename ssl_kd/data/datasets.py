@@ -21,6 +21,14 @@ import numpy as np
 
 from ssl_kd.data.config import DEFAULT_DATA_ROOT, DataConfig
 from ssl_kd.data.containers import DatasetBundle, FolderImageSet, ImageSet
+from ssl_kd.data.metadata import (
+    RawMetadata,
+    load_inat,
+    meta_dim,
+    npz_metadata,
+    read_metadata_csv,
+    synthetic_locations,
+)
 from ssl_kd.errors import UserError
 
 # Per-channel mean/std on the 0..1 scale (specs/ssl.md §3.5). CIFAR-10 uses TorchSSL/FullMatch's numbers;
@@ -60,6 +68,10 @@ _TV: dict[str, dict[str, Any]] = {
     ),
 }  # fmt: skip
 
+# Named datasets that exist only as `<root>/<name>.npz` (no torchvision files, no download).
+NPZ_ONLY = {"ucsc_plants32": "the shared iNaturalist plant photos with dates (../shared/data/ucsc_plants32.npz)"}
+INAT_IMAGE_SIZE = 224
+
 _CACHE_MIN_BYTES = 16 << 20  # smaller .npz files decode fast enough that caching them is not worth the disk
 
 
@@ -73,8 +85,13 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         raw = _load_npz(Path(cfg.path).expanduser(), "data.path")
     elif name == "image_folder":
         raw = _load_image_folder(Path(cfg.path).expanduser(), cfg.image_size)
+    elif name in NPZ_ONLY:
+        raw = _load_npz(_npz_only_path(cfg), f"data.root ({name})")
+    elif name == "inat":
+        raw = _load_inat(cfg)
     else:
         raw = _load_named(cfg)
+    meta_info = _attach_metadata(cfg, raw)
     train, test, unlabeled = raw["train"], raw["test"], raw.get("unlabeled")
     if cfg.train_source is not None:  # e.g. DM-KD's synthetic images; the real test split stays
         from ssl_kd.data.synthetic import load_train_source
@@ -103,6 +120,8 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         "num_unlabeled": len(unlabeled) if unlabeled is not None else 0, "num_classes": num_classes,
         "image_size": int(h),
     }  # fmt: skip
+    if meta_info:
+        info["metadata"] = meta_info
     return DatasetBundle(
         name=name, train=train, test=test, num_classes=num_classes, image_size=int(h), mean=mean, std=std,
         unlabeled=unlabeled, classes=raw.get("classes"), source=raw["source"], info=info,
@@ -112,9 +131,12 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
 def dataset_info(cfg: DataConfig) -> dict[str, Any]:
     """Sizes, classes, image size and location without decoding images (for --dry-run).
 
-    Raises the same UserError as `load_dataset` when the data is missing.
+    Raises the same UserError as `load_dataset` when the data is missing. With `metadata:` the metadata is read
+    and checked too (bad dates or coordinates are found before a run folder is written).
     """
     name = cfg.dataset
+    if cfg.metadata is not None:
+        load_dataset(cfg)
     if name == "digits":
         n_tr, n_te, unl, classes, size = (
             1797 - 10 * DIGITS_TEST_PER_CLASS,
@@ -131,6 +153,12 @@ def dataset_info(cfg: DataConfig) -> dict[str, Any]:
         tr, te, cls = _scan_image_folder(root)
         n_tr, n_te, unl, classes, source = len(tr[0]), len(te[0]), 0, len(cls), str(root)
         size = cfg.image_size or _first_image_size(tr[0][0])[0]
+    elif name in NPZ_ONLY:
+        n_tr, n_te, unl, classes, size, source = _npz_info(_npz_only_path(cfg), f"data.root ({name})")
+    elif name == "inat":
+        raw = _load_inat(cfg)
+        n_tr, n_te, unl, classes, source = len(raw["train"]), len(raw["test"]), 0, raw["num_classes"], raw["source"]
+        size = cfg.image_size or INAT_IMAGE_SIZE
     else:
         where, kind = _find_named(cfg)
         if kind == "npz":
@@ -398,7 +426,7 @@ def _load_npz(path: Path, where: str) -> dict[str, Any]:
     num_classes = len(classes) if classes else int(max(sets["train"].targets.max(), sets["test"].targets.max()) + 1)
     for s in sets.values():
         s.classes = classes
-    return dict(**sets, num_classes=num_classes, classes=classes, source=str(path.absolute()))
+    return dict(**sets, num_classes=num_classes, classes=classes, source=str(path.absolute()), arrays=arrays)
 
 
 def _npz_info(path: Path, where: str) -> tuple[int, int, int, int, int, str]:
@@ -574,6 +602,88 @@ def _load_image_folder(root: Path, image_size: int | None) -> dict[str, Any]:
         test=FolderImageSet(fte, np.array(yte), size, classes),
         num_classes=len(classes), classes=classes, source=str(root),
     )  # fmt: skip
+
+
+# ---------------------------------------------------------------- npz-only named datasets, iNaturalist
+def _npz_only_path(cfg: DataConfig) -> Path:
+    path = cfg.data_root() / f"{cfg.dataset}.npz"
+    if not path.is_file():
+        raise UserError(
+            f"data.dataset={cfg.dataset}: {path} not found. This dataset is {NPZ_ONLY[cfg.dataset]}; set data.root "
+            f"to the folder holding {cfg.dataset}.npz (data.root if set, else $SSL_KD_DATA, else {DEFAULT_DATA_ROOT})."
+        )
+    return path
+
+
+def _load_inat(cfg: DataConfig) -> dict[str, Any]:
+    """iNaturalist JSONs (`data.inat.train` / `.test`) under data.root; labels = category_id, the class count
+    from the JSON's categories when they are 0..K-1, else the largest label + 1 (the reference hard-codes it)."""
+    root = cfg.data_root()
+    size = (cfg.image_size or INAT_IMAGE_SIZE,) * 2
+    sets, metas, names = {}, {}, None
+    for split, file in (("train", cfg.inat.train), ("test", cfg.inat.test)):
+        files, labels, meta, classes = load_inat(root / file, root)
+        if not files:
+            raise UserError(f"{root / file}: the JSON lists no images.")
+        sets[split], metas[split] = FolderImageSet(files, labels, size, classes), meta
+        names = names or classes
+    num_classes = len(names) if names else int(max(s.targets.max() for s in sets.values()) + 1)
+    for s in sets.values():
+        s.classes = names
+    return dict(**sets, num_classes=num_classes, classes=names, source=str(root), metadata=metas)
+
+
+def _attach_metadata(cfg: DataConfig, raw: dict[str, Any]) -> str:
+    """Encode each split's metadata into the per-sample field `meta` (data.metadata), from the dataset's own
+    source (npz keys, iNat JSON), a CSV (image folders) or SYNTHETIC locations. Returns a one-line description."""
+    arrays = raw.pop("arrays", None)
+    m = cfg.metadata
+    if m is None:
+        return ""
+    where = {"npz": f"data.path ({cfg.path})"}.get(cfg.dataset, f"data.dataset={cfg.dataset}")
+    metas = raw.pop("metadata", None) or {}
+    if m.csv:
+        train, test = raw["train"], raw["test"]
+        rm = read_metadata_csv(Path(m.csv).expanduser(), train.files + test.files, Path(cfg.path).expanduser())
+        n = len(train)
+        cut = lambda a, sl: a[sl]  # noqa: E731
+        for split, sl in (("train", slice(0, n)), ("test", slice(n, None))):
+            metas[split] = RawMetadata(*(cut(a, sl) for a in (rm.lat, rm.lon, rm.doy, rm.days)), rm.where)
+    syn = m.synthetic_location
+    for salt, split in enumerate(("train", "test", "unlabeled")):
+        s = raw.get(split)
+        if s is None:
+            continue
+        rm = metas.get(split)
+        if rm is None:
+            rm = npz_metadata(arrays, split, len(s), where) if arrays is not None else RawMetadata.empty(len(s))
+        if syn is not None:
+            groups = s.targets
+            if syn.by == "coarse":
+                key = f"y_{split}_coarse"
+                if arrays is None or key not in arrays:
+                    if split == "unlabeled":
+                        groups = None
+                    else:
+                        raise UserError(
+                            f"data.metadata.synthetic_location.by=coarse: {where} has no `{key}` array (coarse "
+                            f"labels, e.g. the CIFAR-100 npz); use by: class.")  # fmt: skip
+                else:
+                    groups = np.asarray(arrays[key], dtype=np.int64)
+            if groups is not None and (groups >= 0).all():
+                rm.lat, rm.lon = synthetic_locations(groups, syn.seed, syn.spread, salt)
+        s.fields["meta"] = rm.encode(m.use, m.missing).astype(np.float32)
+        if split == "train" and len(s) and not np.abs(s.fields["meta"]).any():
+            raise UserError(
+                f"data.metadata: {where} has no usable {'/'.join(m.use)} metadata (every training sample's "
+                f"encoding is the zero 'unknown' vector). Give lat_/lon_/date_<split> arrays (npz), a CSV "
+                f"(image_folder: data.metadata.csv), the iNat JSON's fields, or data.metadata.synthetic_location; "
+                f"when only some parts are known (dates but no coordinates, or synthetic coordinates without dates) "
+                f"encode those (`use: [temporal]` / `use: [geo]`) with `missing: used`.")  # fmt: skip
+    desc = f"meta = {'+'.join(m.use)} ({meta_dim(m.use)}-d, missing -> zeros: {m.missing})"
+    if syn is not None:
+        desc += f", SYNTHETIC locations (one region per {syn.by}, spread {syn.spread:g} deg, seed {syn.seed})"
+    return desc
 
 
 # ---------------------------------------------------------------- utils

@@ -8,6 +8,7 @@ e.g. a pruned export), the model is rebuilt from the file's spec before the weig
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,34 @@ from ssl_kd.errors import UserError, choices
 from ssl_kd.models import create_model, create_model_from_spec, model_spec
 
 
-def build_models(cfg: Config, num_classes: int, device: torch.device) -> dict[str, nn.Module]:
+def build_models(
+    cfg: Config, num_classes: int, device: torch.device, fields: Collection[str] | None = None
+) -> dict[str, nn.Module]:
+    """Every model of `models:`; with `fields` (the dataset's per-sample fields) a model whose declared extra inputs
+    the data lacks is a UserError here rather than a KeyError at the first step."""
     models: dict[str, nn.Module] = {}
     for name, mcfg in cfg.models.items():
         try:
-            models[name] = create_model(mcfg.arch, mcfg.num_classes or num_classes, **mcfg.kwargs).to(device)
+            models[name] = create_model(
+                mcfg.arch, mcfg.num_classes or num_classes, head=mcfg.head, **mcfg.kwargs
+            ).to(device)
         except UserError as e:  # an option value the factory refused: say which YAML entry
             raise UserError(f"models.{name}: {e}") from None
         if mcfg.checkpoint:
-            load_model_file(models, name, mcfg.checkpoint, f"models.{name}.checkpoint", True, device)
+            where = f"models.{name}.checkpoint"
+            if mcfg.checkpoint_partial:
+                state = extract_state_dict(load_checkpoint(mcfg.checkpoint, where), name)
+                if state is None:
+                    raise UserError(f"{where}: {mcfg.checkpoint} holds no recognisable weights.")
+                load_weights(models[name], state, False, f"{where} ({mcfg.checkpoint})", partial=True)
+            else:
+                load_model_file(models, name, mcfg.checkpoint, where, True, device)
+        lacking = [k for k in getattr(models[name], "extra_inputs", ()) if fields is not None and k not in fields]
+        if lacking:
+            raise UserError(
+                f"models.{name}: the model takes the extra input(s) {lacking} (e.g. a metadata head needs `meta`), but "
+                f"the dataset provides {sorted(fields) or 'no per-sample fields'}; add a `data.metadata` block."
+            )
     return models
 
 

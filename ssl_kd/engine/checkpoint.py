@@ -118,8 +118,25 @@ def check_fits(model: nn.Module, state: dict[str, Any], strict: bool, where: str
         )
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], strict: bool, where: str) -> None:
-    """Load with a message that names the file/key instead of torch's wall of missing keys."""
-    check_fits(model, state, strict, where)
+def load_weights(
+    model: nn.Module, state: dict[str, torch.Tensor], strict: bool, where: str, partial: bool = False
+) -> None:
+    """Load with a message that names the file/key instead of torch's wall of missing keys.
+
+    ``partial``: load only the tensors whose name and shape fit (a pretrained backbone under a new head and fc),
+    print how many were skipped, and refuse a file of which nothing fits."""
     own = model.state_dict()
+    if partial:
+        shape = [k for k in own if k in state and getattr(state[k], "shape", None) != own[k].shape]
+        fit = {k: v for k, v in state.items() if k in own and k not in shape}
+        if not fit:
+            raise UserError(f"{where}: no tensor of the file fits the model (names or shapes differ everywhere).")
+        model.load_state_dict(fit, strict=False)
+        missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+        print(
+            f"{where}: loaded {len(fit)}/{len(own)} tensors; kept the fresh init of {len(own) - len(fit)} "
+            f"(e.g. {(shape + missing or ['-'])[0]}), ignored {len(unexpected) + len(shape)} from the file."
+        )
+        return
+    check_fits(model, state, strict, where)
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)

@@ -121,9 +121,11 @@ def plan(runner: Runner) -> str:
         f"{w.pad_mode}; strong = "
         f"RandAugment {s.num_ops} op(s) each p={s.op_prob:g} + cutout {size} x width fill {s.cutout_fill}, "
         f"{s.order} the weak flip + crop",
-        "Models:",
     ]
-    runner.models = build_models(cfg, d.num_classes, runner.device)
+    if d.info.get("metadata"):
+        lines.append(f"  {d.info['metadata']}")
+    lines.append("Models:")
+    runner.models = build_models(cfg, d.num_classes, runner.device, d.train.fields)
     for name, m in runner.models.items():
         n = sum(p.numel() for p in m.parameters())
         src = f" <- {cfg.models[name].checkpoint}" if cfg.models[name].checkpoint else ""

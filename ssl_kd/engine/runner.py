@@ -188,7 +188,7 @@ class Runner:
         if self.is_main:
             self.run_dir.create()
         seed_everything(exp.seed, exp.deterministic)
-        self.models = build_models(self.cfg, self.data.num_classes, self.device)
+        self.models = build_models(self.cfg, self.data.num_classes, self.device, self.data.train.fields)
         ckpt = ckpt_io.load_resume(self) if self.resume else None  # a resume checks the stages' files itself
         if ckpt is None:
             check_stage_files(self.models, self.cfg, self.run_dir, self.device)  # every stage's, before any work

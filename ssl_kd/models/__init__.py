@@ -5,6 +5,7 @@ with create_model (which records its constructor spec)."""
 from ssl_kd.models import (  # noqa: F401
     cifar_resnet,
     cifar_wrn,
+    fusion,
     mobilenetv2,
     multi_exit,
     resnet,
@@ -16,20 +17,27 @@ from ssl_kd.models import (  # noqa: F401
 )
 from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, dense_logits, is_stage_based, select_maps
 from ssl_kd.models.feature_heads import Embed, LinearProbe, seeded_linear
+from ssl_kd.models.fusion import ConcatHead, DynamicMLPHead, FCNet, FusionModule
 from ssl_kd.models.heads import FeatureCritics, SelfTeacher, roi_features
 from ssl_kd.models.multi_exit import MultiExit
 from ssl_kd.models.registry import (
     create_model,
     create_model_from_spec,
+    list_heads,
     list_models,
     model_options,
     model_spec,
+    register_head,
     register_model,
 )
 
 __all__ = [
     "ClassifierModel",
+    "ConcatHead",
+    "DynamicMLPHead",
     "Embed",
+    "FCNet",
+    "FusionModule",
     "FeatureCritics",
     "LinearProbe",
     "ModelOutput",
@@ -40,9 +48,11 @@ __all__ = [
     "create_model_from_spec",
     "dense_logits",
     "is_stage_based",
+    "list_heads",
     "list_models",
     "model_options",
     "model_spec",
+    "register_head",
     "register_model",
     "roi_features",
     "seeded_linear",

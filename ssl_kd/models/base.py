@@ -86,7 +86,10 @@ class ClassifierModel(nn.Module):
         return x
 
     def fuse(self, feat: Tensor, **inputs: Tensor) -> Tensor:
-        return feat
+        """The pooled feature combined with the extra inputs: a carried head (``fusion``, e.g. DynamicMLP attached
+        by ``create_model(..., head=...)``) when there is one, else the feature unchanged."""
+        fusion = self._modules.get("fusion")
+        return feat if fusion is None else fusion(feat, **inputs)
 
     def forward_aux(self, maps: list[Tensor], feat: Tensor, **inputs: Tensor) -> Mapping[str, Tensor]:
         return NO_AUX

@@ -14,6 +14,45 @@ Factory = Callable[..., nn.Module]
 F = TypeVar("F", bound=Factory)
 
 _REGISTRY: dict[str, Factory] = {}
+# Heads a model can carry on its pooled feature (`models.<name>.head: {type: ..., ...}`): factory(model, **options)
+# attaches the head to the built model in place (ssl_kd.models.fusion).
+_HEADS: dict[str, Callable[..., None]] = {}
+
+
+def register_head(name: str) -> Callable[[F], F]:
+    """Register ``attach(model, **options)`` under ``name``: it fits a head onto a built model (e.g. metadata
+    fusion between the pooled feature and ``fc``)."""
+
+    def deco(factory: F) -> F:
+        if name in _HEADS:
+            raise ValueError(f"head '{name}' is already registered by {_HEADS[name].__module__}")
+        _HEADS[name] = factory
+        return factory
+
+    return deco
+
+
+def list_heads() -> list[str]:
+    return sorted(_HEADS)
+
+
+def _attach_head(model: nn.Module, name: str, head: dict[str, Any]) -> None:
+    if not isinstance(head, dict) or "type" not in head:
+        raise UserError(
+            f"Model '{name}': head must be a mapping with a `type` ({choices(_HEADS)}) and its options, got {head!r}."
+        )
+    kind, opts = head["type"], {k: v for k, v in head.items() if k != "type"}
+    if kind not in _HEADS:
+        raise UserError(f"Model '{name}': unknown head type '{kind}'.{suggest(kind, _HEADS)} Valid: {choices(_HEADS)}.")
+    sig = inspect.signature(_HEADS[kind])
+    valid = [q.name for q in list(sig.parameters.values())[1:] if q.kind in (q.KEYWORD_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    for key in opts:
+        if key not in valid:
+            raise UserError(
+                f"Model '{name}': head '{kind}' has no option '{key}'.{suggest(key, valid)} Valid options: "
+                f"{choices(valid) if valid else '(none)'}."
+            )
+    _HEADS[kind](model, **opts)
 
 
 def register_model(name: str) -> Callable[[F], F]:
@@ -49,8 +88,9 @@ def model_options(name: str) -> dict[str, Any]:
     }
 
 
-def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build a registered model; unknown names or options raise ``UserError`` before anything is built."""
+def create_model(name: str, num_classes: int, head: dict[str, Any] | None = None, **kwargs: Any) -> nn.Module:
+    """Build a registered model, optionally carrying a registered ``head`` (``{type: ..., **options}``); unknown
+    names or options raise ``UserError`` before anything is built."""
     factory = _get_factory(name)
     valid = model_options(name)
     for key in kwargs:
@@ -62,7 +102,11 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r} (model '{name}').")
     model = factory(num_classes, **kwargs)
+    if head is not None:
+        _attach_head(model, name, head)
     model.spec = {"arch": name, "num_classes": num_classes, "kwargs": dict(kwargs)}
+    if head is not None:
+        model.spec["head"] = dict(head)
     return model
 
 
@@ -70,11 +114,16 @@ def model_spec(model: nn.Module) -> dict[str, Any] | None:
     """How to rebuild `model` (`create_model(**spec)` shape): recorded in checkpoints, so a model whose shape
     changed at a stage boundary (e.g. a pruned export) is rebuilt with its new shape on resume and stage init."""
     spec = getattr(model, "spec", None)
-    return {"arch": spec["arch"], "num_classes": spec["num_classes"], "kwargs": dict(spec["kwargs"])} if spec else None
+    if not spec:
+        return None
+    out = {"arch": spec["arch"], "num_classes": spec["num_classes"], "kwargs": dict(spec["kwargs"])}
+    if spec.get("head") is not None:  # absent for head-less models, so older files' specs still compare equal
+        out["head"] = dict(spec["head"])
+    return out
 
 
 def create_model_from_spec(spec: dict[str, Any]) -> nn.Module:
-    return create_model(spec["arch"], spec["num_classes"], **spec.get("kwargs", {}))
+    return create_model(spec["arch"], spec["num_classes"], head=spec.get("head"), **spec.get("kwargs", {}))
 
 
 def check_option(model: str, option: str, value: Any, ok: bool, expected: str) -> None:
