@@ -30,9 +30,9 @@ def build_models(
     models: dict[str, nn.Module] = {}
     for name, mcfg in cfg.models.items():
         try:
-            models[name] = create_model(
-                mcfg.arch, mcfg.num_classes or num_classes, head=mcfg.head, **mcfg.kwargs
-            ).to(device)
+            models[name] = create_model(mcfg.arch, mcfg.num_classes or num_classes, head=mcfg.head, **mcfg.kwargs).to(
+                device
+            )
         except UserError as e:  # an option value the factory refused: say which YAML entry
             raise UserError(f"models.{name}: {e}") from None
         if mcfg.checkpoint:
