@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+from kd_short import run  # one config -> (last stage's final test top-1, wall seconds)
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,21 +77,6 @@ def stage(args: argparse.Namespace) -> dict:
         "eval": {"every": args.steps, "unit": "steps", "batch_size": 500},
         "checkpoint": {"every": args.steps, "unit": "steps"},
     }  # fmt: skip
-
-
-def run(cfg: dict, folder: Path) -> tuple[float, float]:
-    """Run one config; return (final test top-1, wall seconds)."""
-    from ssl_kd.run import main
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    t0 = time.perf_counter()
-    if main([str(path), f"experiment.output_dir={folder / 'run'}"]) != 0:
-        raise SystemExit(f"run failed: {path}")
-    seconds = time.perf_counter() - t0
-    results = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"]
-    return list(results.values())[-1]["last"]["net/top1"], seconds
 
 
 def main() -> int:

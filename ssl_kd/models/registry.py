@@ -19,17 +19,20 @@ _REGISTRY: dict[str, Factory] = {}
 _HEADS: dict[str, Callable[..., None]] = {}
 
 
-def register_head(name: str) -> Callable[[F], F]:
-    """Register ``attach(model, **options)`` under ``name``: it fits a head onto a built model (e.g. metadata
-    fusion between the pooled feature and ``fc``)."""
-
+def _registrar(table: dict[str, Any], what: str, name: str) -> Callable[[F], F]:
     def deco(factory: F) -> F:
-        if name in _HEADS:
-            raise ValueError(f"head '{name}' is already registered by {_HEADS[name].__module__}")
-        _HEADS[name] = factory
+        if name in table:  # a programming error (two modules claim one name), not a user mistake
+            raise ValueError(f"{what} '{name}' is already registered by {table[name].__module__}")
+        table[name] = factory
         return factory
 
     return deco
+
+
+def register_head(name: str) -> Callable[[F], F]:
+    """Register ``attach(model, **options)`` under ``name``: it fits a head onto a built model (e.g. metadata
+    fusion between the pooled feature and ``fc``)."""
+    return _registrar(_HEADS, "head", name)
 
 
 def list_heads() -> list[str]:
@@ -57,15 +60,7 @@ def _attach_head(model: nn.Module, name: str, head: dict[str, Any]) -> None:
 
 def register_model(name: str) -> Callable[[F], F]:
     """Register ``factory(num_classes, **options) -> nn.Module`` under ``name``."""
-
-    def deco(factory: F) -> F:
-        if name in _REGISTRY:
-            # A programming error (two modules claim one name), not a user mistake.
-            raise ValueError(f"model '{name}' is already registered by {_REGISTRY[name].__module__}")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    return _registrar(_REGISTRY, "model", name)
 
 
 def list_models() -> list[str]:
