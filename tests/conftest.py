@@ -150,3 +150,13 @@ def run_cli(*args) -> int:
     from ssl_kd.run import main
 
     return main([str(a) for a in args])
+
+
+def run_crashing(monkeypatch, at: int, *args) -> int:
+    """run_cli with a simulated crash after global step `at` (exit 130); the callbacks are as before afterwards."""
+    import ssl_kd.callbacks as callbacks_mod
+
+    orig = callbacks_mod.experiment_callbacks
+    with monkeypatch.context() as m:
+        m.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(at)])
+        return run_cli(*args)

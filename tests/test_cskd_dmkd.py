@@ -14,9 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import CONFIGS, ROOT, Crash, run_cli, write_fake_npz, write_synthetic_folder
+from conftest import CONFIGS, ROOT, run_cli, run_crashing, write_fake_npz, write_synthetic_folder
 
-import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.data import SYNTHETIC_NAME_REGEX, DataConfig, load_dataset
 from ssl_kd.data.synthetic import parse_label
 from ssl_kd.engine import read_metrics
@@ -207,10 +206,7 @@ def test_cskd_distillation_token_baseline_and_resume(tmp_path, teacher_file, mon
     assert run_cli(cfg, f"experiment.output_dir={full}") == 0
     assert "train/patch" not in train_records(full)[0]
     assert "test/student/dist/top1" in [r for r in read_metrics(full) if r["kind"] == "eval"][-1]
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(6)])
-    assert run_cli(cfg, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
+    assert run_crashing(monkeypatch, 6, cfg, f"experiment.output_dir={cut}") == 130
     assert run_cli(cut / "config.yaml", "--resume") == 0
     a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["models"]["student"]
     b = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["models"]["student"]

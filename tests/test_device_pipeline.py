@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, Crash, run_cli
+from conftest import CONFIGS, run_cli, run_crashing
 
-import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.data import (
     DataConfig,
     DeviceImages,
@@ -192,10 +191,7 @@ def test_device_pipeline_run_resumes_bit_exactly(tmp_path, monkeypatch):
     cfg.write_text(SSL.format(base=CONFIGS / "_base_" / "digits.yaml"))
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli(cfg, f"experiment.output_dir={full}") == 0
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(12)])
-    assert run_cli(cfg, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
+    assert run_crashing(monkeypatch, 12, cfg, f"experiment.output_dir={cut}") == 130
     assert run_cli(cut / "config.yaml", "--resume") == 0
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)["models"]["net"]
     b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["models"]["net"]

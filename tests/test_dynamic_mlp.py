@@ -12,9 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import Crash, run_cli, write_fake_inat, write_fake_npz, write_fake_plants
+from conftest import run_cli, run_crashing, write_fake_inat, write_fake_npz, write_fake_plants
 
-import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.data import load_dataset
 from ssl_kd.data.config import DataConfig
 from ssl_kd.data.metadata import encode_metadata, parse_date, synthetic_locations
@@ -404,10 +403,7 @@ def test_metadata_run_resumes_bit_exact_and_bad_metadata_is_one_clear_error(
     cfg.write_text(TINY.format(root=fake_data_root))
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli(cfg, f"experiment.output_dir={full}") == 0
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(5)])
-    assert run_cli(cfg, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
+    assert run_crashing(monkeypatch, 5, cfg, f"experiment.output_dir={cut}") == 130
     assert run_cli(cut / "config.yaml", "--resume") == 0
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)["models"]["net"]
     b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["models"]["net"]

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, Crash, run_cli
+from conftest import CONFIGS, Crash, run_cli, run_crashing
 from torch import nn
 
 import ssl_kd.callbacks as callbacks_mod
@@ -156,10 +156,7 @@ def test_resume_replays_no_hook_and_skips_none(tmp_path, monkeypatch, checkpoint
     full, cut = tmp_path / "full", tmp_path / "cut"
     ckpt = [f"stages.teacher.checkpoint.every={checkpoint_every}", "stages.teacher.checkpoint.unit=steps"]
     assert run_cli(*probe_args(full, *ckpt)) == 0
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(crash_at)])
-    assert run_cli(*probe_args(cut, *ckpt)) == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
+    assert run_crashing(monkeypatch, crash_at, *probe_args(cut, *ckpt)) == 130
     assert run_cli(cut / "config.yaml", "--resume") == 0
     assert json.loads((cut / "events.json").read_text()) == expected_events()
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)["models"]["teacher"]

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import Crash, run_cli
+from conftest import Crash, run_cli, run_crashing
 from torch import nn
 
 import ssl_kd.callbacks as callbacks_mod
@@ -374,10 +374,7 @@ def test_resume_across_a_mask_refresh_is_bit_exact(tmp_path, fake_data_root, mon
     cfg = _write(tmp_path, fake_data_root)
     full, cut = tmp_path / "full", tmp_path / "cut"
     assert run_cli(cfg, f"experiment.output_dir={full}") == 0
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(5)])
-    assert run_cli(cfg, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
+    assert run_crashing(monkeypatch, 5, cfg, f"experiment.output_dir={cut}") == 130
     ckpt = torch.load(cut / "checkpoints/last.pt", weights_only=True)
     assert ckpt["step"] == 4 and ckpt["stage"]["callbacks"]["Prune"]["started"]
     assert run_cli(cut / "config.yaml", "--resume") == 0
