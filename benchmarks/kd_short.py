@@ -87,6 +87,16 @@ def run(cfg: dict, folder: Path) -> tuple[float, float]:
     return next(v for k, v in last.items() if k.endswith("/top1")), seconds
 
 
+def run_methods(args: argparse.Namespace, models: dict, methods: dict, out: Path, who: str) -> list[tuple]:
+    """One single-stage run per method (same models, init and data order); rows of (name, top-1, seconds)."""
+    rows = []
+    for i, (name, st) in enumerate(methods.items()):
+        print(f"== {who}, {name}: {st['iters']} steps", flush=True)
+        top1, seconds = run({**base_config(args), "models": models, "stages": {"student": st}}, Path(f"{out}_{i}"))
+        rows.append((name, top1, seconds))
+    return rows
+
+
 def student_init(args: argparse.Namespace, out: Path, arch: str, name: str, **kwargs) -> Path:
     """One initialisation of a student, shared by every method that trains it."""
     from ssl_kd.models import create_model
@@ -147,12 +157,7 @@ def suite_cskd(args: argparse.Namespace, out: Path, teacher_file: Path) -> None:
         "KD (cls token)": vit_stage(steps, type="kd", temperature=1.0, loss_weights={"ce": 1.0, "kd": 1.0}),
         "CSKD": vit_stage(steps, type="cskd", temperature=1.0, loss_weights={"ce": 1.0, "kd": 1.0, "patch": 1.0}),
     }
-    rows = []
-    for i, (name, st) in enumerate(methods.items()):
-        print(f"== ViT student (depth {args.vit_depth}, dim {args.vit_dim}), {name}: {steps} steps", flush=True)
-        cfg = {**base_config(args), "models": models, "stages": {"student": st}}
-        top1, seconds = run(cfg, out / f"vit_{i}")
-        rows.append((name, top1, seconds))
+    rows = run_methods(args, models, methods, out / "vit", f"ViT student (depth {args.vit_depth}, dim {args.vit_dim})")
     print(f"\nCNN {args.teacher} -> ViT depth {args.vit_depth} dim {args.vit_dim} patch 4: {steps} steps each "
           f"(batch 64, AdamW 1e-3, cosine), same init and data order\n")  # fmt: skip
     table(rows, "vs KD")
@@ -189,12 +194,7 @@ def suite_dmkd(args: argparse.Namespace, out: Path, teacher_file: Path) -> None:
         "DM-KD on stand-in": stage("kd", steps, **kd, **source),
         "DM-KD on stand-in + mixup 0.4": stage("kd", steps, **kd, **source, mix={"kind": "mixup", "alpha": 0.4}),
     }
-    rows = []
-    for i, (name, st) in enumerate(methods.items()):
-        print(f"== student {args.student}, {name}: {steps} steps", flush=True)
-        cfg = {**base_config(args), "models": models, "stages": {"student": st}}
-        top1, seconds = run(cfg, out / f"dmkd_{i}")
-        rows.append((name, top1, seconds))
+    rows = run_methods(args, models, methods, out / "dmkd", f"student {args.student}")
     print(
         f"\nstudent {args.student}, CE weight 0 (no label read), tau 4: {steps} steps each (batch 64), same init; "
         f"stand-in = {n} real CIFAR-10 training images (NOT diffusion-generated); test = real CIFAR-100\n"
