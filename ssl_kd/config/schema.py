@@ -94,7 +94,10 @@ class InitConfig(Strict):
     stage: str | None = None  # mode=stage: which earlier stage (default: the previous one)
     which: Literal["best", "last"] = "best"
     path: str | None = None  # mode=checkpoint
-    models: list[str] | None = None  # default: the models the stage trains and reads
+    models: list[str] | None = None  # default: the models the stage trains and reads ([]: none)
+    # registered modules of this stage (e.g. a projection head trained by an earlier stage) loaded from the same
+    # source's `modules` when the stage starts fresh, after its setup() registered them
+    modules: list[str] = Field(default_factory=list)
     strict: bool = True
 
 

@@ -52,10 +52,18 @@ from ssl_kd.data.mixing import (
     sample_mixup,
     sample_paste_box,
 )
+from ssl_kd.data.rotation import ROTATIONS, class_logits, joint_labels, rotate4, rotated, rotation_index, unrotated
 from ssl_kd.data.sampler import StreamSampler, mix_seed
 from ssl_kd.data.split import load_split, save_split, ssl_split
 
 __all__ = [
+    "ROTATIONS",
+    "class_logits",
+    "joint_labels",
+    "rotate4",
+    "rotated",
+    "rotation_index",
+    "unrotated",
     "SYNTHETIC_NAME_REGEX",
     "TrainSourceConfig",
     "DATASET_STATS",

@@ -106,8 +106,10 @@ def _init_source(cfg: Config, run_dir: RunDir, name: str, scfg: StageConfig, ind
 
 
 def _init_targets(obj: dict[str, Any], scfg: StageConfig, path: Path, where: str) -> list[str]:
-    targets = scfg.init.models or [m for m in (*scfg.train, *scfg.uses) if extract_state_dict(obj, m) is not None]
-    if not targets:
+    if scfg.init.models is not None:
+        return scfg.init.models
+    targets = [m for m in (*scfg.train, *scfg.uses) if extract_state_dict(obj, m) is not None]
+    if not targets and not scfg.init.modules:
         raise UserError(f"{where}: {path} has weights for none of this stage's models {[*scfg.train, *scfg.uses]}.")
     return targets
 
@@ -126,6 +128,35 @@ def apply_init(
     obj = load_checkpoint(path, where)
     for m in _init_targets(obj, scfg, path, where):
         load_into(models, m, obj, str(path), where, scfg.init.strict, device)
+
+
+def apply_module_init(
+    modules: dict[str, nn.Module], cfg: Config, run_dir: RunDir, name: str, scfg: StageConfig, index: int
+) -> None:
+    """`init.modules`: load the stage's registered modules named there from the init source's `modules` (a stage
+    weight file), so a head trained by one stage (SSKD's teacher projection) starts the next."""
+    if not scfg.init.modules:
+        return
+    source = _init_source(cfg, run_dir, name, scfg, index)
+    if source is None:
+        raise UserError(
+            f"stages.{name}.init.modules: {scfg.init.modules} need a source: init.mode 'stage' (an enabled earlier "
+            f"stage) or 'checkpoint' (a stage weight file); got mode '{scfg.init.mode}'"
+            + (f" with stage '{scfg.init.stage}' disabled" if scfg.init.mode == "stage" else "")
+            + "."
+        )
+    path, where = source
+    if not path.is_file():
+        raise UserError(f"{where}: {path} does not exist; did that stage run?")
+    saved = load_checkpoint(path, where).get("modules") or {}
+    for m in scfg.init.modules:
+        if m not in modules:
+            raise UserError(
+                f"stages.{name}.init.modules: this stage registers no module '{m}' (it has {sorted(modules)})."
+            )
+        if m not in saved:
+            raise UserError(f"{where}: {path} holds no module '{m}' (it has {sorted(saved) or 'none'}).")
+        load_weights(modules[m], saved[m], scfg.init.strict, f"{where} ({path}, module '{m}')")
 
 
 def check_stage_files(

@@ -23,7 +23,7 @@ from torch import nn
 from ssl_kd.config.registry import stage_types
 from ssl_kd.config.schema import Config
 from ssl_kd.engine import state as ckpt_io
-from ssl_kd.engine.build import apply_init, build_models, check_stage_files
+from ssl_kd.engine.build import apply_init, apply_module_init, build_models, check_stage_files
 from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.evaluation import Evaluator, Predict, eval_mode
 from ssl_kd.engine.plan import plan
@@ -274,6 +274,8 @@ class Runner:
             apply_init(self.models, self.cfg, self.run_dir, stage.name, cfg, self.stage_index, self.device)
             self.take_snapshots(cfg)  # a resumed stage keeps the snapshot its checkpoint holds
         stage.setup()
+        if ckpt is None:  # a resumed stage restores its modules from its checkpoint
+            apply_module_init(stage.modules, self.cfg, self.run_dir, stage.name, cfg, self.stage_index)
         total, spe = stage_lengths(stage)
         stage.progress.total_steps, stage.progress.steps_per_epoch = total, spe
         self._prepare(stage)

@@ -16,7 +16,7 @@ from ssl_kd.models import (  # noqa: F401
     wrn,
 )
 from ssl_kd.models.base import ClassifierModel, ModelOutput, Prediction, dense_logits, is_stage_based, select_maps
-from ssl_kd.models.feature_heads import Embed, LinearProbe, seeded_linear
+from ssl_kd.models.feature_heads import Connector, Embed, LinearProbe, MLPHead, connector_for, seeded_linear
 from ssl_kd.models.fusion import ConcatHead, DynamicMLPHead, FCNet, FusionModule
 from ssl_kd.models.heads import FeatureCritics, SelfTeacher, roi_features
 from ssl_kd.models.multi_exit import MultiExit
@@ -35,7 +35,10 @@ __all__ = [
     "ClassifierModel",
     "ConcatHead",
     "DynamicMLPHead",
+    "Connector",
     "Embed",
+    "MLPHead",
+    "connector_for",
     "FCNet",
     "FusionModule",
     "FeatureCritics",

@@ -68,16 +68,31 @@ class CifarResNet(ClassifierModel):
                                           for i in range(n)]))  # fmt: skip
             in_ch = out_ch
         self.stages = nn.ModuleList(stages)
+        self._blocks = blocks
         self.fc = nn.Linear(widths[-1], num_classes)
         self.feat_dim = widths[-1]
         self.feat_channels = tuple(widths)
-        if init == "kaiming":  # the KD repos' init; Linear keeps PyTorch's default
-            for m in self.modules():
+        self._init = init
+        self._init_weights(self)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if self._init == "kaiming":  # the KD repos' init; Linear keeps PyTorch's default
+            for m in module.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 elif isinstance(m, nn.BatchNorm2d):
                     nn.init.ones_(m.weight)
                     nn.init.zeros_(m.bias)
+
+    def build_stage(self, index: int, in_channels: int, stride: int) -> nn.Module:
+        """A fresh stage shaped like stage `index` (its width and block count) reading `in_channels` at `stride`:
+        HSAKD's extra stride-1 branch on the last stage (``multi_exit`` with an exit after the last stage)."""
+        out_ch = self.feat_channels[index + 1]
+        n = self._blocks[index]
+        stage = nn.Sequential(*[BasicBlock(in_channels if i == 0 else out_ch, out_ch, stride if i == 0 else 1)
+                                for i in range(n)])  # fmt: skip
+        self._init_weights(stage)
+        return stage
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

@@ -40,6 +40,7 @@ class CifarWideResNet(ClassifierModel):
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.num_classes = num_classes
         self.stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self._blocks, self._drop_rate = n, drop_rate
         self.groups = nn.ModuleList(
             nn.Sequential(
                 *[
@@ -63,6 +64,15 @@ class CifarWideResNet(ClassifierModel):
 
     # stage-based (ClassifierModel.forward_features): stem -> groups -> BN -> ReLU -> pool
     pre_pool_modules = ("bn", "relu")
+
+    def build_stage(self, index: int, in_channels: int, stride: int) -> nn.Module:
+        """A fresh group shaped like group `index` reading `in_channels` at `stride` (HSAKD's stride-1 branch on
+        the last group; ``multi_exit`` with an exit after the last stage)."""
+        out_ch = self.feat_channels[index + 1]
+        group = nn.Sequential(*[_PreActBlock(in_channels if i == 0 else out_ch, out_ch, stride if i == 0 else 1,
+                                             self._drop_rate) for i in range(self._blocks)])  # fmt: skip
+        repdistiller_init(group, linear_std=None)
+        return group
 
     @property
     def stages(self) -> nn.ModuleList:

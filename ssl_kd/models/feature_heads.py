@@ -1,5 +1,7 @@
-"""Heads that methods attach to a model's pooled feature (the contract's `feat`), never inside the model: a
-normalised linear embedding (CTC/CRD's projections) and a linear probe over a frozen feature extractor."""
+"""Heads that methods attach to a model's features (the contract's `feat` / `feats`), never inside the model: a
+normalised linear embedding (CTC/CRD's projections), a two-layer MLP head (SSKD's projection, MCL's embedding),
+connectors that map a student feature to a teacher's width (feature losses), and a linear probe over a frozen
+feature extractor. A stage registers them (`Stage.register_module`), so they train and checkpoint with it."""
 
 from __future__ import annotations
 
@@ -33,6 +35,62 @@ class Embed(nn.Module):
 
     def forward(self, feat: Tensor) -> Tensor:
         return F.normalize(self.linear(feat.flatten(1)), dim=1)
+
+
+class MLPHead(nn.Module):
+    """Linear -> ReLU -> Linear on a pooled feature, optionally L2-normalised: SSKD's projection head
+    (d -> d -> d, wrapper.py) and MCL's embedding (d -> 128 -> 128, then L2 norm)."""
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, normalize: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(nn.Linear(dim_in, hidden), nn.ReLU(), nn.Linear(hidden, dim_out))
+        self.normalize = normalize
+
+    def forward(self, feat: Tensor) -> Tensor:
+        out = self.net(feat.flatten(1))
+        return F.normalize(out, dim=1) if self.normalize else out
+
+
+ConnectorKind = Literal["identity", "linear", "conv_bn"]
+
+
+class Connector(nn.Module):
+    """Maps a student feature to the teacher's width for a feature loss: `linear` on pooled vectors (B, c_in),
+    `conv_bn` (1x1 conv + BatchNorm, FitNets / torchdistill's regressor) on maps (B, c_in, H, W), or `identity`
+    (equal widths, nothing to learn). Build it with `connector_for` from the two models' `feat_channels`."""
+
+    def __init__(self, kind: ConnectorKind, c_in: int, c_out: int, seed: int = 0) -> None:
+        super().__init__()
+        if kind == "identity" and c_in != c_out:
+            raise ValueError(f"an identity connector needs equal widths, got student {c_in} and teacher {c_out}")
+        self.kind = kind
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if kind == "linear":
+                self.body: nn.Module = nn.Linear(c_in, c_out)
+            elif kind == "conv_bn":
+                self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+            else:
+                self.body = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def connector_for(
+    kind: ConnectorKind | Literal["auto"], student: nn.Module, teacher: nn.Module, index: int = -1, seed: int = 0
+) -> Connector:
+    """A connector from the student's feature `index` to the teacher's (indices into `feat_channels`; -1 is the
+    pooled feature). `auto`: identity when the widths match, else `linear` for the pooled feature and `conv_bn`
+    for a map."""
+    c_in, c_out = student.feat_channels[index], teacher.feat_channels[index]
+    if kind == "auto":
+        kind = (
+            "identity" if c_in == c_out else ("linear" if index in (-1, len(student.feat_channels) - 1) else "conv_bn")
+        )
+    return Connector(kind, c_in, c_out, seed)
 
 
 class LinearProbe(nn.Module):

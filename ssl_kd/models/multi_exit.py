@@ -25,15 +25,22 @@ from ssl_kd.models.registry import create_model, register_model
 
 
 class _Tail(nn.Module):
-    """Stages ``start..end`` of a freshly built backbone, its pre-pool head and its fc: one auxiliary exit."""
+    """Stages ``start..end`` of a freshly built backbone, its pre-pool head and an fc of ``outputs`` logits: one
+    auxiliary exit. After the last stage (``start`` = number of stages) the tail is one fresh stride-1 copy of the
+    last stage (HSAKD's third branch), which needs a backbone that can build a stage (``build_stage``)."""
 
-    def __init__(self, fresh: ClassifierModel, start: int) -> None:
+    def __init__(self, fresh: ClassifierModel, start: int, outputs: int) -> None:
         super().__init__()
-        self.stages = nn.ModuleList(list(fresh.stages)[start:])
+        n = len(fresh.stages)
+        if start < n:
+            self.stages = nn.ModuleList(list(fresh.stages)[start:])
+        else:
+            width = fresh.feat_channels[-1]
+            self.stages = nn.ModuleList([fresh.build_stage(n - 1, width, 1)])
         for name in type(fresh).pre_pool_modules:  # the modules the backbone's pre_pool reads, under their names
             setattr(self, name, getattr(fresh, name))
         self._pre_pool = type(fresh).pre_pool  # called with this module as `self`: it reads only those names
-        self.fc = fresh.fc
+        self.fc = fresh.fc if outputs == fresh.fc.out_features else nn.Linear(fresh.fc.in_features, outputs)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         for stage in self.stages:
@@ -56,6 +63,7 @@ class MultiExit(ClassifierModel):
         backbone: str,
         backbone_kwargs: Mapping[str, Any] | None = None,
         exits: Sequence[int] | None = None,
+        exit_label_factor: int = 1,
     ) -> None:
         super().__init__()
         kwargs = dict(backbone_kwargs or {})
@@ -66,14 +74,27 @@ class MultiExit(ClassifierModel):
                 f"ssl_kd.models.base.ClassifierModel); e.g. cifar_resnet18, resnet18, resnet8x4, wrn_40_2."
             )
         n = len(self.backbone.stages)
+        last = n if hasattr(self.backbone, "build_stage") else n - 1
         exits = list(range(1, n)) if exits is None else list(exits)
-        if not exits or sorted(set(exits)) != exits or not all(isinstance(k, int) and 1 <= k < n for k in exits):
+        if not exits or sorted(set(exits)) != exits or not all(isinstance(k, int) and 1 <= k <= last for k in exits):
+            extra = (
+                f"; {n} adds a stride-1 copy of the last stage"
+                if last == n
+                else f" (backbone '{backbone}' cannot build an extra stage, so no exit after its last one)"
+            )
             raise UserError(
                 f"Model 'multi_exit': option exits={exits!r} is invalid; expected increasing stage numbers in "
-                f"1..{n - 1} (backbone '{backbone}' has {n} stages; the last one is the backbone's own exit)."
+                f"1..{last} (backbone '{backbone}' has {n} stages{extra})."
+            )
+        if not isinstance(exit_label_factor, int) or exit_label_factor < 1:
+            raise UserError(
+                f"Model 'multi_exit': option exit_label_factor={exit_label_factor!r} is invalid; expected a positive "
+                f"integer (4: HSAKD's joint class x rotation labels)."
             )
         self.exit_after = tuple(exits)
-        self.branches = nn.ModuleList(_Tail(create_model(backbone, num_classes, **kwargs), k) for k in exits)
+        self.exit_label_factor = exit_label_factor
+        outputs = num_classes * exit_label_factor
+        self.branches = nn.ModuleList(_Tail(create_model(backbone, num_classes, **kwargs), k, outputs) for k in exits)
         self.num_classes = num_classes
         self.feat_dim = self.backbone.feat_dim
         self.feat_channels = self.backbone.feat_channels
@@ -114,9 +135,14 @@ class MultiExit(ClassifierModel):
         return [out.aux[f"exit{k}_map"] for k in self.exit_after] + [out.aux["backbone_map"]]
 
     def predict(self, batch: Mapping[str, Any]) -> Prediction:
-        """Every exit: the backbone first (the headline), then exit1, exit2, ... in depth order."""
+        """Every exit: the backbone first (the headline), then exit1, exit2, ... in depth order. Exits over joint
+        labels (``exit_label_factor`` > 1, class-major as ``ssl_kd.data.rotation``) are scored on the class: the
+        sum of each class's joint logits, as the HSAKD references report an auxiliary head's class accuracy."""
         out = self(batch["x"], **self.inputs_from(batch))
-        return {"backbone": out.logits, **{f"exit{k}": out.aux[f"exit{k}"] for k in self.exit_after}}
+        exits = {f"exit{k}": out.aux[f"exit{k}"] for k in self.exit_after}
+        if self.exit_label_factor > 1:
+            exits = {k: v.unflatten(1, (-1, self.exit_label_factor)).sum(-1) for k, v in exits.items()}
+        return {"backbone": out.logits, **exits}
 
 
 @register_model("multi_exit")
@@ -125,11 +151,14 @@ def multi_exit(
     backbone: str = "cifar_resnet18",
     backbone_kwargs: dict[str, Any] | None = None,
     exits: list[int] | None = None,
+    exit_label_factor: int = 1,
 ) -> MultiExit:
     """A stage-based backbone plus auxiliary exits after the given stages (default: all but the last), each a fresh
-    copy of the later stages + head + fc (MixSKD / DKS / BYOT). ``backbone_kwargs`` go to the backbone."""
+    copy of the later stages + head + fc (MixSKD / DKS / BYOT); an exit after the last stage is a stride-1 copy of
+    it (HSAKD). ``exit_label_factor``: the exits predict factor x num_classes joint labels (4 for HSAKD's class x
+    rotation). ``backbone_kwargs`` go to the backbone."""
     if not isinstance(backbone, str):
         raise UserError(f"Model 'multi_exit': option backbone={backbone!r} is invalid; expected a model name.")
     if backbone_kwargs is not None and not isinstance(backbone_kwargs, dict):
         raise UserError(f"Model 'multi_exit': backbone_kwargs={backbone_kwargs!r} is invalid; expected a mapping.")
-    return MultiExit(num_classes, backbone, backbone_kwargs, exits)
+    return MultiExit(num_classes, backbone, backbone_kwargs, exits, exit_label_factor)

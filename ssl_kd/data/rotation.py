@@ -1,0 +1,49 @@
+"""Rotation self-supervision (HSAKD, HSSAKD, SSKD): every image as four copies rotated by k * 90 degrees.
+
+The copies are **interleaved per sample**, as the references build them (`torch.stack([rot90(x, k) for k in
+range(4)], 1).view(-1, ...)`): row 4i + k is image i rotated k times, so `x4[0::4]` are the originals. The joint
+label of row 4i + k is 4 y_i + k, a label space of 4C classes (class-major: columns 4c..4c+3 belong to class c).
+Rotated rows enter BatchNorm together with the originals; main-logit losses and evaluation read only the
+unrotated rows (`unrotated`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ROTATIONS = 4
+
+
+def rotate4(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (4B, C, H, W): each image followed by its 90, 180 and 270 degree rotations (counter-clockwise,
+    `torch.rot90` over the spatial dims). Needs square images (a rotated copy must stack with the original)."""
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotation self-supervision needs a batch of square images (B, C, H, H), got {tuple(x.shape)}")
+    return torch.stack([torch.rot90(x, k, (2, 3)) for k in range(ROTATIONS)], 1).flatten(0, 1)
+
+
+def joint_labels(y: Tensor) -> Tensor:
+    """(B,) class labels -> (4B,) joint labels 4 y + k, in `rotate4`'s row order."""
+    return torch.stack([y * ROTATIONS + k for k in range(ROTATIONS)], 1).flatten()
+
+
+def rotation_index(n: int, device: torch.device | None = None) -> Tensor:
+    """(4n,) the rotation k of each row of a `rotate4` batch of n images: 0, 1, 2, 3, 0, 1, ..."""
+    return torch.arange(ROTATIONS, device=device).repeat(n)
+
+
+def unrotated(t: Tensor) -> Tensor:
+    """The rows of the original (0 degree) images of a `rotate4` batch."""
+    return t[0::ROTATIONS]
+
+
+def rotated(t: Tensor) -> Tensor:
+    """The rows of the rotated copies (k = 1, 2, 3) of a `rotate4` batch, in order."""
+    return t.unflatten(0, (-1, ROTATIONS))[:, 1:].flatten(0, 1)
+
+
+def class_logits(joint: Tensor) -> Tensor:
+    """(N, 4C) joint logits -> (N, C): the sum of each class's four rotation logits (the references' class
+    accuracy of an auxiliary head)."""
+    return joint.unflatten(1, (-1, ROTATIONS)).sum(-1)
