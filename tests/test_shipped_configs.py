@@ -12,6 +12,7 @@ SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
 
 
 SSL_TYPES = {"fixmatch", "flexmatch", "fullmatch", "fullflex"}
+ROTATION_TYPES = {"hsakd_teacher", "hsakd", "hssakd_online", "sskd_head", "sskd"}  # 4 rotated rows per image
 
 
 def fit_labels(raw):
@@ -29,7 +30,8 @@ def tiny_overrides(path, data_root):
     if raw.get("data", {}).get("dataset") == "inat":
         out.append("data.image_size=32")  # the fake iNat photos are 8 px; 224 px ResNet-50 steps cost a minute
     for name, st in raw.get("stages", {}).items():
-        out += [f"stages.{name}.epochs=None", f"stages.{name}.iters=2", f"stages.{name}.batch_size=16",
+        batch = 4 if st.get("type") in ROTATION_TYPES else 16  # the same rows per step
+        out += [f"stages.{name}.epochs=None", f"stages.{name}.iters=2", f"stages.{name}.batch_size={batch}",
                 f"stages.{name}.eval.batch_size=25"]  # fmt: skip
         if st.get("type") in SSL_TYPES:
             out.append(f"stages.{name}.uratio=1")

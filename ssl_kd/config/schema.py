@@ -119,6 +119,9 @@ class StageConfig(Strict):
     enabled: bool = True
     train: list[str] = Field(default_factory=list)
     uses: list[str] = Field(default_factory=list)
+    # parts of trained models kept frozen in this stage ("teacher.backbone", or a whole model): eval mode, no grad,
+    # out of the optimizer (HSAKD's teacher with a pretrained backbone trains only its auxiliary branches)
+    freeze: list[str] = Field(default_factory=list)
     iters: int | None = Field(None, ge=0)
     epochs: int | None = Field(None, ge=0)
     steps_per_epoch: int | None = Field(None, ge=1)  # default: len(train data) // batch_size
@@ -176,6 +179,13 @@ class StageConfig(Strict):
     def _one_length(self) -> StageConfig:
         if self.iters is not None and self.epochs is not None:
             raise ValueError("give the stage length as `iters` or `epochs`, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _frozen_parts_of_trained_models(self) -> StageConfig:
+        for path in self.freeze:
+            if path.split(".")[0] not in self.train:
+                raise ValueError(f"freeze: '{path}' is not a part of a model this stage trains {self.train}")
         return self
 
     @model_validator(mode="after")

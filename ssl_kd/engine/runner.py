@@ -32,7 +32,7 @@ from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.services import DataServices
 from ssl_kd.engine.stage import Stage
 from ssl_kd.engine.streams import make_iterators, one_pass, stage_lengths
-from ssl_kd.errors import TrainingStopped, UserError
+from ssl_kd.errors import TrainingStopped, UserError, choices
 from ssl_kd.memory import EMAModel
 from ssl_kd.models import model_spec
 from ssl_kd.optim import MissingTerm, build_optimizer, build_scheduler, loss_groups, make_backward
@@ -223,6 +223,7 @@ class Runner:
             self.models[n].eval().requires_grad_(False)
         for n in cfg.train:
             self.models[n].train().requires_grad_(True)
+        stage._prepared.frozen = [freeze_part(self.models, path, f"stages.{stage.name}.freeze") for path in cfg.freeze]
         prepared = {n: self.accelerator.prepare_model(self.models[n]) for n in cfg.train}
         if exp.compile != "no":  # the trained models' forward passes; evaluation and EMA use the plain modules
             prepared = {n: torch.compile(m, mode=exp.compile) for n, m in prepared.items()}
@@ -299,6 +300,8 @@ class Runner:
         stage.on_stage_end()
         for cb in self._all_callbacks():
             cb.on_stage_end(self)
+        for handle in stage._prepared.frozen:
+            handle.remove()
         for n in cfg.train:
             self.accelerator.unwrap_model(stage._prepared.models[n], keep_fp32_wrapper=False)
             self.models[n].requires_grad_(True)
@@ -375,6 +378,19 @@ class Runner:
                 if isinstance(m, torch.nn.parallel.DistributedDataParallel):
                     stack.enter_context(self.accelerator.no_sync(m))
             yield
+
+
+def freeze_part(models: dict[str, nn.Module], path: str, where: str) -> Any:
+    """Freeze `model[.submodule]` for a stage: no grad, eval mode, kept in eval mode by a forward pre-hook (the
+    evaluator and the runner switch whole models back to train mode). Returns the hook's handle."""
+    name, _, sub = path.partition(".")
+    try:
+        part = models[name].get_submodule(sub) if sub else models[name]
+    except AttributeError:
+        children = [n for n, _ in models[name].named_children()]
+        raise UserError(f"{where}: model '{name}' has no part '{sub}' (its parts: {choices(children)}).") from None
+    part.requires_grad_(False).eval()
+    return part.register_forward_pre_hook(lambda module, args: module.eval() if module.training else None)
 
 
 def _trainable(module: nn.Module) -> bool:

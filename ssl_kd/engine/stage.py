@@ -98,6 +98,7 @@ class _Prepared:
 
     models: dict[str, nn.Module] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
+    frozen: list[Any] = field(default_factory=list)  # hook handles keeping `freeze:` parts in eval mode
 
 
 class Stage:
@@ -247,4 +248,4 @@ class Stage:
             named += [(f"{mname}.{n}", p) for n, p in self.runner.models[mname].named_parameters()]
         for mname, mod in self.modules.items():
             named += [(f"{mname}.{n}", p) for n, p in mod.named_parameters()]
-        return named
+        return [(n, p) for n, p in named if p.requires_grad]  # frozen parts (`freeze:`, a frozen module) stay out

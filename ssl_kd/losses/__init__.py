@@ -9,6 +9,7 @@ from ssl_kd.losses.contrastive import (
 )
 from ssl_kd.losses.cskd import align_dense, ckf_target, patch_distill_loss
 from ssl_kd.losses.dkd import dkd_loss, dkd_parts
+from ssl_kd.losses.hsakd import hierarchical_kd, joint_ce, mutual_kd
 from ssl_kd.losses.ka import knowledge_adjust
 from ssl_kd.losses.kd import kd_loss
 from ssl_kd.losses.mixskd import interpolate_rows, mixskd_losses, mixup_ce
@@ -32,6 +33,9 @@ from ssl_kd.losses.temperature import (
 )
 
 __all__ = [
+    "hierarchical_kd",
+    "joint_ce",
+    "mutual_kd",
     "GlobalTemperature",
     "InstanceTemperature",
     "as_column",

@@ -5,6 +5,7 @@ from ssl_kd.stages import (  # noqa: F401
     ctc,
     evaluate,
     export,
+    hsakd,
     kd,
     linear_probe,
     mixskd,
