@@ -1,0 +1,233 @@
+"""HSAKD / HSSAKD: rotation self-supervision (interleaved copies, joint labels), multi-exit heads over joint labels
+(and the stride-1 head after the last stage), the losses against independent transcriptions, the three stages
+(frozen backbone parts, unrotated-only evaluation, N peers trained together with exact resume), and the generic
+`init.modules` (a stage's registered module started from an earlier stage's weight file)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+from conftest import run_cli, run_crashing
+
+from ssl_kd.data import (
+    DataConfig,
+    build_transform,
+    class_logits,
+    joint_labels,
+    load_dataset,
+    rotate4,
+    rotated,
+    unrotated,
+)
+from ssl_kd.engine import read_metrics
+from ssl_kd.losses import hierarchical_kd, joint_ce, kd_loss, mutual_kd
+from ssl_kd.models import create_model, create_model_from_spec
+
+ROT_NET = {"arch": "multi_exit", "kwargs": {"backbone": "resnet8", "exits": [1, 2, 3], "exit_label_factor": 4}}
+
+
+# ------------------------------------------------------------------------------------------------ rotation
+def test_rotation_copies_are_interleaved_per_sample_with_joint_labels():
+    x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
+    x4 = rotate4(x)
+    assert x4.shape == (8, 1, 3, 3)
+    for i in range(2):
+        for k in range(4):
+            expected = x[i, 0]
+            for _ in range(k):  # k quarter turns counter-clockwise: (r, c) <- (c, n - 1 - r)
+                expected = torch.stack([expected[:, 2 - r] for r in range(3)])
+            assert torch.equal(x4[4 * i + k, 0], expected)
+    assert torch.equal(unrotated(x4), x)
+    assert torch.equal(rotated(torch.arange(8)), torch.tensor([1, 2, 3, 5, 6, 7]))
+    assert joint_labels(torch.tensor([2, 0])).tolist() == [8, 9, 10, 11, 0, 1, 2, 3]
+    joint = torch.arange(2 * 12, dtype=torch.float32).reshape(2, 12)  # C = 3 classes x 4 rotations, class-major
+    assert class_logits(joint)[1].tolist() == [12 + 13 + 14 + 15, 16 + 17 + 18 + 19, 20 + 21 + 22 + 23]
+    with pytest.raises(ValueError, match="square"):
+        rotate4(torch.zeros(1, 3, 4, 6))
+
+
+# ------------------------------------------------------------------------------------------------ models
+@pytest.mark.parametrize("backbone", ["resnet8", "wrn_16_2"])
+def test_joint_label_heads_and_the_stride_one_head_after_the_last_stage(backbone):
+    torch.manual_seed(0)
+    m = create_model("multi_exit", 5, backbone=backbone, exits=[1, 2, 3], exit_label_factor=4).eval()
+    out = m(torch.randn(2, 3, 32, 32))
+    assert out.logits.shape == (2, 5)
+    for k in (1, 2, 3):
+        assert out.aux[f"exit{k}"].shape == (2, 20)
+        assert out.aux[f"exit{k}_map"].shape == out.aux["backbone_map"].shape  # 8x8 at the last stage's width
+    blocks = len(m.backbone.stages[-1])  # the extra head is one fresh stride-1 copy of the last stage
+    assert len(m.branches[-1].stages) == 1 and len(m.branches[-1].stages[0]) == blocks
+    with torch.no_grad():
+        pred = m.predict({"x": torch.randn(3, 3, 32, 32)})
+    assert set(pred) == {"backbone", "exit1", "exit2", "exit3"} and pred["exit2"].shape == (3, 5)
+    copy = create_model_from_spec(m.spec).eval()  # the spec rebuilds the same shape
+    copy.load_state_dict(m.state_dict())
+
+
+def test_joint_heads_are_scored_on_the_sum_of_their_rotation_logits():
+    m = create_model("multi_exit", 3, backbone="resnet8", exits=[2], exit_label_factor=4).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        joint = m(x).aux["exit2"]
+        pred = m.predict({"x": x})["exit2"]
+    assert torch.allclose(pred, torch.stack([joint[:, 4 * c : 4 * c + 4].sum(1) for c in range(3)], 1))
+
+
+# ------------------------------------------------------------------------------------------------ losses
+def kl_loop(s: torch.Tensor, t: torch.Tensor, T: float) -> float:
+    """T^2 * mean over rows of sum_c p_t log(p_t / p_s), written out."""
+    total = 0.0
+    for row_s, row_t in zip(s.tolist(), t.tolist()):
+        zs = sum(math.exp(v / T) for v in row_s)
+        zt = sum(math.exp(v / T) for v in row_t)
+        for a, b in zip(row_s, row_t):
+            p_s, p_t = math.exp(a / T) / zs, math.exp(b / T) / zt
+            total += p_t * math.log(p_t / p_s)
+    return T * T * total / len(s)
+
+
+def test_kl_hand_value():
+    s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])  # p_t = (3/4, 1/4), p_s = (1/2, 1/2)
+    expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    assert kd_loss(s, t, 1.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_hierarchical_kd_joint_ce_and_mutual_kd_against_loops():
+    torch.manual_seed(0)
+    rows, c = 8, 12
+    s_main, t_main = torch.randn(rows, 3), torch.randn(rows, 3)
+    s_aux, t_aux = [torch.randn(rows, c) for _ in range(3)], [torch.randn(rows, c) for _ in range(3)]
+    kd_aux, kd = hierarchical_kd(s_main, s_aux, t_main, t_aux, 3.0)
+    assert kd.item() == pytest.approx(kl_loop(s_main, t_main, 3.0), rel=1e-5)
+    assert kd_aux.item() == pytest.approx(sum(kl_loop(s, t, 3.0) for s, t in zip(s_aux, t_aux)), rel=1e-5)
+    y4 = torch.randint(0, c, (rows,))
+    ce = sum(-sum(math.log(math.exp(r[y]) / sum(math.exp(v) for v in r)) for r, y in zip(q.tolist(), y4.tolist()))
+             / rows for q in s_aux)  # fmt: skip
+    assert joint_ce(s_aux, y4).item() == pytest.approx(ce, rel=1e-5)
+    a, b, d = (torch.randn(rows, 3) for _ in range(3))
+    two = kl_loop(a, b, 3.0) + kl_loop(b, a, 3.0)  # the reference's two directions, each target detached
+    assert mutual_kd([a, b], 3.0).item() == pytest.approx(two, rel=1e-5)
+    three = sum((kl_loop(p, q, 3.0) + kl_loop(p, r, 3.0)) / 2 for p, q, r in [(a, b, d), (b, a, d), (d, a, b)])
+    assert mutual_kd([a, b, d], 3.0).item() == pytest.approx(three, rel=1e-5)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    mutual_kd([a, b], 1.0).backward()
+    ga = torch.autograd.grad(kd_loss(a, b.detach(), 1.0), a)[0]  # only a's own KL reaches a: targets are detached
+    assert torch.allclose(a.grad, ga)
+    with pytest.raises(ValueError, match="head l"):
+        hierarchical_kd(s_main, s_aux[:2], t_main, t_aux, 3.0)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def write(path, stages: dict, models: dict | None = None) -> str:
+    cfg = {
+        "experiment": {"name": "h", "seed": 0, "logger": {"progress": False, "log_every": 1}},
+        "data": {"dataset": "digits", "num_workers": 0},
+        "models": models or {"teacher": ROT_NET, "student": ROT_NET},
+        "stages": stages,
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
+
+
+def stage(kind: str, train: list[str], iters: int = 4, **extra) -> dict:
+    return {"type": kind, "train": train, "iters": iters, "batch_size": 16,
+            "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True},
+            "eval": {"every": iters, "unit": "steps"}, **extra}  # fmt: skip
+
+
+def weights(out, stage_name=None):
+    path = out / "checkpoints" / (f"{stage_name}/last.pt" if stage_name else "last.pt")
+    return torch.load(path, weights_only=True)["models"]
+
+
+def test_teacher_heads_on_a_frozen_backbone_then_hsakd_with_unrotated_evaluation(tmp_path):
+    stages = {
+        "teacher": stage("supervised", ["teacher"]),
+        "teacher_aux": stage("hsakd_teacher", ["teacher"], freeze=["teacher.backbone"]),
+        "student": {**stage("hsakd", ["student"], uses=["teacher"]),
+                    "init": {"mode": "stage", "stage": "teacher_aux", "which": "last", "models": ["teacher"]}},
+    }  # fmt: skip
+    out = tmp_path / "r"
+    assert run_cli(write(tmp_path / "a.yaml", stages), f"experiment.output_dir={out}") == 0
+    before, after = weights(out, "teacher")["teacher"], weights(out, "teacher_aux")["teacher"]
+    backbone = [k for k in before if k.startswith("backbone.")]
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # weights and BN statistics: frozen, eval mode
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("branches."))
+    final = weights(out)
+    assert all(torch.equal(after[k], v) for k, v in final["teacher"].items())  # the student stage reads it frozen
+    recs = [r for r in read_metrics(out) if r["stage"] == "student"]
+    train = [r for r in recs if r["kind"] == "train"]
+    assert {"train/ce", "train/kd", "train/kd_aux", "train/acc_aux"} <= set(train[0])
+    assert "train/ce_aux" not in train[0]  # the student gets no joint-label CE
+    # evaluation: the main logits of the clean (unrotated) test images
+    student = create_model(ROT_NET["arch"], 10, **ROT_NET["kwargs"])
+    student.load_state_dict(final["student"])
+    student.eval()
+    bundle = load_dataset(DataConfig.model_validate({"dataset": "digits"}))
+    tf = build_transform("test", bundle)
+    x = torch.stack([tf(bundle.test.image(i)) for i in range(len(bundle.test))])
+    with torch.no_grad():
+        top1 = (student(x).logits.argmax(1) == torch.as_tensor(bundle.test.targets)).float().mean().item()
+    evals = [r for r in recs if r["kind"] == "eval"]
+    assert evals[-1]["test/student/top1"] == pytest.approx(top1, abs=1e-6)
+
+
+def test_online_peers_all_train_report_each_and_the_ensemble_and_resume_exactly(tmp_path, monkeypatch):
+    net = {"arch": "multi_exit", "kwargs": {"backbone": "resnet8", "exits": [3], "exit_label_factor": 4}}
+    models = {"net1": net, "net2": net, "net3": net}
+    st = {"online": stage("hssakd_online", ["net1", "net2", "net3"], iters=6, checkpoint={"every": 3, "unit": "steps"})}
+    cfg = write(tmp_path / "o.yaml", st, models)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(cfg, f"experiment.output_dir={full}") == 0
+    ev = [r for r in read_metrics(full) if r["kind"] == "eval"][-1]
+    assert {"test/net1/top1", "test/net2/top1", "test/net3/top1", "test/ensemble/top1"} <= set(ev)
+    assert run_crashing(monkeypatch, 4, cfg, f"experiment.output_dir={cut}") == 130
+    assert run_cli(cut / "config.yaml", "--resume") == 0
+    a, b = weights(full), weights(cut)
+    init = {n: create_model(net["arch"], 10, **net["kwargs"]).state_dict() for n in models}
+    for n in models:
+        assert all(torch.equal(v, b[n][k]) for k, v in a[n].items()), n
+        assert any(not torch.equal(v, init[n][k]) for k, v in a[n].items() if k.endswith("weight")), n
+
+
+def test_bad_configs_name_the_yaml_path(tmp_path, capsys):
+    plain = {"teacher": {"arch": "resnet8"}, "student": ROT_NET}
+    cfg = write(tmp_path / "b.yaml", {"s": stage("hsakd", ["student"], uses=["teacher"])}, plain)
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r1'}") == 2
+    assert "stages.s.uses" in capsys.readouterr().err
+    cfg = write(tmp_path / "c.yaml", {"s": stage("hssakd_online", ["student"])})
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r2'}") == 2
+    assert "two or more peers" in capsys.readouterr().err
+    cfg = write(tmp_path / "d.yaml", {"s": stage("hsakd_teacher", ["teacher"], freeze=["teacher.trunk"])})
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r3'}") == 2
+    assert "stages.s.freeze" in capsys.readouterr().err
+    cfg = write(tmp_path / "e.yaml", {"s": stage("hsakd_teacher", ["teacher"], freeze=["student.backbone"])})
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r4'}") == 2
+    assert "freeze" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ init.modules
+def test_init_modules_start_a_registered_module_from_an_earlier_stage(tmp_path, capsys):
+    """CTKD's learned temperature is a registered module of the kd stage: stage 2 starts from stage 1's."""
+    models = {"teacher": {"arch": "cnn_small"}, "student": {"arch": "cnn_small"}}
+    kd = {"temperature_policy": "ctkd_global", "uses": ["teacher"], "ctkd": {"ramp_epochs": 0}}
+    stages = {
+        "one": stage("kd", ["student"], **kd),
+        "two": {**stage("kd", ["student"], iters=1, **kd), "ctkd": {"ramp_epochs": 0, "lambda_max": 0.0},  # no grad,
+                "optimizer": {"name": "sgd", "lr": 0.05, "weight_decay": 0.0},  # no decay: the module stays as loaded
+                "init": {"mode": "stage", "stage": "one", "which": "last", "models": [], "modules": ["temperature"]}},
+    }  # fmt: skip
+    out = tmp_path / "r"
+    assert run_cli(write(tmp_path / "m.yaml", stages, models), f"experiment.output_dir={out}") == 0
+    one = torch.load(out / "checkpoints" / "one" / "last.pt", weights_only=True)["modules"]["temperature"]
+    two = torch.load(out / "checkpoints" / "two" / "last.pt", weights_only=True)["modules"]["temperature"]
+    assert one and all(torch.equal(v, two[k]) for k, v in one.items())
+    stages["two"]["init"]["modules"] = ["projection"]
+    assert run_cli(write(tmp_path / "n.yaml", stages, models), f"experiment.output_dir={tmp_path / 'r2'}") == 2
+    err = capsys.readouterr().err
+    assert "stages.two.init.modules" in err and "temperature" in err
