@@ -22,6 +22,15 @@ DKD (alpha 1, beta 2 as mdistiller's small-ResNet pairs, CE 1, warm-up 1 epoch),
   stand-in measures the pipeline and KD on out-of-distribution images, not DM-KD's generated data.
 
     nice -n 10 python benchmarks/kd_short.py --dataset cifar100 --suites cskd,dmkd     # ~30 min on 2 CPU cores
+
+`--suites selfsup` (CIFAR-100) runs the issue-11 comparison after the same teacher: the student alone, KD and DKD
+beside HSAKD (the teacher's joint-label heads trained first on its frozen backbone, `--teacher-head-steps`; both
+networks multi-exit with the plain teacher's / student's weights as their backbones), SSKD (the teacher's projection
+head first), PAD (CE + L2, then PAD-L2), and the teacher-free online methods MCL (x2) and HSSAKD online (x2), whose
+first peer starts from the same student init (each reported alone and as the peers' ensemble). `--methods hsakd,mcl`
+runs a subset; `--teacher-file` reuses a trained teacher.
+
+    nice -n 10 python benchmarks/kd_short.py --dataset cifar100 --suites selfsup
 """
 
 from __future__ import annotations
@@ -71,8 +80,8 @@ def vit_stage(steps: int, **extra) -> dict:
     }  # fmt: skip
 
 
-def run(cfg: dict, folder: Path) -> tuple[float, float]:
-    """Run one config; return (final test top-1 of its last stage's model, wall seconds)."""
+def run(cfg: dict, folder: Path, pick: str | None = None) -> tuple[float, float]:
+    """Run one config; return (final test top-1 of its last stage's model, or of target `pick`, wall seconds)."""
     from ssl_kd.run import main
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,9 +91,15 @@ def run(cfg: dict, folder: Path) -> tuple[float, float]:
     if main([str(path), f"experiment.output_dir={folder / 'run'}"]) != 0:
         raise SystemExit(f"run failed: {path}")
     seconds = time.perf_counter() - t0
+    return read_result(folder, pick)[0], seconds
+
+
+def read_result(folder: Path, pick: str | None = None) -> tuple[float, float]:
+    """(final test top-1 of the last stage's model, or of evaluated target `pick`, 0 seconds) of a finished run."""
     results = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"]
     last = list(results.values())[-1]["last"]
-    return next(v for k, v in last.items() if k.endswith("/top1")), seconds
+    key = "top1" if pick is None else f"{pick}/top1"
+    return next(v for k, v in last.items() if k.endswith("/top1") and (pick is None or k == key)), 0.0
 
 
 def run_methods(args: argparse.Namespace, models: dict, methods: dict, out: Path, who: str) -> list[tuple]:
@@ -97,11 +112,11 @@ def run_methods(args: argparse.Namespace, models: dict, methods: dict, out: Path
     return rows
 
 
-def student_init(args: argparse.Namespace, out: Path, arch: str, name: str, **kwargs) -> Path:
+def student_init(args: argparse.Namespace, out: Path, arch: str, name: str, seed_offset: int = 0, **kwargs) -> Path:
     """One initialisation of a student, shared by every method that trains it."""
     from ssl_kd.models import create_model
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed + seed_offset)
     classes = 100 if args.dataset == "cifar100" else 10
     path = out / f"{name}_init.pt"
     torch.save({"models": {"student": create_model(arch, classes, **kwargs).state_dict()}}, path)
@@ -202,7 +217,105 @@ def suite_dmkd(args: argparse.Namespace, out: Path, teacher_file: Path) -> None:
     table(rows, "vs real")
 
 
-SUITES = {"kd": suite_kd, "cskd": suite_cskd, "dmkd": suite_dmkd}
+ROT = {"exits": [1, 2, 3], "exit_label_factor": 4}  # HSAKD's heads: after stages 1..3, over class x rotation labels
+
+
+def rotation_net(args: argparse.Namespace, out: Path, arch: str, plain_file: Path, name: str, seed: int) -> Path:
+    """A multi-exit network with joint-label heads whose backbone is `plain_file`'s weights (the plain network of
+    the other methods: the same teacher, the same student init); the heads are freshly initialised from `seed`."""
+    from ssl_kd.models import create_model
+
+    torch.manual_seed(seed)
+    classes = 100 if args.dataset == "cifar100" else 10
+    net = create_model("multi_exit", classes, backbone=arch, **ROT)
+    plain = torch.load(plain_file, weights_only=True)["models"]
+    net.backbone.load_state_dict(next(iter(plain.values())))
+    path = out / f"{name}_rot.pt"
+    torch.save({"models": {name: net.state_dict()}}, path)
+    return path
+
+
+def rot_model(arch: str, checkpoint: Path) -> dict:
+    return {"arch": "multi_exit", "kwargs": {"backbone": arch, **ROT}, "checkpoint": str(checkpoint)}
+
+
+def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> None:
+    """Issue 11: alone / KD / DKD beside HSAKD, SSKD, PAD (same teacher, same student init and data order) and the
+    teacher-free online methods MCL (x2) and HSSAKD (online, x2), whose first peer starts from the same init."""
+    init_file = student_init(args, out, args.student, "student")
+    other_init = student_init(args, out, args.student, "peer", seed_offset=1)
+    steps, head_steps = args.student_steps, args.teacher_head_steps
+    plain = {"student": {"arch": args.student, "checkpoint": str(init_file)},
+             "teacher": {"arch": args.teacher, "checkpoint": str(teacher_file)}}  # fmt: skip
+    warmup = max(1, round(steps * 64 / args.limit_train * 20 / 240))
+    rows = []
+
+    def add(name: str, models: dict, st: dict, pick: str | None = None) -> None:
+        if args.methods and not any(m.strip().lower() in name.lower() for m in args.methods.split(",")):
+            return
+        print(f"== {name}: {st['iters']} steps", flush=True)
+        top1, seconds = run({**base_config(args), "models": models, "stages": {"student": st}},
+                            out / f"selfsup_{len(rows)}", pick)  # fmt: skip
+        rows.append((name, top1, seconds))
+
+    def heads_run(name: str, models: dict, st: dict) -> Path:
+        """A one-stage run that trains a teacher's heads; returns its weight file."""
+        folder = out / f"heads_{name}"
+        print(f"== teacher heads for {name}: {st['iters']} steps", flush=True)
+        run({**base_config(args), "models": models, "stages": {"heads": st}}, folder)
+        return folder / "run" / "checkpoints" / "heads" / "last.pt"
+
+    kd = {"uses": ["teacher"], "loss": "kd", "temperature": 4.0, "loss_weights": {"ce": 0.1, "kd": 0.9}}
+    add("alone (CE)", {"student": plain["student"]}, stage("supervised", steps, train=["student"]))
+    add("KD", plain, stage("kd", steps, train=["student"], **kd))
+    add("DKD", plain, stage("kd", steps, train=["student"], uses=["teacher"], loss="dkd",
+                            loss_weights={"ce": 1.0, "kd": 1.0},
+                            dkd={"alpha": 1.0, "beta": 2.0, "warmup_epochs": warmup}))  # fmt: skip
+
+    if not args.methods or "hsakd" in args.methods.lower():  # the teacher's heads on its frozen backbone, then HSAKD
+        t_rot = rotation_net(args, out, args.teacher, teacher_file, "teacher", args.seed + 7)
+        s_rot = rotation_net(args, out, args.student, init_file, "student", args.seed + 8)
+        heads = heads_run(
+            "hsakd",
+            {"teacher": rot_model(args.teacher, t_rot)},
+            stage("hsakd_teacher", head_steps, train=["teacher"], freeze=["teacher.backbone"]),
+        )
+        add("HSAKD", {"student": rot_model(args.student, s_rot), "teacher": rot_model(args.teacher, heads)},
+            stage("hsakd", steps, train=["student"], uses=["teacher"], temperature=3.0))  # fmt: skip
+    if SSKD_STAGES is not None and (not args.methods or "sskd" in args.methods.lower()):
+        head_stage, student_stage = SSKD_STAGES(head_steps, steps)
+        heads = heads_run("sskd", {"teacher": plain["teacher"]}, stage("sskd_head", head_steps, **head_stage))
+        st = stage("sskd", steps, **student_stage)
+        st["init"] = {"mode": "checkpoint", "path": str(heads), "models": [], "modules": ["teacher_head"]}
+        add("SSKD", plain, st)
+    if PAD_STAGES is not None and (not args.methods or "pad" in args.methods.lower()):
+        for name, st in PAD_STAGES(steps).items():
+            add(name, plain, stage("pad", st.pop("iters"), **st))
+    if MCL_STAGE is not None and (not args.methods or "mcl" in args.methods.lower()):
+        peers = {"net1": {"arch": args.student, "checkpoint": str(init_file)},
+                 "net2": {"arch": args.student, "checkpoint": str(other_init)}}  # fmt: skip
+        add("MCL (x2), net1", peers, stage("mcl", steps, **MCL_STAGE))
+        rows.append(("MCL (x2), ensemble", *read_result(out / f"selfsup_{len(rows) - 1}", "ensemble")))
+    if not args.methods or "hssakd" in args.methods.lower():
+        p1 = rotation_net(args, out, args.student, init_file, "net1", args.seed + 9)
+        p2 = rotation_net(args, out, args.student, other_init, "net2", args.seed + 10)
+        peers = {"net1": rot_model(args.student, p1), "net2": rot_model(args.student, p2)}
+        add("HSSAKD online (x2), net1", peers, stage("hssakd_online", steps, train=["net1", "net2"], temperature=3.0))
+        rows.append(("HSSAKD online (x2), ensemble", *read_result(out / f"selfsup_{len(rows) - 1}", "ensemble")))
+
+    print(
+        f"\nstudent {args.student} (teacher {args.teacher}): {steps} steps each (batch 64 images; the rotation "
+        f"methods forward 4 rotated copies of each), same init and data order; teacher heads {head_steps} steps\n"
+    )
+    table(rows, "vs alone")
+
+
+# The SSKD / PAD / MCL stage blocks (set below once those stages exist): functions of the step budgets.
+SSKD_STAGES = None
+PAD_STAGES = None
+MCL_STAGE = None
+
+SUITES = {"kd": suite_kd, "cskd": suite_cskd, "dmkd": suite_dmkd, "selfsup": suite_selfsup}
 
 
 def main() -> int:
@@ -225,6 +338,9 @@ def main() -> int:
     ap.add_argument("--vit-heads", type=int, default=3)
     ap.add_argument("--dmkd-steps", type=int, default=1200)
     ap.add_argument("--standin-images", type=int, default=10000, help="CIFAR-10 images in the DM-KD stand-in")
+    ap.add_argument("--teacher-head-steps", type=int, default=400, help="selfsup: HSAKD's / SSKD's teacher heads")
+    ap.add_argument("--methods", default="", help="selfsup: only these (comma-separated substrings of the names)")
+    ap.add_argument("--teacher-file", default=None, help="reuse a trained teacher (a stage weight file)")
     args = ap.parse_args()
     if not (Path(args.data_root) / f"{args.dataset}.npz").exists():
         print(f"needs {args.data_root}/{args.dataset}.npz (set --data-root or SSL_KD_DATA)", file=sys.stderr)
@@ -240,9 +356,15 @@ def main() -> int:
     # 1) the teacher
     teacher_cfg = {**base_config(args), "models": {"teacher": {"arch": args.teacher}},
                    "stages": {"teacher": stage("supervised", args.teacher_steps, train=["teacher"])}}  # fmt: skip
-    print(f"== teacher {args.teacher}: {args.teacher_steps} steps", flush=True)
-    teacher_top1, teacher_s = run(teacher_cfg, out / "teacher")
-    teacher_file = out / "teacher" / "run" / "checkpoints" / "teacher" / "last.pt"
+    if args.teacher_file:
+        teacher_file = Path(args.teacher_file)
+        teacher_s = 0.0
+        teacher_top1 = torch.load(teacher_file.parents[1] / "last.pt", weights_only=True)["results"]["teacher"]
+        teacher_top1 = teacher_top1["last"]["teacher/top1"]
+    else:
+        print(f"== teacher {args.teacher}: {args.teacher_steps} steps", flush=True)
+        teacher_top1, teacher_s = run(teacher_cfg, out / "teacher")
+        teacher_file = out / "teacher" / "run" / "checkpoints" / "teacher" / "last.pt"
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     test = f"{args.limit_test} test images (class-balanced)" if args.limit_test else "full test split"
