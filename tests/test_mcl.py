@@ -117,6 +117,20 @@ def test_m_per_class_batches_hold_whole_classes_and_are_deterministic():
     assert MPerClassSampler(labels, m=2, batch_size=8, seed=4).batch(0) != s.batch(0)
 
 
+def test_m_per_class_draws_are_uniform_subsets_without_replacement():
+    """A class of 4 images, m = 3: each of the 4 subsets equally likely (the vectorised draw is uniform)."""
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    s = MPerClassSampler(labels, m=3, batch_size=3, seed=1)
+    subsets = Counter()
+    for t in range(4000):
+        pos = s.global_positions(t).tolist()
+        assert len(set(pos)) == 3
+        if labels[pos[0]] == 0:
+            subsets[tuple(sorted(pos))] += 1
+    assert len(subsets) == 4
+    assert all(abs(v / sum(subsets.values()) - 0.25) < 0.04 for v in subsets.values())
+
+
 def test_m_per_class_process_shares_are_disjoint_and_cover_the_global_batch():
     labels = np.repeat(np.arange(20), 6)
     single = MPerClassSampler(labels, m=2, batch_size=12, seed=5)

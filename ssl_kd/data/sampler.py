@@ -136,8 +136,9 @@ class MPerClassSampler:
     """Class-aware batch sampler with the StreamSampler interface (`batch`, `batch_arrays`, iteration).
 
     Global batch t (G = batch_size * world_size items) is drawn by a generator seeded with (seed, t): a random
-    permutation of the classes present, its first G / m taken, and for each m positions of that class without
-    replacement (with replacement when the class has fewer than m images), laid out class by class. This is
+    permutation of the classes present, its first G / m taken, and for each m positions of that class uniformly
+    without replacement (with replacement when the class has fewer than m images; all classes drawn at once, no
+    per-class loop), laid out class by class. This is
     pytorch-metric-learning's MPerClassSampler as MCL uses it (labels shuffled per batch, `safe_random_choice`),
     except that each batch is a pure function of (seed, t) rather than one global NumPy stream, so a resumed or
     multi-process run draws the same batches. Rank r takes the global batch's items [r*b, (r+1)*b); since b is a
@@ -158,9 +159,8 @@ class MPerClassSampler:
         self.m, self.batch_size, self.seed = int(m), int(batch_size), int(seed)
         self.rank, self.world_size, self.start_batch = int(rank), int(world_size), int(start_batch)
         self.global_batch = self.batch_size * self.world_size
-        order = np.argsort(labels, kind="stable")
-        self.classes, starts = np.unique(labels[order], return_index=True)
-        self.members = np.split(order, starts[1:])  # positions of each class, ascending
+        self.order = np.argsort(labels, kind="stable")  # positions grouped by class, ascending within a class
+        self.classes, self.starts, self.counts = np.unique(labels[self.order], return_index=True, return_counts=True)
         self.classes_per_batch = self.global_batch // self.m
         if self.classes_per_batch > len(self.classes):
             raise ValueError(
@@ -172,11 +172,15 @@ class MPerClassSampler:
         """The t-th global batch's dataset positions (class groups of m, in draw order)."""
         rng = np.random.default_rng([self.seed & ((1 << 64) - 1), int(t)])
         chosen = rng.permutation(len(self.classes))[: self.classes_per_batch]
-        out = np.empty(self.global_batch, np.int64)
-        for j, c in enumerate(chosen):
-            members = self.members[c]
-            out[j * self.m : (j + 1) * self.m] = rng.choice(members, size=self.m, replace=len(members) < self.m)
-        return out
+        counts, u = self.counts[chosen], rng.random((len(chosen), self.m))
+        enough = counts >= self.m  # else drawn with replacement, as the reference's safe_random_choice
+        picks = np.empty((len(chosen), self.m), np.int64)
+        for k in range(self.m):  # all classes at once: the k-th draw among the members not yet drawn
+            j = np.floor(u[:, k] * np.where(enough, counts - k, counts)).astype(np.int64)
+            for prev in np.sort(picks[:, :k], axis=1).T:  # skip past earlier picks (ascending): j-th unused member
+                j += enough & (prev <= j)
+            picks[:, k] = j
+        return self.order[self.starts[chosen][:, None] + picks].reshape(-1)
 
     def batch(self, t: int) -> list[tuple[int, int]]:
         pos, seeds = self.batch_arrays(t)
