@@ -148,6 +148,24 @@ def test_m_per_class_process_shares_are_disjoint_and_cover_the_global_batch():
         MPerClassSampler(labels, m=2, batch_size=42, seed=0)
 
 
+def test_stream_labels_of_host_and_device_datasets():
+    """The sampler reads each stream position's label from either pipeline's dataset (subset indices applied)."""
+    from ssl_kd.data import DeviceImages, DeviceViewDataset, ImageSet, ViewDataset, stream_labels
+
+    images = ImageSet(np.zeros((6, 4, 4, 3), np.uint8), np.array([3, 1, 4, 1, 5, 9]))
+    idx = np.array([5, 0, 2])
+    assert stream_labels(ViewDataset(images, {}, idx)).tolist() == [9, 3, 4]
+    assert stream_labels(DeviceViewDataset(DeviceImages(images, torch.device("cpu")), {}, idx)).tolist() == [9, 3, 4]
+    assert stream_labels(DeviceViewDataset(DeviceImages(images, torch.device("cpu")), {})).tolist() == [
+        3,
+        1,
+        4,
+        1,
+        5,
+        9,
+    ]
+
+
 # ------------------------------------------------------------------------------------------------ stage
 def write_mcl(path, peers=("net1", "net2"), **stage):
     cfg = {
