@@ -254,6 +254,7 @@ def test_mcl_resumes_bit_exact(tmp_path, monkeypatch):
         ({"batch_size": 15}, "not a multiple of sampler.m"),
         ({"sampler": {"streams": ["unlabeled"]}}, "stages.mcl.sampler.streams"),
         ({"batch_size": 24}, "stages.mcl.sampler"),  # 12 classes wanted, digits has 10
+        ({"batch_size": 12, "grad_accum": 2, "sampler": {"m": 4}}, "not a multiple of stages.mcl.sampler.m = 4"),
         ({"loss_weights": {"kd": 1.0}}, "stages.mcl.loss_weights"),
     ],
 )
