@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ssl_kd.config.loader import deep_merge
+from ssl_kd.data.sampler import SamplerConfig
 from ssl_kd.optim.config import OptimizerConfig, SchedulerConfig
 from ssl_kd.optim.groups import loss_groups
 from ssl_kd.options import Strict
@@ -141,6 +142,8 @@ class StageConfig(Strict):
     snapshot: list[SnapshotConfig] = Field(default_factory=list)
     # this stage's own dataset: the top-level `data:` schema, merged key by key over it (null: the top-level data)
     data: Any = None
+    # how the labelled stream draws batches: `{kind: m_per_class, m: 2}` = MCL's class-aware batches (data/sampler.py)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 
     @field_validator("snapshot", mode="before")
     @classmethod
@@ -186,6 +189,15 @@ class StageConfig(Strict):
         for path in self.freeze:
             if path.split(".")[0] not in self.train:
                 raise ValueError(f"freeze: '{path}' is not a part of a model this stage trains {self.train}")
+        return self
+
+    @model_validator(mode="after")
+    def _whole_classes(self) -> StageConfig:
+        if self.sampler.kind == "m_per_class" and self.batch_size % self.sampler.m:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of sampler.m = {self.sampler.m}: a class-aware "
+                f"batch holds m images of each class it draws; set batch_size to a multiple of {self.sampler.m}"
+            )
         return self
 
     @model_validator(mode="after")

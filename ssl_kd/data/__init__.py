@@ -53,7 +53,7 @@ from ssl_kd.data.mixing import (
     sample_paste_box,
 )
 from ssl_kd.data.rotation import ROTATIONS, class_logits, joint_labels, rotate4, rotated, rotation_index, unrotated
-from ssl_kd.data.sampler import StreamSampler, mix_seed
+from ssl_kd.data.sampler import MPerClassSampler, SamplerConfig, StreamSampler, mix_seed, stream_labels
 from ssl_kd.data.split import load_split, save_split, ssl_split
 
 __all__ = [
@@ -83,7 +83,10 @@ __all__ = [
     "FolderImageSet",
     "ImageSet",
     "SSLSplitConfig",
+    "MPerClassSampler",
+    "SamplerConfig",
     "StreamSampler",
+    "stream_labels",
     "StrongAugConfig",
     "StrongTransform",
     "SubsetImageSet",

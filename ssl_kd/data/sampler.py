@@ -1,10 +1,16 @@
-"""An infinite, seeded, resumable batch sampler whose global stream does not depend on the process count."""
+"""Infinite, seeded, resumable batch samplers whose global stream does not depend on the process count: the plain
+stream of permutations (`StreamSampler`) and the class-aware one (`MPerClassSampler`, MCL's batches), chosen per
+stage by its `sampler:` block (`SamplerConfig`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
+
+from ssl_kd.options import Strict
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -111,3 +117,104 @@ class StreamSampler:
             f"StreamSampler(n={self.n}, batch_size={self.batch_size}, seed={self.seed}, rank={self.rank}, "
             f"world_size={self.world_size}, drop_last={self.drop_last}, start_batch={self.start_batch})"
         )
+
+
+class SamplerConfig(Strict):
+    """A stage's `sampler:` block: how its labelled streams draw batches.
+
+    `random` (default): the stream of seeded permutations. `m_per_class`: every global batch holds batch / m
+    distinct classes with exactly m images each (MCL's MPerClassSampler, m = 2, so the supervised contrastive
+    losses always find positives). Applied to the streams named in `streams` (default the labelled `train`
+    stream; an unlabelled stream must not be sampled by its hidden labels)."""
+
+    kind: Literal["random", "m_per_class"] = "random"
+    m: int = Field(2, ge=1)  # images per class in a batch (m_per_class)
+    streams: list[str] = Field(default_factory=lambda: ["train"])
+
+
+class MPerClassSampler:
+    """Class-aware batch sampler with the StreamSampler interface (`batch`, `batch_arrays`, iteration).
+
+    Global batch t (G = batch_size * world_size items) is drawn by a generator seeded with (seed, t): a random
+    permutation of the classes present, its first G / m taken, and for each m positions of that class uniformly
+    without replacement (with replacement when the class has fewer than m images; all classes drawn at once, no
+    per-class loop), laid out class by class. This is
+    pytorch-metric-learning's MPerClassSampler as MCL uses it (labels shuffled per batch, `safe_random_choice`),
+    except that each batch is a pure function of (seed, t) rather than one global NumPy stream, so a resumed or
+    multi-process run draws the same batches. Rank r takes the global batch's items [r*b, (r+1)*b); since b is a
+    multiple of m, each rank holds whole classes: m images of each class it draws. Sample seeds are
+    mix_seed(seed, global position) as in StreamSampler. Epochs are len(data) // batch steps as in the reference
+    (`length_before_new_iter` = the train set size); images are drawn per batch, not as a pass over the set.
+    """
+
+    def __init__(
+        self, labels: np.ndarray, m: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+        start_batch: int = 0,
+    ):  # fmt: skip
+        labels = np.asarray(labels, dtype=np.int64)
+        if m < 1 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or start_batch < 0:
+            raise ValueError(f"bad sampler layout: m={m} batch_size={batch_size} rank={rank}/{world_size}")
+        if batch_size % m:
+            raise ValueError(f"the per-process batch {batch_size} is not a multiple of m = {m}")
+        self.m, self.batch_size, self.seed = int(m), int(batch_size), int(seed)
+        self.rank, self.world_size, self.start_batch = int(rank), int(world_size), int(start_batch)
+        self.global_batch = self.batch_size * self.world_size
+        self.order = np.argsort(labels, kind="stable")  # positions grouped by class, ascending within a class
+        self.classes, self.starts, self.counts = np.unique(labels[self.order], return_index=True, return_counts=True)
+        self.classes_per_batch = self.global_batch // self.m
+        if self.classes_per_batch > len(self.classes):
+            raise ValueError(
+                f"a global batch of {self.global_batch} needs {self.classes_per_batch} distinct classes with "
+                f"m = {self.m} each, but the data has only {len(self.classes)}"
+            )
+
+    def global_positions(self, t: int) -> np.ndarray:
+        """The t-th global batch's dataset positions (class groups of m, in draw order)."""
+        rng = np.random.default_rng([self.seed & ((1 << 64) - 1), int(t)])
+        chosen = rng.permutation(len(self.classes))[: self.classes_per_batch]
+        counts, u = self.counts[chosen], rng.random((len(chosen), self.m))
+        enough = counts >= self.m  # else drawn with replacement, as the reference's safe_random_choice
+        picks = np.empty((len(chosen), self.m), np.int64)
+        for k in range(self.m):  # all classes at once: the k-th draw among the members not yet drawn
+            j = np.floor(u[:, k] * np.where(enough, counts - k, counts)).astype(np.int64)
+            for prev in np.sort(picks[:, :k], axis=1).T:  # skip past earlier picks (ascending): j-th unused member
+                j += enough & (prev <= j)
+            picks[:, k] = j
+        return self.order[self.starts[chosen][:, None] + picks].reshape(-1)
+
+    def batch(self, t: int) -> list[tuple[int, int]]:
+        pos, seeds = self.batch_arrays(t)
+        return list(zip(pos.tolist(), seeds.tolist()))
+
+    def batch_arrays(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's t-th batch as (positions, sample seeds)."""
+        lo = self.rank * self.batch_size
+        q = np.arange(t * self.global_batch + lo, t * self.global_batch + lo + self.batch_size, dtype=np.int64)
+        return self.global_positions(t)[lo : lo + self.batch_size], _mix_seed_many(self.seed, q)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        t = self.start_batch
+        while True:
+            yield self.batch(t)
+            t += 1
+
+    def __repr__(self) -> str:
+        return (
+            f"MPerClassSampler(m={self.m}, classes={len(self.classes)}, batch_size={self.batch_size}, "
+            f"seed={self.seed}, rank={self.rank}, world_size={self.world_size}, start_batch={self.start_batch})"
+        )
+
+
+def stream_labels(dataset) -> np.ndarray:
+    """The label of each position of a stream dataset (ViewDataset: `targets`; DeviceViewDataset: its images'
+    targets at its indices), for class-aware sampling."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return np.asarray(targets, dtype=np.int64)
+    images = getattr(dataset, "images", None)
+    targets = getattr(images, "targets", None)
+    if targets is None:
+        raise ValueError(f"{type(dataset).__name__} has no labels to sample by class")
+    targets = targets.cpu().numpy() if hasattr(targets, "cpu") else np.asarray(targets)
+    indices = getattr(dataset, "indices", None)
+    return np.asarray(targets if indices is None else targets[indices], dtype=np.int64)

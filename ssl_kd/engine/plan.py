@@ -67,6 +67,9 @@ def stage_details(scfg: StageConfig, trains: bool) -> list[str]:
     opts = stage_options(scfg)
     if opts:
         lines += _wrap("options", opts)
+    if scfg.sampler.kind != "random":
+        sc = scfg.sampler
+        lines += _wrap("sampler", f"{sc.kind}: {sc.m} images of each class drawn, streams {sc.streams}")
     if trains:
         per_epoch = scfg.scheduler.interval == "epoch" or (scfg.scheduler.interval == "auto" and scfg.unit == "epochs")
         lines += _wrap("optimizer", scfg.optimizer.describe() + (f", clip grad norm {scfg.clip_grad_norm:g}"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ssl_kd.data import StreamSampler, mix_seed
+from ssl_kd.data import MPerClassSampler, StreamSampler, mix_seed, stream_labels
 from ssl_kd.engine.stage import Stage
 from ssl_kd.errors import UserError
 
@@ -55,11 +55,17 @@ def make_iterators(
     pin_memory: bool,
 ) -> dict[str, Iterator]:  # fmt: skip
     iters = {}
+    _check_sampler_streams(stage)
     for i, (sname, stream) in enumerate(stage.streams.items()):
-        sampler = StreamSampler(
-            len(stream.dataset), micro_batch(stage, sname, world_size), seed=seed * 1000 + 17 * stage_index + i,
-            rank=rank, world_size=world_size, drop_last=True, start_batch=start_step * stage.cfg.grad_accum,
-        )  # fmt: skip
+        micro, stream_seed = micro_batch(stage, sname, world_size), seed * 1000 + 17 * stage_index + i
+        start = start_step * stage.cfg.grad_accum
+        if stage.cfg.sampler.kind == "m_per_class" and sname in stage.cfg.sampler.streams:
+            sampler = _class_sampler(stage, sname, micro, stream_seed, rank, world_size, start)
+        else:
+            sampler = StreamSampler(
+                len(stream.dataset), micro, seed=stream_seed, rank=rank, world_size=world_size, drop_last=True,
+                start_batch=start,
+            )  # fmt: skip
         if getattr(stream.dataset, "batched", False):  # makes whole batches itself (e.g. on the device)
             iters[sname] = _batched(stream.dataset, sampler)
             continue
@@ -72,7 +78,37 @@ def make_iterators(
     return iters
 
 
-def _batched(dataset, sampler: StreamSampler) -> Iterator[dict]:
+def _check_sampler_streams(stage: Stage) -> None:
+    sc = stage.cfg.sampler
+    missing = sorted(set(sc.streams) - set(stage.streams)) if sc.kind != "random" else []
+    if missing:
+        raise UserError(
+            f"stages.{stage.name}.sampler.streams: {missing} are not streams of this '{stage.type_name}' stage "
+            f"(it has {sorted(stage.streams)})."
+        )
+
+
+def _class_sampler(
+    stage: Stage, sname: str, micro: int, seed: int, rank: int, world_size: int, start: int
+) -> MPerClassSampler:  # fmt: skip
+    """`sampler: {kind: m_per_class}`: each process's micro-batch must hold whole classes of m images."""
+    m, where = stage.cfg.sampler.m, f"stages.{stage.name}"
+    if micro % m:
+        raise UserError(
+            f"{where}.batch_size: stream '{sname}' gives each process a batch of {micro} ({world_size} process(es) "
+            f"x {stage.cfg.grad_accum} accumulation step(s)), which is not a multiple of {where}.sampler.m = {m}; "
+            f"pick a batch size divisible by m x processes x accumulation steps."
+        )
+    try:
+        return MPerClassSampler(
+            stream_labels(stage.streams[sname].dataset), m, micro, seed, rank=rank, world_size=world_size,
+            start_batch=start,
+        )  # fmt: skip
+    except ValueError as e:
+        raise UserError(f"{where}.sampler: {e}; lower {where}.batch_size or {where}.sampler.m.") from None
+
+
+def _batched(dataset, sampler: StreamSampler | MPerClassSampler) -> Iterator[dict]:
     for t in itertools.count(sampler.start_batch):
         yield dataset.batch(*sampler.batch_arrays(t))
 

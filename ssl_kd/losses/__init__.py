@@ -12,7 +12,9 @@ from ssl_kd.losses.dkd import dkd_loss, dkd_parts
 from ssl_kd.losses.hsakd import hierarchical_kd, joint_ce, mutual_kd
 from ssl_kd.losses.ka import knowledge_adjust
 from ssl_kd.losses.kd import kd_loss
+from ssl_kd.losses.mcl import ensemble_kd_loss, kl_t, mcl_losses, similarity_logits, sup_contrastive_loss
 from ssl_kd.losses.mixskd import interpolate_rows, mixskd_losses, mixup_ce
+from ssl_kd.losses.pad import PAD_EPS, feature_l2_loss, pad_l2_loss
 from ssl_kd.losses.ssl import (
     adaptive_topk,
     anl_loss,
@@ -61,6 +63,14 @@ __all__ = [
     "instance_discrimination_loss",
     "interpolate_rows",
     "kd_loss",
+    "PAD_EPS",
+    "ensemble_kd_loss",
+    "feature_l2_loss",
+    "kl_t",
+    "mcl_losses",
+    "pad_l2_loss",
+    "similarity_logits",
+    "sup_contrastive_loss",
     "mixskd_losses",
     "mixup_ce",
     "nce_normaliser",

@@ -1,7 +1,8 @@
 """Heads that methods attach to a model's features (the contract's `feat` / `feats`), never inside the model: a
 normalised linear embedding (CTC/CRD's projections), a two-layer MLP head (SSKD's projection, MCL's embedding),
-connectors that map a student feature to a teacher's width (feature losses), and a linear probe over a frozen
-feature extractor. A stage registers them (`Stage.register_module`), so they train and checkpoint with it."""
+connectors that map a student feature to a teacher's width (feature losses), PAD's variance branch, and a linear
+probe over a frozen feature extractor. A stage registers them (`Stage.register_module`), so they train and
+checkpoint with it."""
 
 from __future__ import annotations
 
@@ -51,6 +52,20 @@ class MLPHead(nn.Module):
     def forward(self, feat: Tensor) -> Tensor:
         out = self.net(feat.flatten(1))
         return F.normalize(out, dim=1) if self.normalize else out
+
+
+class VarianceHead(nn.Module):
+    """PAD's variance branch (torchdistill `VarianceBranch4PAD`): Linear(d, d) -> BatchNorm1d(d) on a pooled
+    feature, read as the per-dimension log-variance s = log sigma^2 of the feature it is compared with."""
+
+    def __init__(self, dim: int, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(nn.Linear(dim, dim), nn.BatchNorm1d(dim))
+
+    def forward(self, feat: Tensor) -> Tensor:
+        return self.net(feat.flatten(1))
 
 
 ConnectorKind = Literal["identity", "linear", "conv_bn"]

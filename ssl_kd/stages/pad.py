@@ -1,0 +1,99 @@
+"""PAD: Prime-Aware Adaptive Distillation (Zhang et al., ECCV 2020), in torchdistill's two-phase chain
+(configs/official/ilsvrc2012/yoshitomo-matsubara/rrpr2020/{ce_l2,pad_l2}-resnet18_from_resnet34.yaml).
+
+    f_t = teacher(x).feat                      pooled feature, frozen teacher (eval mode, no grad)
+    z_s, f = student(x);  f_s = C(f)           C: connector to the teacher's width (identity when they match)
+    phase 1, uncertainty: false                L = CE(z_s, y) + 15 mean (f_t - f_s)^2            (`ce_l2`)
+    phase 2, uncertainty: true                 s = V(f_s), V = Linear(d, d) + BatchNorm1d (registered)
+                                               L = CE(z_s, y) + 1 mean[(f_t - f_s)^2 / (eps + e^s) + s]   (`pad_l2`)
+
+Phase 2 starts from phase 1's student (and connector: `init.modules: [connector]`) with a fresh variance branch, at
+a low LR (torchdistill: 30 epochs, SGD lr 0.002, wd 1e-4). The variance branch reads the compared student feature
+(after the connector; torchdistill's pairs need none, so there it is the student's avgpool output), and the PAD
+term's gradient reaches the student through both f_s and s, as in torchdistill. The weights (ce 1 and l2 15 in
+phase 1, ce 1 and pad 1 in phase 2) and the `mean` reduction are the official configs'; eps = 1e-6 is theirs too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from ssl_kd.config.schema import StageConfig
+from ssl_kd.engine import Stage, register_stage
+from ssl_kd.errors import UserError
+from ssl_kd.losses import PAD_EPS, accuracy, feature_l2_loss, pad_l2_loss
+from ssl_kd.models.feature_heads import Connector, VarianceHead
+from ssl_kd.stages._common import Augment, check_same_classes, labelled_views
+
+
+class PADConfig(StageConfig):
+    # phase 1 (`uncertainty: false`) uses ce + l2, phase 2 ce + pad: the defaults follow `uncertainty` (see below)
+    loss_weights: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0, "l2": 15.0, "pad": 1.0})
+    uncertainty: bool = False  # false: CE + plain L2 (phase 1); true: CE + PAD-L2 with the variance branch
+    eps: float = Field(PAD_EPS, gt=0)
+    reduction: Literal["mean", "sum"] = "mean"  # over the batch, of the PAD term's per-sample means
+    connector: Literal["auto", "identity", "linear"] = "auto"  # auto: identity for equal widths, else linear
+    augment: Augment = "weak"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _phase_weights(cls, data: Any) -> Any:
+        """The unused term of the phase gets weight 0 unless the YAML weights it (torchdistill's pad_l2 config
+        has no plain L2 term; its ce_l2 config no PAD term)."""
+        if isinstance(data, dict):
+            off = "l2" if data.get("uncertainty") else "pad"
+            given = data.get("loss_weights")
+            data = {**data, "loss_weights": {off: 0.0, **(given if isinstance(given, dict) else {})}}
+        return data
+
+    @model_validator(mode="after")
+    def _pad_needs_the_branch(self) -> PADConfig:
+        if not self.uncertainty:
+            if self.loss_weights["pad"]:
+                raise ValueError("loss_weights.pad: the PAD term needs the variance branch; set uncertainty: true")
+            del self.loss_weights["pad"]  # nothing to compute or log without the branch
+        return self
+
+
+@register_stage("pad")
+class PAD(Stage):
+    Config = PADConfig
+    cfg: PADConfig
+
+    def setup(self) -> None:
+        c = self.cfg
+        self.student, teacher = self.single("train"), self.single("uses")
+        check_same_classes(self, self.student, teacher)
+        self.add_stream("train", labelled_views(self, c.augment, "all"))
+        self.teacher = self.frozen_teacher(teacher)
+        d_s, d_t = (getattr(self.runner.models[n], "feat_dim", None) for n in (self.student, teacher))
+        if d_s is None or d_t is None:
+            raise UserError(f"stages.{self.name}: the student and teacher must declare `feat_dim` (pooled width).")
+        kind = ("identity" if d_s == d_t else "linear") if c.connector == "auto" else c.connector
+        if kind == "identity" and d_s != d_t:
+            raise UserError(
+                f"stages.{self.name}.connector: 'identity' needs equal feature widths, got student {d_s} and "
+                f"teacher {d_t}; use auto or linear."
+            )
+        self.register_module("connector", Connector(kind, d_s, d_t, seed=self.seed("connector")))
+        if c.uncertainty:
+            self.register_module("variance", VarianceHead(d_t, seed=self.seed("variance")))
+
+    def train_step(self, batch):
+        c = self.cfg
+        part = batch["train"]
+        x, y = part["x"], part["y"]
+        out = self.forward(self.student, part)
+        f_t = self.teacher.output(x).feat.flatten(1)  # eval mode, no_grad
+        f_s = self.module("connector")(out.feat.flatten(1))
+        losses = {"ce": F.cross_entropy(out.logits, y)}
+        losses["l2"] = feature_l2_loss(f_s, f_t)  # phase 2: weight 0, logged (how far the features still are)
+        diagnostics = {"acc": accuracy(out.logits, y)}
+        if c.uncertainty:
+            log_var = self.module("variance")(f_s)
+            losses["pad"] = pad_l2_loss(f_s, f_t, log_var, c.eps, c.reduction)
+            diagnostics["log_var"] = log_var.detach().mean()
+        return losses, diagnostics
