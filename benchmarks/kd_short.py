@@ -250,11 +250,12 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
     warmup = max(1, round(steps * 64 / args.limit_train * 20 / 240))
     rows = []
 
-    def add(name: str, models: dict, st: dict, pick: str | None = None) -> None:
+    def add(name: str, models: dict, st: dict, pick: str | None = None, stages: dict | None = None) -> None:
+        """One run (one stage, or `stages`), its row; the student's stage is the first, so data orders match."""
         if args.methods and not any(m.strip().lower() in name.lower() for m in args.methods.split(",")):
             return
         print(f"== {name}: {st['iters']} steps", flush=True)
-        top1, seconds = run({**base_config(args), "models": models, "stages": {"student": st}},
+        top1, seconds = run({**base_config(args), "models": models, "stages": {"student": st, **(stages or {})}},
                             out / f"selfsup_{len(rows)}", pick)  # fmt: skip
         rows.append((name, top1, seconds))
 
@@ -288,13 +289,26 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
         st = stage("sskd", steps, **student_stage)
         st["init"] = {"mode": "checkpoint", "path": str(heads), "models": [], "modules": ["teacher_head"]}
         add("SSKD", plain, st)
-    if PAD_STAGES is not None and (not args.methods or "pad" in args.methods.lower()):
-        for name, st in PAD_STAGES(steps).items():
-            add(name, plain, stage("pad", st.pop("iters"), **st))
-    if MCL_STAGE is not None and (not args.methods or "mcl" in args.methods.lower()):
+    if not args.methods or "pad" in args.methods.lower():  # the official chain: CE + L2, then PAD-L2 at a low LR
+        pad_steps = max(1, steps // 8)  # 30 of the 240 epochs
+        phase2 = {**stage("pad", pad_steps, train=["student"], uses=["teacher"], uncertainty=True),
+                  "optimizer": {"name": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 1e-4},
+                  "scheduler": {"name": "constant"},
+                  "init": {"mode": "stage", "stage": "student", "which": "last", "models": ["student"],
+                           "modules": ["connector"]}}  # fmt: skip
+        add(
+            f"CE+L2, then PAD-L2 (+{pad_steps} steps)",
+            plain,
+            stage("pad", steps, train=["student"], uses=["teacher"], uncertainty=False),
+            stages={"pad": phase2},
+        )
+        folder = out / f"selfsup_{len(rows) - 1}"
+        results = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"]
+        rows.insert(len(rows) - 1, ("CE+L2 (PAD's phase 1)", results["student"]["last"]["student/top1"], 0.0))
+    if not args.methods or "mcl" in args.methods.lower():  # MCL's own sampler (m = 2 per class) and weights
         peers = {"net1": {"arch": args.student, "checkpoint": str(init_file)},
                  "net2": {"arch": args.student, "checkpoint": str(other_init)}}  # fmt: skip
-        add("MCL (x2), net1", peers, stage("mcl", steps, **MCL_STAGE))
+        add("MCL (x2), net1", peers, stage("mcl", steps, train=["net1", "net2"]))
         rows.append(("MCL (x2), ensemble", *read_result(out / f"selfsup_{len(rows) - 1}", "ensemble")))
     if not args.methods or "hssakd" in args.methods.lower():
         p1 = rotation_net(args, out, args.student, init_file, "net1", args.seed + 9)
@@ -310,10 +324,8 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
     table(rows, "vs alone")
 
 
-# The SSKD / PAD / MCL stage blocks (set below once those stages exist): functions of the step budgets.
+# The SSKD stage blocks (set once that stage exists): a function of the step budgets.
 SSKD_STAGES = None
-PAD_STAGES = None
-MCL_STAGE = None
 
 SUITES = {"kd": suite_kd, "cskd": suite_cskd, "dmkd": suite_dmkd, "selfsup": suite_selfsup}
 
