@@ -364,6 +364,7 @@ def main() -> int:
             return 2
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     out = Path(args.out or tempfile.mkdtemp(prefix="kd_short_"))
+    out.mkdir(parents=True, exist_ok=True)
 
     # 1) the teacher
     teacher_cfg = {**base_config(args), "models": {"teacher": {"arch": args.teacher}},
