@@ -12,6 +12,16 @@ from ssl_kd.losses.dkd import dkd_loss, dkd_parts
 from ssl_kd.losses.ka import knowledge_adjust
 from ssl_kd.losses.kd import kd_loss
 from ssl_kd.losses.mixskd import interpolate_rows, mixskd_losses, mixup_ce
+from ssl_kd.losses.sskd import (
+    error_level_keep,
+    kept_kl,
+    similarity_matrix,
+    source_index,
+    sskd_head_loss,
+    sskd_similarity_loss,
+    sskd_transform_loss,
+    true_rank,
+)
 from ssl_kd.losses.ssl import (
     adaptive_topk,
     anl_loss,
@@ -62,4 +72,13 @@ __all__ = [
     "nce_normaliser",
     "soft_cross_entropy",
     "topk_rank",
+    # SSKD
+    "error_level_keep",
+    "kept_kl",
+    "similarity_matrix",
+    "source_index",
+    "sskd_head_loss",
+    "sskd_similarity_loss",
+    "sskd_transform_loss",
+    "true_rank",
 ]
