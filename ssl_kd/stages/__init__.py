@@ -10,5 +10,6 @@ from ssl_kd.stages import (  # noqa: F401
     mixskd,
     recursivemix,
     semi_supervised,
+    sskd,
     supervised,
 )
