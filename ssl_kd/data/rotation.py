@@ -23,6 +23,16 @@ def rotate4(x: Tensor) -> Tensor:
     return torch.stack([torch.rot90(x, k, (2, 3)) for k in range(ROTATIONS)], 1).flatten(0, 1)
 
 
+def rotate_copies(copies: list[Tensor] | tuple[Tensor, ...]) -> Tensor:
+    """Four (B, C, H, W) copies of one batch (e.g. independently cropped views) -> (4B, C, H, W) with copy k rotated
+    k * 90 degrees, in `rotate4`'s interleaved row order (SSKD's loader rotates four separately cropped copies)."""
+    if len(copies) != ROTATIONS:
+        raise ValueError(f"rotate_copies needs {ROTATIONS} copies, got {len(copies)}")
+    if copies[0].ndim != 4 or copies[0].shape[-1] != copies[0].shape[-2]:
+        raise ValueError(f"rotation self-supervision needs square images (B, C, H, H), got {tuple(copies[0].shape)}")
+    return torch.stack([torch.rot90(c, k, (2, 3)) for k, c in enumerate(copies)], 1).flatten(0, 1)
+
+
 def joint_labels(y: Tensor) -> Tensor:
     """(B,) class labels -> (4B,) joint labels 4 y + k, in `rotate4`'s row order."""
     return torch.stack([y * ROTATIONS + k for k in range(ROTATIONS)], 1).flatten()

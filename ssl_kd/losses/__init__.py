@@ -15,6 +15,16 @@ from ssl_kd.losses.kd import kd_loss
 from ssl_kd.losses.mcl import ensemble_kd_loss, kl_t, mcl_losses, similarity_logits, sup_contrastive_loss
 from ssl_kd.losses.mixskd import interpolate_rows, mixskd_losses, mixup_ce
 from ssl_kd.losses.pad import PAD_EPS, feature_l2_loss, pad_l2_loss
+from ssl_kd.losses.sskd import (
+    error_level_keep,
+    kept_kl,
+    similarity_matrix,
+    source_index,
+    sskd_head_loss,
+    sskd_similarity_loss,
+    sskd_transform_loss,
+    true_rank,
+)
 from ssl_kd.losses.ssl import (
     adaptive_topk,
     anl_loss,
@@ -76,4 +86,13 @@ __all__ = [
     "nce_normaliser",
     "soft_cross_entropy",
     "topk_rank",
+    # SSKD
+    "error_level_keep",
+    "kept_kl",
+    "similarity_matrix",
+    "source_index",
+    "sskd_head_loss",
+    "sskd_similarity_loss",
+    "sskd_transform_loss",
+    "true_rank",
 ]

@@ -13,5 +13,6 @@ from ssl_kd.stages import (  # noqa: F401
     pad,
     recursivemix,
     semi_supervised,
+    sskd,
     supervised,
 )
