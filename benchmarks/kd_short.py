@@ -47,6 +47,7 @@ import yaml
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's ssl_kd, not whichever one is installed
 
 
 def base_config(args: argparse.Namespace) -> dict:
@@ -283,10 +284,12 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
         )
         add("HSAKD", {"student": rot_model(args.student, s_rot), "teacher": rot_model(args.teacher, heads)},
             stage("hsakd", steps, train=["student"], uses=["teacher"], temperature=3.0))  # fmt: skip
-    if SSKD_STAGES is not None and (not args.methods or "sskd" in args.methods.lower()):
-        head_stage, student_stage = SSKD_STAGES(head_steps, steps)
-        heads = heads_run("sskd", {"teacher": plain["teacher"]}, stage("sskd_head", head_steps, **head_stage))
-        st = stage("sskd", steps, **student_stage)
+    if not args.methods or "sskd" in args.methods.lower():  # the teacher's projection head, then the student
+        head = {**stage("sskd_head", head_steps, uses=["teacher"]),  # the reference's x0.1 at 30 / 45 of 60 epochs
+                "scheduler": {"name": "multistep", "milestones": [head_steps // 2, 3 * head_steps // 4],
+                              "gamma": 0.1, "interval": "step"}}  # fmt: skip
+        heads = heads_run("sskd", {"teacher": plain["teacher"]}, head)
+        st = stage("sskd", steps, train=["student"], uses=["teacher"])  # 0.1 / 0.9 / 2.7 / 10, tau 4 / 4 / 0.5
         st["init"] = {"mode": "checkpoint", "path": str(heads), "models": [], "modules": ["teacher_head"]}
         add("SSKD", plain, st)
     if not args.methods or "pad" in args.methods.lower():  # the official chain: CE + L2, then PAD-L2 at a low LR
@@ -323,9 +326,6 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
     )
     table(rows, "vs alone")
 
-
-# The SSKD stage blocks (set once that stage exists): a function of the step budgets.
-SSKD_STAGES = None
 
 SUITES = {"kd": suite_kd, "cskd": suite_cskd, "dmkd": suite_dmkd, "selfsup": suite_selfsup}
 
