@@ -47,7 +47,27 @@ def _mix_seed_many(seed: int, values: np.ndarray) -> np.ndarray:
         return sm(h ^ values.astype(np.uint64)) >> np.uint64(1)
 
 
-class StreamSampler:
+class _Batches:
+    """What both samplers share: batch t as (position, sample seed) pairs from `batch_arrays`, computed directly
+    (O(1) in t: resume needs no replay), and an endless iterator from `start_batch` (a DataLoader's batch_sampler)."""
+
+    start_batch: int
+
+    def batch_arrays(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def batch(self, t: int) -> list[tuple[int, int]]:
+        pos, seeds = self.batch_arrays(t)
+        return list(zip(pos.tolist(), seeds.tolist()))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        t = self.start_batch
+        while True:
+            yield self.batch(t)
+            t += 1
+
+
+class StreamSampler(_Batches):
     """Batch sampler (for `DataLoader(batch_sampler=...)`) over an endless stream of seeded permutations.
 
     The global stream concatenates permutations of range(n); pass p is drawn by a generator seeded with
@@ -90,11 +110,6 @@ class StreamSampler:
             self._perms[p] = rng.permutation(self.n)
         return self._perms[p]
 
-    def batch(self, t: int) -> list[tuple[int, int]]:
-        """This rank's t-th batch, computed directly (O(1) in t: resume needs no replay)."""
-        pos, seeds = self.batch_arrays(t)
-        return list(zip(pos.tolist(), seeds.tolist()))
-
     def batch_arrays(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """This rank's t-th batch as (positions, sample seeds) arrays, for batched (device-resident) datasets."""
         start = t * self.global_batch + self.rank * self.batch_size
@@ -105,12 +120,6 @@ class StreamSampler:
             sel = passes == p
             pos[sel] = self.permutation(int(p))[offsets[sel]]
         return pos, _mix_seed_many(self.seed, q)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        t = self.start_batch
-        while True:
-            yield self.batch(t)
-            t += 1
 
     def __repr__(self) -> str:
         return (
@@ -132,7 +141,7 @@ class SamplerConfig(Strict):
     streams: list[str] = Field(default_factory=lambda: ["train"])
 
 
-class MPerClassSampler:
+class MPerClassSampler(_Batches):
     """Class-aware batch sampler with the StreamSampler interface (`batch`, `batch_arrays`, iteration).
 
     Global batch t (G = batch_size * world_size items) is drawn by a generator seeded with (seed, t): a random
@@ -182,21 +191,11 @@ class MPerClassSampler:
             picks[:, k] = j
         return self.order[self.starts[chosen][:, None] + picks].reshape(-1)
 
-    def batch(self, t: int) -> list[tuple[int, int]]:
-        pos, seeds = self.batch_arrays(t)
-        return list(zip(pos.tolist(), seeds.tolist()))
-
     def batch_arrays(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """This rank's t-th batch as (positions, sample seeds)."""
         lo = self.rank * self.batch_size
         q = np.arange(t * self.global_batch + lo, t * self.global_batch + lo + self.batch_size, dtype=np.int64)
         return self.global_positions(t)[lo : lo + self.batch_size], _mix_seed_many(self.seed, q)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        t = self.start_batch
-        while True:
-            yield self.batch(t)
-            t += 1
 
     def __repr__(self) -> str:
         return (
