@@ -113,14 +113,16 @@ def run_methods(args: argparse.Namespace, models: dict, methods: dict, out: Path
     return rows
 
 
-def student_init(args: argparse.Namespace, out: Path, arch: str, name: str, seed_offset: int = 0, **kwargs) -> Path:
-    """One initialisation of a student, shared by every method that trains it."""
+def student_init(
+    args: argparse.Namespace, out: Path, arch: str, name: str, seed_offset: int = 0, key: str = "student", **kwargs
+) -> Path:
+    """One initialisation of a student (saved as model `key`), shared by every method that trains it."""
     from ssl_kd.models import create_model
 
     torch.manual_seed(args.seed + seed_offset)
     classes = 100 if args.dataset == "cifar100" else 10
     path = out / f"{name}_init.pt"
-    torch.save({"models": {"student": create_model(arch, classes, **kwargs).state_dict()}}, path)
+    torch.save({"models": {key: create_model(arch, classes, **kwargs).state_dict()}}, path)
     return path
 
 
@@ -244,7 +246,7 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
     """Issue 11: alone / KD / DKD beside HSAKD, SSKD, PAD (same teacher, same student init and data order) and the
     teacher-free online methods MCL (x2) and HSSAKD (online, x2), whose first peer starts from the same init."""
     init_file = student_init(args, out, args.student, "student")
-    other_init = student_init(args, out, args.student, "peer", seed_offset=1)
+    other_init = student_init(args, out, args.student, "peer", seed_offset=1, key="peer")
     steps, head_steps = args.student_steps, args.teacher_head_steps
     plain = {"student": {"arch": args.student, "checkpoint": str(init_file)},
              "teacher": {"arch": args.teacher, "checkpoint": str(teacher_file)}}  # fmt: skip
@@ -309,15 +311,19 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
         results = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"]
         rows.insert(len(rows) - 1, ("CE+L2 (PAD's phase 1)", results["student"]["last"]["student/top1"], 0.0))
     if not args.methods or "mcl" in args.methods.lower():  # MCL's own sampler (m = 2 per class) and weights
-        peers = {"net1": {"arch": args.student, "checkpoint": str(init_file)},
-                 "net2": {"arch": args.student, "checkpoint": str(other_init)}}  # fmt: skip
-        add("MCL (x2), net1", peers, stage("mcl", steps, train=["net1", "net2"]))
+        peers = {"student": {"arch": args.student, "checkpoint": str(init_file)},
+                 "peer": {"arch": args.student, "checkpoint": str(other_init)}}  # fmt: skip
+        add("MCL (x2), student", peers, stage("mcl", steps, train=["student", "peer"]))
         rows.append(("MCL (x2), ensemble", *read_result(out / f"selfsup_{len(rows) - 1}", "ensemble")))
     if not args.methods or "hssakd" in args.methods.lower():
         p1 = rotation_net(args, out, args.student, init_file, "net1", args.seed + 9)
         p2 = rotation_net(args, out, args.student, other_init, "net2", args.seed + 10)
         peers = {"net1": rot_model(args.student, p1), "net2": rot_model(args.student, p2)}
-        add("HSSAKD online (x2), net1", peers, stage("hssakd_online", steps, train=["net1", "net2"], temperature=3.0))
+        add(
+            "HSSAKD online (x2), net1 (student init)",
+            peers,
+            stage("hssakd_online", steps, train=["net1", "net2"], temperature=3.0),
+        )
         rows.append(("HSSAKD online (x2), ensemble", *read_result(out / f"selfsup_{len(rows) - 1}", "ensemble")))
 
     print(
