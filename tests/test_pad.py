@@ -131,3 +131,19 @@ def test_pad_bad_options_are_one_clear_error(tmp_path, capsys, phase1, message):
     assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r'}") == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_connectors_map_student_features_to_the_teacher_width():
+    from ssl_kd.models import connector_for, create_model
+
+    small, wide = create_model("resnet8", 10), create_model("resnet8x4", 10)
+    pooled = connector_for("auto", small, wide)  # 64 -> 256 pooled: linear
+    assert pooled.kind == "linear" and pooled(torch.randn(2, 64)).shape == (2, 256)
+    same = connector_for("auto", small, create_model("resnet20", 10))
+    assert same.kind == "identity" and not list(same.parameters())
+    fmap = connector_for("auto", small, wide, index=2)  # stage-2 maps: 32 -> 128 channels, 1x1 conv + BN
+    assert fmap.kind == "conv_bn" and fmap(torch.randn(2, 32, 16, 16)).shape == (2, 128, 16, 16)
+    a, b = connector_for("linear", small, wide, seed=3), connector_for("linear", small, wide, seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # the same on every rank
+    with pytest.raises(ValueError, match="equal widths"):
+        connector_for("identity", small, wide)

@@ -95,16 +95,21 @@ class Connector(nn.Module):
 
 
 def connector_for(
-    kind: ConnectorKind | Literal["auto"], student: nn.Module, teacher: nn.Module, index: int = -1, seed: int = 0
+    kind: ConnectorKind | Literal["auto"],
+    student: nn.Module,
+    teacher: nn.Module,
+    index: int | None = None,
+    seed: int = 0,
 ) -> Connector:
-    """A connector from the student's feature `index` to the teacher's (indices into `feat_channels`; -1 is the
-    pooled feature). `auto`: identity when the widths match, else `linear` for the pooled feature and `conv_bn`
-    for a map."""
-    c_in, c_out = student.feat_channels[index], teacher.feat_channels[index]
+    """A connector from a student feature to the teacher's width: the pooled feature (`index` None, widths from
+    `feat_dim`) or entry `index` of `feats` (widths from `feat_channels`). `auto`: identity when the widths match,
+    else `linear` for the pooled feature and `conv_bn` for a map."""
+    if index is None:
+        c_in, c_out, default = student.feat_dim, teacher.feat_dim, "linear"
+    else:
+        c_in, c_out, default = student.feat_channels[index], teacher.feat_channels[index], "conv_bn"
     if kind == "auto":
-        kind = (
-            "identity" if c_in == c_out else ("linear" if index in (-1, len(student.feat_channels) - 1) else "conv_bn")
-        )
+        kind = "identity" if c_in == c_out else default
     return Connector(kind, c_in, c_out, seed)
 
 

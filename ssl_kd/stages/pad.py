@@ -25,7 +25,7 @@ from ssl_kd.config.schema import StageConfig
 from ssl_kd.engine import Stage, register_stage
 from ssl_kd.errors import UserError
 from ssl_kd.losses import PAD_EPS, accuracy, feature_l2_loss, pad_l2_loss
-from ssl_kd.models.feature_heads import Connector, VarianceHead
+from ssl_kd.models.feature_heads import VarianceHead, connector_for
 from ssl_kd.stages._common import Augment, check_same_classes, labelled_views
 
 
@@ -72,13 +72,12 @@ class PAD(Stage):
         d_s, d_t = (getattr(self.runner.models[n], "feat_dim", None) for n in (self.student, teacher))
         if d_s is None or d_t is None:
             raise UserError(f"stages.{self.name}: the student and teacher must declare `feat_dim` (pooled width).")
-        kind = ("identity" if d_s == d_t else "linear") if c.connector == "auto" else c.connector
-        if kind == "identity" and d_s != d_t:
-            raise UserError(
-                f"stages.{self.name}.connector: 'identity' needs equal feature widths, got student {d_s} and "
-                f"teacher {d_t}; use auto or linear."
-            )
-        self.register_module("connector", Connector(kind, d_s, d_t, seed=self.seed("connector")))
+        models = self.runner.models
+        try:  # the pooled features: identity for equal widths, else linear
+            connector = connector_for(c.connector, models[self.student], models[teacher], None, self.seed("connector"))
+        except ValueError as e:
+            raise UserError(f"stages.{self.name}.connector: {e}; use auto or linear.") from None
+        self.register_module("connector", connector)
         if c.uncertainty:
             self.register_module("variance", VarianceHead(d_t, seed=self.seed("variance")))
 
