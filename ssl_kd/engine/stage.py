@@ -248,4 +248,4 @@ class Stage:
             named += [(f"{mname}.{n}", p) for n, p in self.runner.models[mname].named_parameters()]
         for mname, mod in self.modules.items():
             named += [(f"{mname}.{n}", p) for n, p in mod.named_parameters()]
-        return [(n, p) for n, p in named if p.requires_grad]  # frozen parts (`freeze:`, a frozen module) stay out
+        return named  # build_optimizer leaves out frozen parameters (`freeze:`, a frozen module)

@@ -34,12 +34,21 @@ def unlabelled_pool(stage: Stage):
     return pool, np.concatenate([ulb, len(stage.data.train) + np.arange(len(extra))])
 
 
-def check_same_classes(stage: Stage, student: str, teacher: str) -> dict[str, int | None]:
-    """A teacher can only be distilled into a student with the same classes; returns each model's count."""
-    classes = {n: getattr(stage.runner.models[n], "num_classes", None) for n in (student, teacher)}
+def check_same_classes(stage: Stage, *names: str) -> dict[str, int | None]:
+    """Models distilled into one another (student, teacher) or ensembled (peers) must share their classes; returns
+    each model's count."""
+    classes = {n: getattr(stage.runner.models[n], "num_classes", None) for n in names}
     if len(set(classes.values())) > 1:
         raise UserError(
-            f"stages.{stage.name}: the student and teacher must have the same number of classes to be "
-            f"distilled, got {classes}; check models.<name>.num_classes."
+            f"stages.{stage.name}: {list(names)} must have the same number of classes to be distilled or "
+            f"ensembled, got {classes}; check models.<name>.num_classes."
         )
     return classes
+
+
+def feat_dim(stage: Stage, name: str) -> int:
+    """The width of model `name`'s pooled feature, for a head or connector on it (a clear error when undeclared)."""
+    dim = getattr(stage.runner.models[name], "feat_dim", None)
+    if not isinstance(dim, int):
+        raise UserError(f"stages.{stage.name}: model '{name}' declares no `feat_dim` (its pooled feature's width).")
+    return dim

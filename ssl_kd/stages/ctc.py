@@ -38,11 +38,10 @@ from pydantic import Field, model_validator
 from ssl_kd.components import ClassNegatives, FixedNormaliser
 from ssl_kd.config.schema import OptimizerConfig, SchedulerConfig, StageConfig
 from ssl_kd.engine import Stage, register_stage
-from ssl_kd.errors import UserError
 from ssl_kd.losses import accuracy, contrast_exp_scores, crd_nce_loss, instance_discrimination_loss
 from ssl_kd.memory import MemoryBank
 from ssl_kd.models import Embed, seeded_linear
-from ssl_kd.stages._common import Augment, labelled_views
+from ssl_kd.stages._common import Augment, feat_dim, labelled_views
 
 Preset = Literal["transferability", "discriminability", "none"]
 
@@ -120,13 +119,6 @@ class CRDConfig(StageConfig):
         return _apply_preset(data, "crd", "crd", "transferability")
 
 
-def _feat_dim(stage: Stage, name: str) -> int:
-    dim = getattr(stage.runner.models[name], "feat_dim", None)
-    if not isinstance(dim, int):
-        raise UserError(f"stages.{stage.name}: model '{name}' declares no `feat_dim` (its pooled feature's width).")
-    return dim
-
-
 @register_stage("instdisc")
 class InstDisc(Stage):
     """CE + alpha * instance discrimination against a momentum memory of every training image."""
@@ -139,7 +131,7 @@ class InstDisc(Stage):
         self.net = self.single("train")
         self.add_stream("train", labelled_views(self, c.augment, "all"))
         images = self.data.train
-        projection = seeded_linear(_feat_dim(self, self.net), c.dim, self.seed("projection"))
+        projection = seeded_linear(feat_dim(self, self.net), c.dim, self.seed("projection"))
         self.register_module("projection", projection.requires_grad_(c.train_projection))
         self.memory = self.register_state(
             "memory", MemoryBank(len(images), c.dim, c.momentum, self.seed("memory"), self.runner.device)
@@ -172,8 +164,8 @@ class CRD(Stage):
         images = self.data.train
         self.num_data = len(images)
         dev = self.runner.device
-        self.register_module("embed_s", Embed(_feat_dim(self, self.net), c.dim, self.seed("embed_s")))
-        embed_t = Embed(_feat_dim(self, teacher), c.dim, self.seed("embed_t"))
+        self.register_module("embed_s", Embed(feat_dim(self, self.net), c.dim, self.seed("embed_s")))
+        embed_t = Embed(feat_dim(self, teacher), c.dim, self.seed("embed_t"))
         self.register_module("embed_t", embed_t.requires_grad_(c.train_teacher_embed))
         n = self.num_data  # M_s holds the trained side's embeddings, M_t the frozen side's
         self.memory_s = self.register_state("memory_s", MemoryBank(n, c.dim, c.momentum, self.seed("m_s"), dev))

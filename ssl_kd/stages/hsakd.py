@@ -159,10 +159,11 @@ class HSSAKDOnline(_Rotated):
             )
         self.peers = list(self.cfg.train)
         self.archs = [rotation_heads(self, n, "train") for n in self.peers]
-        if len({a.exit_after for a in self.archs}) > 1 or len({a.num_classes for a in self.archs}) > 1:
+        check_same_classes(self, *self.peers)
+        if len({a.exit_after for a in self.archs}) > 1:
             raise UserError(
-                f"stages.{self.name}.train: the peers' heads are paired by depth, so they need the same exits and "
-                f"classes; got {[(n, list(a.exit_after), a.num_classes) for n, a in zip(self.peers, self.archs)]}."
+                f"stages.{self.name}.train: the peers' heads are paired by depth, so they need the same exits; "
+                f"got {[(n, list(a.exit_after)) for n, a in zip(self.peers, self.archs)]}."
             )
         self.add_train_stream()
 

@@ -26,10 +26,9 @@ from pydantic import Field, model_validator
 from ssl_kd.config.schema import StageConfig
 from ssl_kd.data import SamplerConfig
 from ssl_kd.engine import Stage, register_stage
-from ssl_kd.errors import UserError
 from ssl_kd.losses import accuracy, ensemble_kd_loss, mcl_losses
 from ssl_kd.models.feature_heads import MLPHead
-from ssl_kd.stages._common import Augment, labelled_views
+from ssl_kd.stages._common import Augment, check_same_classes, feat_dim, labelled_views
 
 
 def _mcl_weights() -> dict[str, float]:
@@ -63,17 +62,10 @@ class MCL(Stage):
     def setup(self) -> None:
         c = self.cfg
         self.peers = list(c.train)
-        classes = {p: getattr(self.runner.models[p], "num_classes", None) for p in self.peers}
-        if len(set(classes.values())) > 1:
-            raise UserError(
-                f"stages.{self.name}.train: the peers must have the same classes to ensemble, got {classes}"
-            )
+        check_same_classes(self, *self.peers)
         self.add_stream("train", labelled_views(self, c.augment, "all"))
         for i, p in enumerate(self.peers):
-            dim = getattr(self.runner.models[p], "feat_dim", None)
-            if dim is None:
-                raise UserError(f"stages.{self.name}.train: model '{p}' declares no `feat_dim` (its pooled width).")
-            head = MLPHead(dim, c.embed_dim, c.embed_dim, normalize=True, seed=self.seed("embed", i))
+            head = MLPHead(feat_dim(self, p), c.embed_dim, c.embed_dim, normalize=True, seed=self.seed("embed", i))
             self.register_module(f"embed_{p}", head)
 
     def train_step(self, batch):

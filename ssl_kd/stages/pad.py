@@ -26,7 +26,7 @@ from ssl_kd.engine import Stage, register_stage
 from ssl_kd.errors import UserError
 from ssl_kd.losses import PAD_EPS, accuracy, feature_l2_loss, pad_l2_loss
 from ssl_kd.models.feature_heads import VarianceHead, connector_for
-from ssl_kd.stages._common import Augment, check_same_classes, labelled_views
+from ssl_kd.stages._common import Augment, check_same_classes, feat_dim, labelled_views
 
 
 class PADConfig(StageConfig):
@@ -69,9 +69,8 @@ class PAD(Stage):
         check_same_classes(self, self.student, teacher)
         self.add_stream("train", labelled_views(self, c.augment, "all"))
         self.teacher = self.frozen_teacher(teacher)
-        d_s, d_t = (getattr(self.runner.models[n], "feat_dim", None) for n in (self.student, teacher))
-        if d_s is None or d_t is None:
-            raise UserError(f"stages.{self.name}: the student and teacher must declare `feat_dim` (pooled width).")
+        d_t = feat_dim(self, teacher)
+        feat_dim(self, self.student)  # both pooled widths declared (the connector reads them)
         models = self.runner.models
         try:  # the pooled features: identity for equal widths, else linear
             connector = connector_for(c.connector, models[self.student], models[teacher], None, self.seed("connector"))

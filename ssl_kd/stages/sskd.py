@@ -53,7 +53,7 @@ from ssl_kd.losses import (
     sskd_transform_loss,
 )
 from ssl_kd.models import MLPHead
-from ssl_kd.stages._common import check_same_classes
+from ssl_kd.stages._common import check_same_classes, feat_dim
 
 VIEWS = tuple(f"x{k}" for k in range(ROTATIONS))  # the four copies of an image, rotated by k * 90 degrees
 
@@ -104,13 +104,6 @@ class SSKDConfig(RotationData):
         return self
 
 
-def _feat_dim(stage: Stage, name: str) -> int:
-    dim = getattr(stage.runner.models[name], "feat_dim", None)
-    if not isinstance(dim, int):
-        raise UserError(f"stages.{stage.name}: model '{name}' declares no `feat_dim` (its pooled feature's width).")
-    return dim
-
-
 class RotationStage(Stage):
     """What both SSKD stages share: the four-copy stream and the 4B-row batch."""
 
@@ -152,7 +145,7 @@ class SSKDHead(RotationStage):
     def setup(self) -> None:
         teacher = self.single("uses")
         self.teacher = self.frozen_teacher(teacher)
-        d = _feat_dim(self, teacher)
+        d = feat_dim(self, teacher)
         self.register_module("teacher_head", MLPHead(d, d, d, seed=self.seed("teacher_head")))
         self.add_rotation_stream()
 
@@ -182,7 +175,7 @@ class SSKD(RotationStage):
         self.student, teacher = self.single("train"), self.single("uses")
         check_same_classes(self, self.student, teacher)
         self.teacher = self.frozen_teacher(teacher)
-        d_s, d_t = _feat_dim(self, self.student), _feat_dim(self, teacher)
+        d_s, d_t = feat_dim(self, self.student), feat_dim(self, teacher)
         self.register_module("student_head", MLPHead(d_s, d_s, d_s, seed=self.seed("student_head")))
         # loaded from the sskd_head stage (init.modules) and frozen: out of the optimizer, never DDP-wrapped
         head = MLPHead(d_t, d_t, d_t, seed=self.seed("teacher_head")).requires_grad_(False)
