@@ -36,6 +36,7 @@ runs a subset; `--teacher-file` reuses a trained teacher.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -81,8 +82,8 @@ def vit_stage(steps: int, **extra) -> dict:
     }  # fmt: skip
 
 
-def run(cfg: dict, folder: Path, pick: str | None = None) -> tuple[float, float]:
-    """Run one config; return (final test top-1 of its last stage's model, or of target `pick`, wall seconds)."""
+def run(cfg: dict, folder: Path) -> tuple[float, float]:
+    """Run one config; return (final test top-1 of its last stage's model, wall seconds)."""
     from ssl_kd.run import main
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,15 +93,9 @@ def run(cfg: dict, folder: Path, pick: str | None = None) -> tuple[float, float]
     if main([str(path), f"experiment.output_dir={folder / 'run'}"]) != 0:
         raise SystemExit(f"run failed: {path}")
     seconds = time.perf_counter() - t0
-    return read_result(folder, pick)[0], seconds
-
-
-def read_result(folder: Path, pick: str | None = None) -> tuple[float, float]:
-    """(final test top-1 of the last stage's model, or of evaluated target `pick`, 0 seconds) of a finished run."""
     results = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"]
     last = list(results.values())[-1]["last"]
-    key = "top1" if pick is None else f"{pick}/top1"
-    return next(v for k, v in last.items() if k.endswith("/top1") and (pick is None or k == key)), 0.0
+    return next(v for k, v in last.items() if k.endswith("/top1")), seconds
 
 
 def run_methods(args: argparse.Namespace, models: dict, methods: dict, out: Path, who: str) -> list[tuple]:
@@ -253,14 +248,28 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
     warmup = max(1, round(steps * 64 / args.limit_train * 20 / 240))
     rows = []
 
-    def add(name: str, models: dict, st: dict, pick: str | None = None, stages: dict | None = None) -> None:
-        """One run (one stage, or `stages`), its row; the student's stage is the first, so data orders match."""
-        if args.methods and not any(m.strip().lower() in name.lower() for m in args.methods.split(",")):
-            return
+    folders = iter(out / f"selfsup_{i}" for i in itertools.count())
+
+    def add(name: str, models: dict, st: dict, stages: dict | None = None) -> Path:
+        """One run (one stage, or `stages` after it), its row; the student's stage is the first, so data orders
+        match. Returns the run's folder, for the rows read from the same run (`also`)."""
         print(f"== {name}: {st['iters']} steps", flush=True)
+        folder = next(folders)
         top1, seconds = run({**base_config(args), "models": models, "stages": {"student": st, **(stages or {})}},
-                            out / f"selfsup_{len(rows)}", pick)  # fmt: skip
+                            folder)  # fmt: skip
         rows.append((name, top1, seconds))
+        return folder
+
+    def also(name: str, folder: Path, key: str, stage_name: str | None = None, at: int | None = None) -> None:
+        """Another number of a finished run: evaluated target `key` of its last (or the named) stage."""
+        results = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"]
+        last = results[stage_name]["last"] if stage_name else list(results.values())[-1]["last"]
+        rows.insert(len(rows) if at is None else at, (name, last[f"{key}/top1"], 0.0))
+
+    chosen = {m.strip().lower() for m in args.methods.split(",") if m.strip()}
+
+    def wanted(name: str) -> bool:
+        return not chosen or name in chosen
 
     def heads_run(name: str, models: dict, st: dict) -> Path:
         """A one-stage run that trains a teacher's heads; returns its weight file."""
@@ -270,13 +279,15 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
         return folder / "run" / "checkpoints" / "heads" / "last.pt"
 
     kd = {"uses": ["teacher"], "loss": "kd", "temperature": 4.0, "loss_weights": {"ce": 0.1, "kd": 0.9}}
-    add("alone (CE)", {"student": plain["student"]}, stage("supervised", steps, train=["student"]))
-    add("KD", plain, stage("kd", steps, train=["student"], **kd))
-    add("DKD", plain, stage("kd", steps, train=["student"], uses=["teacher"], loss="dkd",
-                            loss_weights={"ce": 1.0, "kd": 1.0},
-                            dkd={"alpha": 1.0, "beta": 2.0, "warmup_epochs": warmup}))  # fmt: skip
-
-    if not args.methods or "hsakd" in args.methods.lower():  # the teacher's heads on its frozen backbone, then HSAKD
+    if wanted("alone"):
+        add("alone (CE)", {"student": plain["student"]}, stage("supervised", steps, train=["student"]))
+    if wanted("kd"):
+        add("KD", plain, stage("kd", steps, train=["student"], **kd))
+    if wanted("dkd"):
+        add("DKD", plain, stage("kd", steps, train=["student"], uses=["teacher"], loss="dkd",
+                                loss_weights={"ce": 1.0, "kd": 1.0},
+                                dkd={"alpha": 1.0, "beta": 2.0, "warmup_epochs": warmup}))  # fmt: skip
+    if wanted("hsakd"):  # the teacher's heads on its frozen backbone, then HSAKD
         t_rot = rotation_net(args, out, args.teacher, teacher_file, "teacher", args.seed + 7)
         s_rot = rotation_net(args, out, args.student, init_file, "student", args.seed + 8)
         heads = heads_run(
@@ -286,7 +297,7 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
         )
         add("HSAKD", {"student": rot_model(args.student, s_rot), "teacher": rot_model(args.teacher, heads)},
             stage("hsakd", steps, train=["student"], uses=["teacher"], temperature=3.0))  # fmt: skip
-    if not args.methods or "sskd" in args.methods.lower():  # the teacher's projection head, then the student
+    if wanted("sskd"):  # the teacher's projection head, then the student
         head = {**stage("sskd_head", head_steps, uses=["teacher"]),  # the reference's x0.1 at 30 / 45 of 60 epochs
                 "scheduler": {"name": "multistep", "milestones": [head_steps // 2, 3 * head_steps // 4],
                               "gamma": 0.1, "interval": "step"}}  # fmt: skip
@@ -294,37 +305,33 @@ def suite_selfsup(args: argparse.Namespace, out: Path, teacher_file: Path) -> No
         st = stage("sskd", steps, train=["student"], uses=["teacher"])  # 0.1 / 0.9 / 2.7 / 10, tau 4 / 4 / 0.5
         st["init"] = {"mode": "checkpoint", "path": str(heads), "models": [], "modules": ["teacher_head"]}
         add("SSKD", plain, st)
-    if not args.methods or "pad" in args.methods.lower():  # the official chain: CE + L2, then PAD-L2 at a low LR
+    if wanted("pad"):  # the official chain: CE + L2, then PAD-L2 at a low LR
         pad_steps = max(1, steps // 8)  # 30 of the 240 epochs
         phase2 = {**stage("pad", pad_steps, train=["student"], uses=["teacher"], uncertainty=True),
                   "optimizer": {"name": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 1e-4},
                   "scheduler": {"name": "constant"},
                   "init": {"mode": "stage", "stage": "student", "which": "last", "models": ["student"],
                            "modules": ["connector"]}}  # fmt: skip
-        add(
+        folder = add(
             f"CE+L2, then PAD-L2 (+{pad_steps} steps)",
             plain,
             stage("pad", steps, train=["student"], uses=["teacher"], uncertainty=False),
             stages={"pad": phase2},
         )
-        folder = out / f"selfsup_{len(rows) - 1}"
-        results = torch.load(folder / "run" / "checkpoints" / "last.pt", weights_only=True)["results"]
-        rows.insert(len(rows) - 1, ("CE+L2 (PAD's phase 1)", results["student"]["last"]["student/top1"], 0.0))
-    if not args.methods or "mcl" in args.methods.lower():  # MCL's own sampler (m = 2 per class) and weights
+        also("CE+L2 (PAD's phase 1)", folder, "student", stage_name="student", at=len(rows) - 1)
+    if wanted("mcl"):  # MCL's own sampler (m = 2 per class) and weights
         peers = {"student": {"arch": args.student, "checkpoint": str(init_file)},
                  "peer": {"arch": args.student, "checkpoint": str(other_init)}}  # fmt: skip
-        add("MCL (x2), student", peers, stage("mcl", steps, train=["student", "peer"]))
-        rows.append(("MCL (x2), ensemble", *read_result(out / f"selfsup_{len(rows) - 1}", "ensemble")))
-    if not args.methods or "hssakd" in args.methods.lower():
+        folder = add("MCL (x2), student", peers, stage("mcl", steps, train=["student", "peer"]))
+        also("MCL (x2), other peer", folder, "peer")
+        also("MCL (x2), ensemble", folder, "ensemble")
+    if wanted("hssakd"):
         p1 = rotation_net(args, out, args.student, init_file, "net1", args.seed + 9)
         p2 = rotation_net(args, out, args.student, other_init, "net2", args.seed + 10)
         peers = {"net1": rot_model(args.student, p1), "net2": rot_model(args.student, p2)}
-        add(
-            "HSSAKD online (x2), net1 (student init)",
-            peers,
-            stage("hssakd_online", steps, train=["net1", "net2"], temperature=3.0),
-        )
-        rows.append(("HSSAKD online (x2), ensemble", *read_result(out / f"selfsup_{len(rows) - 1}", "ensemble")))
+        online = stage("hssakd_online", steps, train=["net1", "net2"], temperature=3.0)
+        folder = add("HSSAKD online (x2), net1 (student init)", peers, online)
+        also("HSSAKD online (x2), ensemble", folder, "ensemble")
 
     print(
         f"\nstudent {args.student} (teacher {args.teacher}): {steps} steps each (batch 64 images; the rotation "
@@ -357,7 +364,11 @@ def main() -> int:
     ap.add_argument("--dmkd-steps", type=int, default=1200)
     ap.add_argument("--standin-images", type=int, default=10000, help="CIFAR-10 images in the DM-KD stand-in")
     ap.add_argument("--teacher-head-steps", type=int, default=400, help="selfsup: HSAKD's / SSKD's teacher heads")
-    ap.add_argument("--methods", default="", help="selfsup: only these (comma-separated substrings of the names)")
+    ap.add_argument(
+        "--methods",
+        default="",
+        help="selfsup: only these, comma-separated: alone, kd, dkd, hsakd, sskd, pad, mcl, hssakd",
+    )
     ap.add_argument("--teacher-file", default=None, help="reuse a trained teacher (a stage weight file)")
     args = ap.parse_args()
     if not (Path(args.data_root) / f"{args.dataset}.npz").exists():
