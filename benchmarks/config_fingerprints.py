@@ -59,7 +59,7 @@ def fingerprint(out: Path) -> dict[str, str]:
             v = sd[k]
             h.update(k.encode())
             if torch.is_tensor(v):
-                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+                h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         fp[f"model/{name}"] = h.hexdigest()[:16]
     recs = []
     for line in (out / "metrics.jsonl").read_text().splitlines():
