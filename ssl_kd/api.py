@@ -21,7 +21,7 @@ import yaml
 from torch import nn
 
 from ssl_kd.config.registry import import_modules
-from ssl_kd.engine.checkpoint import extract_state_dict, load_checkpoint, load_weights
+from ssl_kd.engine.checkpoint_io import extract_state_dict, load_checkpoint, load_weights
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError, choices
 from ssl_kd.models import create_model, create_model_from_spec

@@ -32,7 +32,7 @@ def export_run(
 ):  # fmt: skip
     """Export model `model` of `run_dir`'s stage `stage` to `out`; returns the ExportResult."""
     import ssl_kd.models  # noqa: F401
-    from ssl_kd.engine.checkpoint import FORMAT, extract_state_dict, load_checkpoint, load_weights, save_atomic
+    from ssl_kd.engine.checkpoint_io import FORMAT, extract_state_dict, load_checkpoint, load_weights, save_atomic
     from ssl_kd.engine.run_dir import RunDir
     from ssl_kd.errors import UserError, choices
     from ssl_kd.models import create_model_from_spec, model_spec

@@ -302,7 +302,7 @@ def test_ce_weight_0_never_reads_labels_and_teacher_gets_no_grad(tmp_path, teach
     def guarded(self, batch):
         batch = {**batch, "train": NoLabels(batch["train"])}
         out = orig(self, batch)
-        seen["teacher_grads"] = [p.grad for p in self.runner.models["teacher"].parameters()]
+        seen["teacher_grads"] = [p.grad for p in self.raw_model("teacher").parameters()]
         seen["mixed"] = seen.get("mixed", False) or "lam" in out[1]
         return out
 

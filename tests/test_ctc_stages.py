@@ -10,6 +10,7 @@ from conftest import CONFIGS, Crash, run_cli
 
 import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.config import registry, resolve_config
+from ssl_kd.engine import Callback
 from ssl_kd.errors import UserError
 from ssl_kd.stages.ctc import CRD, InstDisc
 
@@ -35,7 +36,7 @@ class CheckedCRD(CRD):
         with torch.no_grad():  # the refill set every row: M = normalize(g(f_T(x))) for every training image
             ds = self.refill_set
             x = torch.stack([ds[i]["x"] for i in range(len(ds))])
-            f_t = self.runner.models["net_t0"](x).feat
+            f_t = self.raw_model("net_t0")(x).feat
             expect_s = F.normalize(self.modules["embed_s"](f_t), dim=1)
             expect_t = F.normalize(self.modules["embed_t"](f_t), dim=1)
         assert torch.allclose(self.memory_s.memory, expect_s, atol=1e-5)
@@ -48,9 +49,20 @@ class CheckedCRD(CRD):
         assert not self.teacher.output(batch["train"]["x"]).feat.requires_grad
         return super().train_step(batch)
 
-    def on_stage_end(self) -> None:
-        state = {"memory_s": self.memory_s.memory, "memory_t": self.memory_t.memory, "z": self.z.z}
-        torch.save(state, self.runner.run_dir.root / "crd_state.pt")
+    def callbacks(self):
+        return [*super().callbacks(), SaveCRDState(self)]
+
+
+class SaveCRDState(Callback):
+    """Saves the stage's memories and Z in the run folder when the stage ends."""
+
+    def __init__(self, stage: CRD) -> None:
+        self.stage = stage
+
+    def on_stage_end(self, runner) -> None:
+        st = self.stage
+        state = {"memory_s": st.memory_s.memory, "memory_t": st.memory_t.memory, "z": st.z.z}
+        torch.save(state, runner.run_dir.root / "crd_state.pt")
 
 
 @pytest.fixture
@@ -88,7 +100,9 @@ def test_ctc_snapshot_refill_and_exact_resume_inside_stage_two(ctc_yaml, tmp_pat
     # stage 1's projection P is never optimized (reference quirk), the embeddings are
     p = torch.load(full / "checkpoints/instance/last.pt", weights_only=True)["modules"]["projection"]
     fresh = InstDisc.__new__(InstDisc)
-    fresh.runner = type("R", (), {"cfg": resolve_config(ctc_yaml, [])[0], "stage_index": 0})()
+    seed = resolve_config(ctc_yaml, [])[0].experiment.seed
+    fresh._ctx = type("Ctx", (), {"stage_seed": lambda self, *parts: mix_seed(seed, 0, *parts)})()  # stage 0's
+    from ssl_kd.data import mix_seed
     from ssl_kd.models import seeded_linear
 
     p0 = seeded_linear(32, 128, fresh.seed("projection")).state_dict()

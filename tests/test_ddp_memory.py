@@ -33,9 +33,11 @@ from ssl_kd.config import registry
 from ssl_kd.stages.ctc import CRD, InstDisc
 from ssl_kd.run import main
 
+OUT = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("experiment.output_dir="))
+
 def dump(stage, tag, banks):
-    rank = stage.runner.accelerator.process_index
-    torch.save({k: v.cpu() for k, v in banks.items()}, stage.runner.run_dir.root / f"{tag}_rank{rank}.pt")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    torch.save({k: v.cpu() for k, v in banks.items()}, f"{OUT}/{tag}_rank{rank}.pt")
 
 class I(InstDisc):
     def on_stage_end(self):

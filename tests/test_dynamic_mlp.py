@@ -208,8 +208,8 @@ def test_supervised_stage_mixes_meta_with_the_images_lambda_and_permutation():
         return net(x, **kw)
 
     stage.__dict__.update(cfg=cfg, net="net", forward=forward)
-    stage.runner = type("R", (), {"models": {"net": net}, "data": type("D", (), {"num_classes": 5})()})()
-    type(stage).data = property(lambda s: s.runner.data)  # the base class reads runner.data the same way
+    services = type("S", (), {"data": type("D", (), {"num_classes": 5})()})()
+    stage._ctx = type("Ctx", (), {"raw_model": lambda self, n: net, "data_services": lambda self: services})()
     x, meta, y = torch.randn(6, 3, 16, 16), torch.randn(6, 4), torch.arange(6) % 5
     torch.manual_seed(3)
     stage._mixed_step({"x": x, "y": y, "meta": meta, "idx": torch.arange(6)})

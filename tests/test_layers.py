@@ -107,3 +107,28 @@ def test_each_package_imports_in_isolation(group):
     ]
     errors = {name: p.communicate(timeout=120)[1] for name, p in zip(group, procs) if p.wait() != 0}
     assert not errors, errors
+
+
+def runner_reaches(source: str) -> list[int]:
+    """Lines where code reads a `runner` attribute or name (a stage sees the run only through the Stage API)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr == "runner":
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Name) and node.id in ("runner", "Runner"):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ssl_kd.engine.runner"):
+            lines.append(node.lineno)
+    return sorted(set(lines))
+
+
+def test_stages_talk_to_the_engine_only_through_the_stage_api():
+    """No `.runner` (nor the Runner, nor `_ctx`) in ssl_kd/stages: the seam is Stage's methods (model, raw_model,
+    device, inputs, data, ...), backed by the small StageContext protocol of engine/stage.py."""
+    bad = []
+    for path in sorted((PKG / "stages").rglob("*.py")):
+        source = path.read_text()
+        bad += [f"{path.relative_to(ROOT)}:{n}" for n in runner_reaches(source)]
+        bad += [f"{path.relative_to(ROOT)}:{i} (_ctx)" for i, ln in enumerate(source.splitlines(), 1) if "_ctx" in ln]
+    assert not bad, "stages reaching past the Stage API:\n" + "\n".join(bad)
+    assert runner_reaches("def f(self):\n    return self.runner.models\n") == [2]  # the check can fail

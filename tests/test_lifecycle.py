@@ -45,6 +45,9 @@ class ProbeCallback(Callback):
     def on_epoch_end(self, runner) -> None:
         self.log.events.append(["cb_epoch_end", runner.stage.progress.step])
 
+    def on_stage_end(self, runner) -> None:  # after the stage's own on_stage_end: every event is in
+        (runner.run_dir.root / "events.json").write_text(json.dumps(self.log.events))
+
 
 class ProbeConfig(StageConfig):
     loss_weights: dict[str, float] = {"ce": 1.0}
@@ -82,7 +85,7 @@ class Probe(Stage):
         self.record("epoch_start")
 
     def after_backward(self) -> None:
-        grads = [p.grad for p in self.runner.models[self.net].parameters()]
+        grads = [p.grad for p in self.raw_model(self.net).parameters()]
         assert all(g is not None for g in grads)  # the step's gradient is there, before the optimizer step
         self.record("after_backward")
 
@@ -94,7 +97,6 @@ class Probe(Stage):
 
     def on_stage_end(self) -> None:
         self.record("stage_end")
-        (self.runner.run_dir.root / "events.json").write_text(json.dumps(self.log.events))
 
     def callbacks(self):
         return [ProbeCallback(self.log)]
@@ -107,7 +109,7 @@ class Reshape(Stage):
     trains = False
 
     def on_stage_start(self) -> None:
-        self.runner.replace_model("student", create_model("mlp", 10, hidden=8, depth=1))
+        self.replace_model("student", create_model("mlp", 10, hidden=8, depth=1))
 
 
 @pytest.fixture(autouse=True)

@@ -190,7 +190,7 @@ def test_mcl_stage_trains_every_peer_and_reports_the_ensemble(tmp_path, monkeypa
 
     def keep_start(self):
         for p in self.peers:
-            start[p] = {k: v.clone() for k, v in self.runner.models[p].state_dict().items()}
+            start[p] = {k: v.clone() for k, v in self.raw_model(p).state_dict().items()}
             start[f"embed_{p}"] = {k: v.clone() for k, v in self.modules[f"embed_{p}"].state_dict().items()}
 
     monkeypatch.setattr(mcl_stage.MCL, "train_step", spy)
@@ -226,7 +226,7 @@ def test_mcl_ensemble_is_the_mean_of_the_peers_logits():
     stage = mcl_stage.MCL.__new__(mcl_stage.MCL)
     nets = {p: Net(4, 3) for p in ("a", "b")}
     stage.peers = list(nets)
-    stage.runner = type("R", (), {"models": nets})()
+    stage._ctx = type("Ctx", (), {"raw_model": lambda self, n: nets[n]})()
     x = torch.randn(5, 4)
     got = stage.eval_targets()["ensemble"]({"x": x})
     assert torch.allclose(got, (nets["a"](x) + nets["b"](x)) / 2)

@@ -114,7 +114,7 @@ class MultiOutput(Supervised):
         return {"main": z, "scaled": 3.0 * z, "reversed": -z}
 
     def eval_targets(self):
-        net = self.runner.models[self.net]
+        net = self.raw_model(self.net)
         return {"ensemble": lambda batch: (F.softmax(net(batch["x"]).logits, 1) + 1e-3).log()}
 
 

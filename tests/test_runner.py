@@ -136,7 +136,7 @@ def test_kill_9_then_resume_matches(tmp_path, uninterrupted):
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    from ssl_kd.engine import checkpoint as ck
+    from ssl_kd.engine import checkpoint_io as ck
 
     path = tmp_path / "last.pt"
     ck.save_atomic({"step": 1, "w": torch.ones(3)}, path)

@@ -8,6 +8,7 @@ e.g. a pruned export), the model is rebuilt from the file's spec before the weig
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from ssl_kd.config.schema import Config, StageConfig
-from ssl_kd.engine.checkpoint import check_fits, extract_state_dict, load_checkpoint, load_weights
+from ssl_kd.engine.checkpoint_io import check_fits, extract_state_dict, load_checkpoint, load_weights
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError, choices
 from ssl_kd.models import create_model, create_model_from_spec, model_spec
@@ -128,6 +129,13 @@ def apply_init(
     obj = load_checkpoint(path, where)
     for m in _init_targets(obj, scfg, path, where):
         load_into(models, m, obj, str(path), where, scfg.init.strict, device)
+
+
+def take_snapshots(models: dict[str, nn.Module], scfg: StageConfig) -> None:
+    """The stage's `snapshot`s: frozen copies of models as they stand now (after `init`), added to the run's
+    models (so they are read like any model and saved in every later checkpoint)."""
+    for snap in scfg.snapshot:
+        models[snap.as_] = copy.deepcopy(models[snap.of]).requires_grad_(False).eval()
 
 
 def apply_module_init(

@@ -5,18 +5,22 @@ and checkpoint schedule (generically, from the stage's config: the engine knows 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 from pydantic import BaseModel
 
-from ssl_kd.config.registry import stage_types
-from ssl_kd.config.schema import StageConfig
-from ssl_kd.engine.build import build_models, check_stage_files
+from ssl_kd.config.schema import Config, StageConfig
+from ssl_kd.engine.build import build_models, check_stage_files, take_snapshots
+from ssl_kd.engine.run_dir import RunDir
+from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.streams import micro_batch, stage_lengths
 
 if TYPE_CHECKING:
-    from ssl_kd.engine.runner import Runner
+    from ssl_kd.data import DatasetBundle
+    from ssl_kd.engine.stage import Stage
 
 INDENT = " " * 7
 
@@ -96,23 +100,26 @@ def stage_details(scfg: StageConfig, trains: bool) -> list[str]:
     return lines
 
 
-def plan(runner: Runner) -> str:
-    cfg = runner.cfg
+def plan(
+    run: RunState, cfg: Config, run_dir: RunDir, d: DatasetBundle, device: torch.device, world_size: int,
+    new_stage: Callable[[int, str, StageConfig], Stage],
+) -> str:  # fmt: skip
+    """The dry run's text. Walks `run` through the schedule as a real run would (models built, snapshots taken, each
+    stage set up through `new_stage`), without training or writing anything."""
     exp = cfg.experiment
     seed_everything(exp.seed)
-    d = runner.data
     speed = "channels_last, " if exp.channels_last else ""
     speed += f"compile {exp.compile}, " if exp.compile != "no" else ""
     lines = [
-        f"Experiment '{exp.name}' (seed {exp.seed}, precision {exp.precision}, {speed}{runner.world_size} process(es))",
-        f"  run folder: {runner.run_dir.root}",
+        f"Experiment '{exp.name}' (seed {exp.seed}, precision {exp.precision}, {speed}{world_size} process(es))",
+        f"  run folder: {run_dir.root}",
     ]
-    if runner.run_dir.holds_run():
+    if run_dir.holds_run():
         lines.append(
             "  WARNING: this run folder already holds a run: a real run refuses to start on top of it. Continue it "
             "with --resume, or set experiment.name / experiment.output_dir."
         )
-    elif (why := runner.run_dir.creatable()) is not None:
+    elif (why := run_dir.creatable()) is not None:
         lines.append(f"  WARNING: the run folder cannot be created ({why}); set experiment.output_dir.")
     if exp.imports:
         lines.append(f"  imports: {', '.join(exp.imports)}")
@@ -128,26 +135,25 @@ def plan(runner: Runner) -> str:
     if d.info.get("metadata"):
         lines.append(f"  {d.info['metadata']}")
     lines.append("Models:")
-    runner.models = build_models(cfg, d.num_classes, runner.device, d.train.fields)
-    for name, m in runner.models.items():
+    run.models = build_models(cfg, d.num_classes, device, d.train.fields)
+    for name, m in run.models.items():
         n = sum(p.numel() for p in m.parameters())
         src = f" <- {cfg.models[name].checkpoint}" if cfg.models[name].checkpoint else ""
         lines.append(f"  {name:<12} {cfg.models[name].arch:<14} {n:>12,} params{src}")
-    check_stage_files(runner.models, cfg, runner.run_dir, runner.device)
+    check_stage_files(run.models, cfg, run_dir, device)
     lines.append("Stages:")
-    types = stage_types()
     for i, (name, scfg) in enumerate(cfg.stages.items()):
-        runner.stage_index = i
-        stage = types[scfg.type](name, scfg, runner)
-        runner.stage = stage
+        run.stage_index = i
+        stage = new_stage(i, name, scfg)
+        run.stage = stage
         if not scfg.enabled:
             lines.append(f"  {i + 1}. {name:<14} {scfg.type:<11} (disabled)")
             continue
-        runner.take_snapshots(scfg)
+        take_snapshots(run.models, scfg)
         stage.setup()
         total, spe = stage_lengths(stage)
         for sname in stage.streams if stage.trains else ():
-            micro_batch(stage, sname, runner.world_size)
+            micro_batch(stage, sname, world_size)
         length = f"{scfg.epochs} epochs x {spe} = {total} steps" if scfg.epochs is not None else f"{total} steps"
         streams = ", ".join(f"{k}: {len(s.dataset)} imgs, batch {s.batch_size}" for k, s in stage.streams.items())
         parts = [f"  {i + 1}. {name:<14} {scfg.type:<11}"]
@@ -167,5 +173,5 @@ def plan(runner: Runner) -> str:
             parts.append(f"data: {sd.name} ({len(sd.train)} train / {len(sd.test)} test, {sd.num_classes} classes)")
         lines.append(" ".join(parts))
         lines += stage_details(scfg, stage.trains)
-    runner.stage = None
+    run.stage = None
     return "\n".join(lines)

@@ -10,7 +10,6 @@ only through the Stage hooks and the callbacks it is given.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -21,16 +20,19 @@ from accelerate.utils import send_to_device
 from torch import nn
 
 from ssl_kd.config.registry import stage_types
-from ssl_kd.config.schema import Config
-from ssl_kd.engine import state as ckpt_io
-from ssl_kd.engine.build import apply_init, apply_module_init, build_models, check_stage_files
+from ssl_kd.config.schema import Config, StageConfig
+from ssl_kd.data import mix_seed
+from ssl_kd.engine import resume as ckpt_io
+from ssl_kd.engine.build import apply_init, apply_module_init, build_models, check_stage_files, take_snapshots
 from ssl_kd.engine.callback import Callback
+from ssl_kd.engine.checkpoint_io import save_atomic
 from ssl_kd.engine.evaluation import Evaluator, Predict, eval_mode
 from ssl_kd.engine.plan import plan
 from ssl_kd.engine.run_dir import RunDir
+from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.services import DataServices
-from ssl_kd.engine.stage import Stage
+from ssl_kd.engine.stage import Prepared, Stage
 from ssl_kd.engine.streams import make_iterators, one_pass, stage_lengths
 from ssl_kd.errors import TrainingStopped, UserError, choices
 from ssl_kd.memory import EMAModel
@@ -42,7 +44,56 @@ __all__ = ["Runner", "TrainingStopped"]
 StageCallbacks = Callable[["Runner", Stage], list[Callback]]
 
 
+def _run_state(name: str) -> property:
+    """A Runner attribute that is a field of its RunState (callbacks read them on the runner, Catalyst-style)."""
+    return property(lambda self: getattr(self.state, name), lambda self, v: setattr(self.state, name, v))
+
+
+class StageContextOf:
+    """The Runner's `StageContext` for one stage: the run's models, the stage's data services, its seed and the few
+    things a stage may do to the run, and what the runner prepares for its forward passes."""
+
+    def __init__(self, runner: Runner, name: str, scfg: StageConfig, index: int) -> None:
+        self._runner, self._name, self._scfg, self._index = runner, name, scfg, index
+        self.device = runner.device
+        self.is_main = runner.is_main
+        self.prepared = Prepared()
+
+    def raw_model(self, name: str) -> nn.Module:
+        return self._runner.models[name]
+
+    def data_services(self) -> DataServices:
+        return self._runner.services_for(self._name, self._scfg)
+
+    def stage_seed(self, *parts: int) -> int:
+        return mix_seed(self._runner.cfg.experiment.seed, self._index, *parts)
+
+    def one_pass(self, dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        return self._runner.one_pass(dataset, batch_size, seed)
+
+    def replace_model(self, name: str, model: nn.Module) -> None:
+        self._runner.replace_model(name, model)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._runner.log(record)
+
+    def save_stage_weights(self, which: str, weights: dict[str, Any]) -> None:
+        self._runner.save_stage_weights(which, weights)
+
+
 class Runner:
+    # the run's position and the stage's training objects live in `self.state` (a RunState)
+    models = _run_state("models")
+    stage = _run_state("stage")
+    stage_index = _run_state("stage_index")
+    global_step = _run_state("global_step")
+    results = _run_state("results")
+    wandb_id = _run_state("wandb_id")
+    optimizer = _run_state("optimizer")
+    scheduler = _run_state("scheduler")
+    scheduler_per_epoch = _run_state("scheduler_per_epoch")
+    callbacks = _run_state("callbacks")
+
     def __init__(
         self,
         cfg: Config,
@@ -64,19 +115,11 @@ class Runner:
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
         self.world_size = self.accelerator.num_processes
-        self.models: dict[str, nn.Module] = {}
-        self.results: dict[str, dict[str, Any]] = {}  # per-stage last/best metrics, for the summary
+        self.state = RunState()
         self.experiment_callbacks = list(callbacks or [])
         self.make_stage_callbacks = stage_callbacks or (lambda runner, stage: [])
-        self.stage: Stage | None = None
-        self.stage_index = 0
-        self.global_step = 0
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.scheduler_per_epoch = False
         self.backward = None  # the optimizer's backward strategy for the current stage
-        self.callbacks: list[Callback] = []
-        self.wandb_id: str | None = None
+        self.context: StageContextOf | None = None  # the current stage's
         self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run, device=self.device)
         self._stage_services: dict[str, DataServices] = {}  # stages with their own `data:`
         self.evaluator = Evaluator(self.services, self.accelerator, cfg.data.num_workers)
@@ -85,10 +128,12 @@ class Runner:
     @property
     def stage_services(self) -> DataServices:
         """The current stage's data services: its own dataset when its config names one, else the run's."""
-        scfg = self.stage.cfg if self.stage is not None else None
-        if scfg is None or scfg.data is None:
+        return self.services if self.stage is None else self.services_for(self.stage.name, self.stage.cfg)
+
+    def services_for(self, name: str, scfg: StageConfig) -> DataServices:
+        """Stage `name`'s data services: its own dataset when its config names one, else the run's."""
+        if scfg.data is None:
             return self.services
-        name = self.stage.name
         if name not in self._stage_services:
             self._stage_services[name] = DataServices(
                 self.cfg, self.run_dir, write=self.services.write, device=self.device, data=scfg.data,
@@ -106,12 +151,6 @@ class Runner:
     def ssl_split(self):
         """Labelled/unlabelled indices: computed once per run, saved in the run folder, reloaded on resume."""
         return self.stage_services.ssl_split(self.stage.name if self.stage else None)
-
-    def take_snapshots(self, cfg) -> None:
-        """The stage's `snapshot`s: frozen copies of models as they stand now (after `init`), added to the run's
-        models (so they are read like any model and saved in every later checkpoint)."""
-        for snap in cfg.snapshot:
-            self.models[snap.as_] = copy.deepcopy(self.models[snap.of]).requires_grad_(False).eval()
 
     def one_pass(self, dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over a stream dataset, this rank's share, on the device (see `Stage.one_pass`)."""
@@ -161,13 +200,19 @@ class Runner:
                 check(self)
 
     def save_checkpoint(self, in_stage: bool = True) -> None:
-        ckpt_io.save_checkpoint(self, in_stage)
+        self.check_finite()
+        size = self.run_dir.metrics_size() if self.is_main else 0
+        state = ckpt_io.checkpoint_state(self.state, in_stage, self.resolved, size, self.accelerator)
+        if self.is_main:
+            save_atomic(state, self.run_dir.last)
+        self.accelerator.wait_for_everyone()
 
     def save_stage_weights(self, which: str, weights: dict[str, Any]) -> None:
         """`weights`: {"models": {name: state_dict}, "modules": {name: state_dict}} (or just {name: state_dict})."""
         if "models" not in weights:
             weights = {"models": weights}
-        ckpt_io.save_stage_weights(self, which, weights)
+        if self.is_main:
+            save_atomic(ckpt_io.stage_weights(self.state, weights), self.run_dir.stage_file(self.stage.name, which))
 
     def replace_model(self, name: str, model: nn.Module) -> None:
         """Swap model `name` for another (e.g. a physically smaller pruned export) between stages. Its constructor
@@ -179,8 +224,15 @@ class Runner:
             raise ValueError(f"model '{name}': the replacement has no constructor spec (build it with create_model)")
         self.models[name] = model.to(self.device)
 
+    def new_stage(self, index: int, name: str, scfg: StageConfig) -> Stage:
+        """Stage `name` of the schedule, with its context (kept as `self.context` for the loop)."""
+        self.context = StageContextOf(self, name, scfg, index)
+        return stage_types()[scfg.type](name, scfg, self.context)
+
     def plan(self) -> str:
-        return plan(self)
+        return plan(
+            self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, new_stage=self.new_stage
+        )
 
     # ================================================================ the loop
     def run(self) -> dict[str, dict[str, Any]]:
@@ -189,22 +241,24 @@ class Runner:
             self.run_dir.create()
         seed_everything(exp.seed, exp.deterministic)
         self.models = build_models(self.cfg, self.data.num_classes, self.device, self.data.train.fields)
-        ckpt = ckpt_io.load_resume(self) if self.resume else None  # a resume checks the stages' files itself
+        ckpt = None
+        if self.resume:  # a resume checks the stages' files itself
+            ckpt = ckpt_io.load_resume(self.state, self.cfg, self.resolved, self.run_dir, self.device, self.is_main)
         if ckpt is None:
             check_stage_files(self.models, self.cfg, self.run_dir, self.device)  # every stage's, before any work
         if ckpt is not None and not ckpt["in_stage"]:
-            ckpt_io.restore_rng_of(self, ckpt)
+            ckpt_io.restore_rng_of(self.accelerator, ckpt)
         for cb in self._all_callbacks():
             cb.on_experiment_start(self)
         start = ckpt["stage_index"] if ckpt else 0
-        types = stage_types()
         for index, (name, scfg) in enumerate(self.cfg.stages.items()):
             if index < start or not scfg.enabled:
                 continue
             self.stage_index = index
             resume_here = ckpt if (ckpt and ckpt["in_stage"] and ckpt["stage_index"] == index) else None
-            self._run_stage(types[scfg.type](name, scfg, self), resume_here)
+            self._run_stage(self.new_stage(index, name, scfg), resume_here)
         self.stage = None
+        self.context = None
         for cb in self._all_callbacks():
             cb.on_experiment_end(self)
         return self.results
@@ -223,14 +277,13 @@ class Runner:
             self.models[n].eval().requires_grad_(False)
         for n in cfg.train:
             self.models[n].train().requires_grad_(True)
-        stage._prepared.frozen = [freeze_part(self.models, path, f"stages.{stage.name}.freeze") for path in cfg.freeze]
+        ready = self.context.prepared
+        ready.frozen = [freeze_part(self.models, path, f"stages.{stage.name}.freeze") for path in cfg.freeze]
         prepared = {n: self.accelerator.prepare_model(self.models[n]) for n in cfg.train}
         if exp.compile != "no":  # the trained models' forward passes; evaluation and EMA use the plain modules
             prepared = {n: torch.compile(m, mode=exp.compile) for n, m in prepared.items()}
-        stage._prepared.models = {**{n: self.models[n] for n in cfg.uses}, **prepared}
-        stage._prepared.modules = {
-            n: self.accelerator.prepare_model(m) if _trainable(m) else m for n, m in stage.modules.items()
-        }
+        ready.models = {**{n: self.models[n] for n in cfg.uses}, **prepared}
+        ready.modules = {n: self.accelerator.prepare_model(m) if _trainable(m) else m for n, m in stage.modules.items()}
         if stage.trains and cfg.ema.enabled:
             for n in cfg.train:
                 stage.ema_models[n] = EMAModel(self.models[n], cfg.ema.decay, cfg.ema.average_buffers)
@@ -273,7 +326,7 @@ class Runner:
         self.evaluator.services = self.stage_services
         if ckpt is None:
             apply_init(self.models, self.cfg, self.run_dir, stage.name, cfg, self.stage_index, self.device)
-            self.take_snapshots(cfg)  # a resumed stage keeps the snapshot its checkpoint holds
+            take_snapshots(self.models, cfg)  # a resumed stage keeps the snapshot its checkpoint holds
         stage.setup()
         if ckpt is None:  # a resumed stage restores its modules from its checkpoint
             apply_module_init(stage.modules, self.cfg, self.run_dir, stage.name, cfg, self.stage_index)
@@ -284,14 +337,14 @@ class Runner:
         self.callbacks = sorted([*self.make_stage_callbacks(self, stage), *stage.callbacks()], key=lambda c: c.order)
 
         if ckpt is not None:
-            ckpt_io.restore_stage(self, ckpt)
+            ckpt_io.restore_stage(self.state, ckpt)
         else:
             stage.on_stage_start()
         for cb in self._all_callbacks():
             cb.on_stage_start(self)
         iters = self._make_iterators(stage) if total else {}
         if ckpt is not None:
-            ckpt_io.restore_rng_of(self, ckpt)
+            ckpt_io.restore_rng_of(self.accelerator, ckpt)
 
         try:
             self._loop(stage, iters, total, spe)
@@ -300,12 +353,13 @@ class Runner:
         stage.on_stage_end()
         for cb in self._all_callbacks():
             cb.on_stage_end(self)
-        for handle in stage._prepared.frozen:
+        ready = self.context.prepared
+        for handle in ready.frozen:
             handle.remove()
         for n in cfg.train:
-            self.accelerator.unwrap_model(stage._prepared.models[n], keep_fp32_wrapper=False)
+            self.accelerator.unwrap_model(ready.models[n], keep_fp32_wrapper=False)
             self.models[n].requires_grad_(True)
-        for n, m in stage._prepared.modules.items():
+        for n, m in ready.modules.items():
             if m is not stage.modules[n]:
                 self.accelerator.unwrap_model(m, keep_fp32_wrapper=False)
         self.save_checkpoint(in_stage=False)
@@ -323,7 +377,8 @@ class Runner:
     def _loop(self, stage: Stage, iters: dict[str, Iterator], total: int, spe: int) -> None:
         accum = stage.cfg.grad_accum
         callbacks = self._all_callbacks()
-        synced = [*(stage._prepared.models[n] for n in stage.cfg.train), *stage._prepared.modules.values()]
+        ready = self.context.prepared
+        synced = [*(ready.models[n] for n in stage.cfg.train), *ready.modules.values()]
         strategy = self.backward
         prog = stage.progress
 

@@ -35,13 +35,12 @@ from torch import nn
 
 from ssl_kd.components import Schedule, ScheduleConfig, Scheduled, Teacher
 from ssl_kd.config.schema import StageConfig
-from ssl_kd.data import mix_seed
 from ssl_kd.errors import UserError
 
 if TYPE_CHECKING:
     from ssl_kd.data import DatasetBundle, Transform
     from ssl_kd.engine.callback import Callback
-    from ssl_kd.engine.runner import Runner
+    from ssl_kd.engine.services import DataServices
     from ssl_kd.memory import EMAModel
     from ssl_kd.models import Prediction
 
@@ -93,12 +92,34 @@ class Plot:
 
 
 @dataclass
-class _Prepared:
-    """What the runner prepares for the stage's forward passes (DDP-wrapped when trained on several processes)."""
+class Prepared:
+    """What the engine prepares for a stage's forward passes (DDP-wrapped when trained on several processes)."""
 
     models: dict[str, nn.Module] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
     frozen: list[Any] = field(default_factory=list)  # hook handles keeping `freeze:` parts in eval mode
+
+
+class StageContext(Protocol):
+    """All a stage sees of the run. The Runner lends one per stage; anything else that provides these members (a
+    test double, a notebook harness) can drive a stage too. A stage never reaches past it: no Runner, no globals.
+
+    `prepared` is filled by the engine before the first step (the forward callables of the stage's models and
+    modules); `raw_model` is the run's model itself, unwrapped, for its attributes and parameters."""
+
+    device: torch.device
+    is_main: bool
+    prepared: Prepared
+
+    def raw_model(self, name: str) -> nn.Module: ...
+    def data_services(self) -> DataServices: ...
+    def stage_seed(self, *parts: int) -> int: ...
+    def one_pass(
+        self, dataset: torch.utils.data.Dataset, batch_size: int, seed: int
+    ) -> Iterator[dict[str, torch.Tensor]]: ...
+    def replace_model(self, name: str, model: nn.Module) -> None: ...
+    def log(self, record: dict[str, Any]) -> None: ...
+    def save_stage_weights(self, which: str, weights: dict[str, Any]) -> None: ...
 
 
 class Stage:
@@ -107,16 +128,15 @@ class Stage:
     trains: ClassVar[bool] = True  # False for stages that only evaluate
     plots: ClassVar[tuple[Plot, ...]] = ()  # diagnostics the report draws (any other train/* number: the grid)
 
-    def __init__(self, name: str, cfg: StageConfig, runner: Runner) -> None:
+    def __init__(self, name: str, cfg: StageConfig, ctx: StageContext) -> None:
         self.name = name
         self.cfg = cfg
-        self.runner = runner
+        self._ctx = ctx
         self.progress = Progress()
         self.streams: dict[str, Stream] = {}
         self.modules: dict[str, nn.Module] = {}
         self.states: dict[str, Stateful] = {}
-        self.ema_models: dict[str, EMAModel] = {}  # filled by the runner when the stage's `ema` is enabled
-        self._prepared = _Prepared()
+        self.ema_models: dict[str, EMAModel] = {}  # filled by the engine when the stage's `ema` is enabled
 
     # ================================================================ what a method writes
     def setup(self) -> None:
@@ -156,22 +176,39 @@ class Stage:
     @property
     def data(self) -> DatasetBundle:
         """The stage's dataset: its own `data:` block when it has one, else the run's."""
-        return self.runner.data
+        return self._ctx.data_services().data
+
+    @property
+    def device(self) -> torch.device:
+        """Where the batches and models are (for tensors a stage creates itself, e.g. a memory bank)."""
+        return self._ctx.device
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that prints and writes files (rank 0)."""
+        return self._ctx.is_main
 
     def model(self, name: str) -> nn.Module:
         """The model to call in train_step (DDP-wrapped when trained on several processes)."""
-        return self._prepared.models[name]
+        return self._ctx.prepared.models[name]
+
+    def raw_model(self, name: str) -> nn.Module:
+        """Model `name` itself, unwrapped: for its attributes (`num_classes`, `feat_dim`, heads) and parameters."""
+        return self._ctx.raw_model(name)
 
     def module(self, name: str) -> nn.Module:
         """A registered module to call in train_step (DDP-wrapped when it trains on several processes)."""
-        return self._prepared.modules[name]
+        return self._ctx.prepared.modules[name]
+
+    def inputs(self, name: str, part: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The extra inputs model `name` declares (e.g. `meta`), taken from a batch part by name ({} for most)."""
+        raw = self.raw_model(name)
+        return raw.inputs_from(part) if getattr(raw, "extra_inputs", ()) else {}
 
     def forward(self, name: str, part: Mapping[str, torch.Tensor], x: torch.Tensor | None = None, **kwargs: Any):
         """Run model `name` on a batch part: its image `x` (or the given tensor, e.g. a mixed batch) plus the extra
         inputs the model declares (e.g. `meta`), taken from the part by name unless given in `kwargs`."""
-        raw = self.runner.models[name]
-        inputs = raw.inputs_from(part) if getattr(raw, "extra_inputs", ()) else {}
-        return self.model(name)(part["x"] if x is None else x, **{**inputs, **kwargs})
+        return self.model(name)(part["x"] if x is None else x, **{**self.inputs(name, part), **kwargs})
 
     def frozen_teacher(self, name: str, cache: bool = False) -> Teacher:
         """A frozen teacher over model `name` (which the stage must list in `uses`); `cache=True` keeps each
@@ -206,27 +243,27 @@ class Stage:
         return names[0]
 
     def transform(self, kind: str) -> Transform:
-        return self.runner.transform(kind)
+        return self._ctx.data_services().transform(kind)
 
     def ssl_split(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.runner.ssl_split()
+        """Labelled/unlabelled indices: computed once per run, saved in the run folder, reloaded on resume."""
+        return self._ctx.data_services().ssl_split(self.name)
 
     def view_dataset(self, images: Any, views: Mapping[str, Transform], indices: np.ndarray | None = None):
         """The dataset of a training stream: `views` (name -> transform) of `images` (optionally a subset by
         `indices`), each sample's views seeded by its position in the stream. Per-image on the host, or whole
         batches on the device with `data.pipeline: device`; the stage does not need to know which."""
-        return self.runner.stage_services.view_dataset(images, views, indices)
+        return self._ctx.data_services().view_dataset(images, views, indices)
 
     def one_pass(self, dataset: torch.utils.data.Dataset, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over a stream dataset (e.g. to fill a memory bank) in fixed order, this rank's share, on the
         device. Batches are equal-sized on every rank; `batch["valid"]` marks the real samples of padded ones."""
-        return self.runner.one_pass(dataset, batch_size, seed=self.seed("one_pass"))
+        return self._ctx.one_pass(dataset, batch_size, seed=self.seed("one_pass"))
 
     def seed(self, *salt: int | str) -> int:
         """A seed for the stage's own draws (a memory bank's init, sampled negatives): a hash of the experiment seed,
         the stage's position and `salt`, the same on every rank and independent of the global RNG."""
-        parts = [zlib.crc32(s.encode()) if isinstance(s, str) else int(s) for s in salt]
-        return mix_seed(self.runner.cfg.experiment.seed, self.runner.stage_index, *parts)
+        return self._ctx.stage_seed(*(zlib.crc32(s.encode()) if isinstance(s, str) else int(s) for s in salt))
 
     def add_stream(self, name: str, dataset: torch.utils.data.Dataset, batch_size: int | None = None) -> None:
         self.streams[name] = Stream(dataset, batch_size or self.cfg.batch_size)
@@ -239,13 +276,26 @@ class Stage:
     def register_module(self, name: str, module: nn.Module) -> nn.Module:
         """An extra module (e.g. a learnable temperature, a projection head): optimized with the stage's models,
         DDP-wrapped like them, checkpointed, and saved in the stage's weight files. Call it via `module(name)`."""
-        self.modules[name] = module.to(self.runner.device)
+        self.modules[name] = module.to(self.device)
         return self.modules[name]
+
+    # ================================================================ what a stage may do to the run
+    def replace_model(self, name: str, model: nn.Module) -> None:
+        """Swap a model it only reads for another (e.g. a pruned export) for the stages that follow."""
+        self._ctx.replace_model(name, model)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One metrics record outside the step (e.g. an export's sizes), already reduced across ranks."""
+        self._ctx.log(record)
+
+    def save_weights(self, which: str, weights: dict[str, Any]) -> None:
+        """`checkpoints/<stage>/<which>.pt`: {"models": {name: state_dict}, "modules": {...}} with their specs."""
+        self._ctx.save_stage_weights(which, weights)
 
     def parameters_to_train(self) -> list[tuple[str, nn.Parameter]]:
         named = []
         for mname in self.cfg.train:
-            named += [(f"{mname}.{n}", p) for n, p in self.runner.models[mname].named_parameters()]
+            named += [(f"{mname}.{n}", p) for n, p in self.raw_model(mname).named_parameters()]
         for mname, mod in self.modules.items():
             named += [(f"{mname}.{n}", p) for n, p in mod.named_parameters()]
         return named  # build_optimizer leaves out frozen parameters (`freeze:`, a frozen module)

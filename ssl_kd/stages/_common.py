@@ -37,7 +37,7 @@ def unlabelled_pool(stage: Stage):
 def check_same_classes(stage: Stage, *names: str) -> dict[str, int | None]:
     """Models distilled into one another (student, teacher) or ensembled (peers) must share their classes; returns
     each model's count."""
-    classes = {n: getattr(stage.runner.models[n], "num_classes", None) for n in names}
+    classes = {n: getattr(stage.raw_model(n), "num_classes", None) for n in names}
     if len(set(classes.values())) > 1:
         raise UserError(
             f"stages.{stage.name}: {list(names)} must have the same number of classes to be distilled or "
@@ -48,7 +48,7 @@ def check_same_classes(stage: Stage, *names: str) -> dict[str, int | None]:
 
 def feat_dim(stage: Stage, name: str) -> int:
     """The width of model `name`'s pooled feature, for a head or connector on it (a clear error when undeclared)."""
-    dim = getattr(stage.runner.models[name], "feat_dim", None)
+    dim = getattr(stage.raw_model(name), "feat_dim", None)
     if not isinstance(dim, int):
         raise UserError(f"stages.{stage.name}: model '{name}' declares no `feat_dim` (its pooled feature's width).")
     return dim

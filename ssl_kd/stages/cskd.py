@@ -54,7 +54,7 @@ class CSKD(Stage):
         c = self.cfg
         self.student, teacher = self.single("train"), self.single("uses")
         check_same_classes(self, self.student, teacher)
-        if c.token == "dist" and getattr(self.runner.models[self.student], "dist_token", None) is None:
+        if c.token == "dist" and getattr(self.raw_model(self.student), "dist_token", None) is None:
             raise UserError(
                 f"stages.{self.name}.token: 'dist' needs a student with a distillation token; set "
                 f"models.{self.student}.kwargs.dist_token: true (a ViT), or token: cls"

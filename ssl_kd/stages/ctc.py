@@ -134,7 +134,7 @@ class InstDisc(Stage):
         projection = seeded_linear(feat_dim(self, self.net), c.dim, self.seed("projection"))
         self.register_module("projection", projection.requires_grad_(c.train_projection))
         self.memory = self.register_state(
-            "memory", MemoryBank(len(images), c.dim, c.momentum, self.seed("memory"), self.runner.device)
+            "memory", MemoryBank(len(images), c.dim, c.momentum, self.seed("memory"), self.device)
         )
 
     def train_step(self, batch):
@@ -163,7 +163,7 @@ class CRD(Stage):
         self.teacher = self.frozen_teacher(teacher)
         images = self.data.train
         self.num_data = len(images)
-        dev = self.runner.device
+        dev = self.device
         self.register_module("embed_s", Embed(feat_dim(self, self.net), c.dim, self.seed("embed_s")))
         embed_t = Embed(feat_dim(self, teacher), c.dim, self.seed("embed_t"))
         self.register_module("embed_t", embed_t.requires_grad_(c.train_teacher_embed))

@@ -39,25 +39,25 @@ class Export(Stage):
     trains = False
 
     def on_stage_start(self) -> None:
-        runner, weights = self.runner, {}
+        weights = {}
         shape = tuple(self.cfg.input_shape or self._test_image_shape())
         for name in self.cfg.uses:
             res = export_pruned(
-                runner.models[name], input_shape=shape, check_batch=self.cfg.check_batch,
+                self.raw_model(name), input_shape=shape, check_batch=self.cfg.check_batch,
                 where=f"stages.{self.name} (model '{name}')",
             )  # fmt: skip
-            runner.replace_model(name, res.model)
+            self.replace_model(name, res.model)
             weights[name] = res.model.state_dict()
-            if runner.is_main:
+            if self.is_main:
                 print(res.describe(f"  export '{name}'"), flush=True)
             (p0, p1), (f0, f1) = res.params, res.flops
-            runner.log({
+            self.log({
                 "kind": "export", f"export/{name}/params": p1, f"export/{name}/params_before": p0,
                 f"export/{name}/flops": f1, f"export/{name}/flops_before": f0,
                 f"export/{name}/max_abs_diff": res.max_abs_diff,
             })  # fmt: skip
         for which in ("best", "last"):  # `init: {mode: stage}` reads `best` by default
-            runner.save_stage_weights(which, {"models": weights})
+            self.save_weights(which, {"models": weights})
 
     def _test_image_shape(self) -> tuple[int, int, int]:
         try:

@@ -42,7 +42,7 @@ EXAMPLE = "{arch: multi_exit, kwargs: {backbone: resnet8x4, exits: [1, 2, 3], ex
 
 def rotation_heads(stage: Stage, name: str, key: str) -> MultiExit:
     """Model `name` as a multi-exit network whose auxiliary heads predict the 4C joint (class, rotation) labels."""
-    model = stage.runner.models[name]
+    model = stage.raw_model(name)
     if not isinstance(model, MultiExit) or model.exit_label_factor != 4:
         raise UserError(
             f"stages.{stage.name}.{key}: '{stage.type_name}' needs model '{name}' to be a multi-exit network whose "
@@ -184,7 +184,7 @@ class HSSAKDOnline(_Rotated):
         return losses, diagnostics
 
     def eval_targets(self):
-        models = [self.runner.models[n] for n in self.peers]
+        models = [self.raw_model(n) for n in self.peers]
 
         def ensemble(batch):  # mean of the peers' softmax on the clean image (log, so argmax and NLL read it)
             probs = torch.stack([F.softmax(m(batch["x"]).logits.float(), dim=1) for m in models]).mean(0)

@@ -62,7 +62,7 @@ class LinearProbe(Stage):
         c = self.cfg
         self.net = self.single("uses")
         self.add_stream("train", labelled_views(self, c.augment, "all"))
-        backbone = copy.deepcopy(self.runner.models[self.net])
+        backbone = copy.deepcopy(self.raw_model(self.net))
         feat_dim = getattr(backbone, "feat_dim", None)
         if not isinstance(feat_dim, int):
             raise UserError(f"stages.{self.name}.uses: model '{self.net}' declares no `feat_dim` to probe.")
@@ -71,9 +71,7 @@ class LinearProbe(Stage):
 
     def train_step(self, batch):
         part = batch["train"]
-        backbone = self.modules["probe"].backbone
-        inputs = backbone.inputs_from(part) if getattr(backbone, "extra_inputs", ()) else {}
-        logits = self.module("probe")(part["x"], **inputs)
+        logits = self.module("probe")(part["x"], **self.inputs(self.net, part))
         return {"ce": F.cross_entropy(logits, part["y"])}, {"acc": accuracy(logits, part["y"])}
 
     def predict(self, name, model, batch):

@@ -82,7 +82,7 @@ class MCL(Stage):
         return losses, diagnostics
 
     def eval_targets(self):
-        models = [self.runner.models[p] for p in self.peers]
+        models = [self.raw_model(p) for p in self.peers]
 
         def ensemble(batch):
             return torch.stack([self.predict(p, m, batch) for p, m in zip(self.peers, models)]).mean(0)

@@ -82,7 +82,7 @@ class MixSKD(Stage):
     def setup(self) -> None:
         c = self.cfg
         self.net = self.single("train")
-        raw = self.runner.models[self.net]
+        raw = self.raw_model(self.net)
         if not isinstance(raw, MultiExit):
             raise UserError(
                 f"stages.{self.name}.train: a 'mixskd' stage trains a multi-exit model, but model '{self.net}' is "
@@ -103,9 +103,9 @@ class MixSKD(Stage):
         part = batch["train"]
         x, y = part["x"], part["y"]
         n = len(y)
-        raw = self.runner.models[self.net]
+        raw = self.raw_model(self.net)
         mix = sample_mixup(n, c.alpha, c.fallback_lam)
-        extra = raw.inputs_from(part) if raw.extra_inputs else {}
+        extra = self.inputs(self.net, part)
         mixed = mix_tensors({"x": x, **extra}, mix)  # metadata, if any, mixed with the same lambda and perm
         both = {k: torch.cat([extra[k], mixed[k]]) for k in extra}
         out = self.forward(self.net, part, torch.cat([x, mixed["x"]]), **both)

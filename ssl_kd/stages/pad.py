@@ -71,9 +71,9 @@ class PAD(Stage):
         self.teacher = self.frozen_teacher(teacher)
         d_t = feat_dim(self, teacher)
         feat_dim(self, self.student)  # both pooled widths declared (the connector reads them)
-        models = self.runner.models
+        student_net, teacher_net = self.raw_model(self.student), self.raw_model(teacher)
         try:  # the pooled features: identity for equal widths, else linear
-            connector = connector_for(c.connector, models[self.student], models[teacher], None, self.seed("connector"))
+            connector = connector_for(c.connector, student_net, teacher_net, None, self.seed("connector"))
         except ValueError as e:
             raise UserError(f"stages.{self.name}.connector: {e}; use auto or linear.") from None
         self.register_module("connector", connector)

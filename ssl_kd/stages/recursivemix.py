@@ -64,8 +64,8 @@ class RecursiveMix(Stage):
         c = self.cfg
         self.net = self.single("train")
         self.add_stream("train", labelled_views(self, c.augment, "all"))
-        self.history = self.register_state("history", BatchHistory(c.history_reset, self.runner.device))
-        raw = self.runner.models[self.net]
+        self.history = self.register_state("history", BatchHistory(c.history_reset, self.device))
+        raw = self.raw_model(self.net)
         if not c.share_fc:
             self.register_module("roi_head", nn.Linear(raw.feat_dim, raw.num_classes))
 
@@ -77,9 +77,9 @@ class RecursiveMix(Stage):
         part = batch["train"]
         x, y = part["x"], part["y"]
         n, size = len(y), (x.shape[-2], x.shape[-1])
-        raw = self.runner.models[self.net]
+        raw = self.raw_model(self.net)
         soft = _smooth_one_hot(y, raw.num_classes, c.label_smoothing)
-        extra = raw.inputs_from(part) if raw.extra_inputs else {}
+        extra = self.inputs(self.net, part)
         hist = self.history
         box, lam = None, 1.0
         if not hist.empty:

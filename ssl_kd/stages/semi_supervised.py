@@ -91,7 +91,7 @@ class SemiSupervised(Stage):
         # indexed by position in the pool; FlexMatch's history is one global history over all processes
         self.threshold = build_threshold(c.threshold, tau=c.tau, num_samples=len(pool),
                                          num_classes=self.data.num_classes, flex_warmup=c.flex_warmup,
-                                         device=self.runner.device)  # fmt: skip
+                                         device=self.device)  # fmt: skip
         if hasattr(self.threshold, "state_dict"):
             self.register_state("selected_label", self.threshold)
         w = c.loss_weights

@@ -76,8 +76,7 @@ class Supervised(Stage):
         if params is None:
             logits = self.forward(self.net, part).logits
             return {"ce": F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)}, self._diag(logits, y, 1.0)
-        raw = self.runner.models[self.net]
-        extra = raw.inputs_from(part) if getattr(raw, "extra_inputs", ()) else {}
+        extra = self.inputs(self.net, part)
         dtype = x.dtype if x.is_floating_point() else torch.float32
         mixed = mix_tensors({"x": x, "y": one_hot(y, self.data.num_classes, dtype), **extra}, params)
         logits = self.forward(self.net, part, mixed["x"], **{k: mixed[k] for k in extra}).logits

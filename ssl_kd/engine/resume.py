@@ -1,4 +1,5 @@
-"""Checkpoint and resume: everything that must survive a restart, in `checkpoints/last.pt`.
+"""What a checkpoint holds and how a run resumes from it: everything that must survive a restart, in
+`checkpoints/last.pt`. (File I/O is `engine.checkpoint_io`; when to save is `callbacks.checkpoint`.)
 
 Models (with their constructor specs), and inside a stage: optimizer, scheduler, the stage's modules and
 registered state (EMA models, histories, caches, ...), callback state (incl. half-filled log accumulators),
@@ -13,46 +14,51 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ssl_kd.config.schema import Config
 from ssl_kd.engine.build import check_stage_files, specs
-from ssl_kd.engine.checkpoint import FORMAT, capture_rng, load_checkpoint, restore_rng, save_atomic
+from ssl_kd.engine.checkpoint_io import FORMAT, capture_rng, load_checkpoint, restore_rng
 from ssl_kd.engine.run_dir import RunDir
+from ssl_kd.engine.run_state import RunState
 from ssl_kd.errors import UserError
 from ssl_kd.models import create_model_from_spec
 
 if TYPE_CHECKING:
-    from ssl_kd.engine.runner import Runner
+    from accelerate import Accelerator
 
 
-def checkpoint_state(runner: Runner, in_stage: bool) -> dict[str, Any]:
-    stage = runner.stage
+def checkpoint_state(
+    run: RunState, in_stage: bool, resolved: dict[str, Any], metrics_bytes: int, accelerator: Accelerator
+) -> dict[str, Any]:
+    """The checkpoint of `run` as it stands (at a stage's step, or at the boundary after it)."""
+    stage = run.stage
     state: dict[str, Any] = {
         "format": FORMAT,
-        "config": runner.resolved,
-        "stage_index": runner.stage_index if in_stage else runner.stage_index + 1,
+        "config": resolved,
+        "stage_index": run.stage_index if in_stage else run.stage_index + 1,
         "stage_name": stage.name if stage else None,
         "in_stage": in_stage,
         "step": stage.progress.step if (in_stage and stage) else 0,
-        "global_step": runner.global_step,
-        "models": {n: m.state_dict() for n, m in runner.models.items()},
-        "specs": specs(runner.models),
-        "results": runner.results,
-        "metrics_bytes": runner.run_dir.metrics_size() if runner.is_main else 0,
-        "wandb_id": runner.wandb_id,
+        "global_step": run.global_step,
+        "models": {n: m.state_dict() for n, m in run.models.items()},
+        "specs": specs(run.models),
+        "results": run.results,
+        "metrics_bytes": metrics_bytes,
+        "wandb_id": run.wandb_id,
     }
     if in_stage and stage is not None:
         state["stage"] = {
-            "optimizer": runner.optimizer.state_dict() if runner.optimizer else None,
-            "scheduler": runner.scheduler.state_dict() if runner.scheduler else None,
+            "optimizer": run.optimizer.state_dict() if run.optimizer else None,
+            "scheduler": run.scheduler.state_dict() if run.scheduler else None,
             "modules": {n: m.state_dict() for n, m in stage.modules.items()},
             "states": {n: s.state_dict() for n, s in stage.states.items()},
-            "callbacks": {type(cb).__name__: cb.state_dict() for cb in runner.callbacks},
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in run.callbacks},
         }
-    scaler = getattr(runner.accelerator, "scaler", None)
+    scaler = getattr(accelerator, "scaler", None)
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
     rng = capture_rng()
-    if runner.world_size > 1:
-        per_rank: list[Any] = [None] * runner.world_size
+    if accelerator.num_processes > 1:
+        per_rank: list[Any] = [None] * accelerator.num_processes
         torch.distributed.all_gather_object(per_rank, rng)
         state["rng"] = per_rank
     else:
@@ -60,24 +66,15 @@ def checkpoint_state(runner: Runner, in_stage: bool) -> dict[str, Any]:
     return state
 
 
-def save_checkpoint(runner: Runner, in_stage: bool) -> None:
-    runner.check_finite()
-    state = checkpoint_state(runner, in_stage)
-    if runner.is_main:
-        save_atomic(state, runner.run_dir.last)
-    runner.accelerator.wait_for_everyone()
-
-
-def save_stage_weights(runner: Runner, which: str, weights: dict[str, dict[str, dict[str, torch.Tensor]]]) -> None:
-    """`checkpoints/<stage>/<which>.pt`: the given models' (and the stage's modules') weights, with their specs."""
-    if runner.is_main:
-        stage = runner.stage
-        obj = {
-            "format": FORMAT, "stage": stage.name, "step": stage.progress.step, "models": weights["models"],
-            "modules": weights.get("modules", {}), "specs": {n: s for n, s in specs(runner.models).items()
-                                                            if n in weights["models"]},
-        }  # fmt: skip
-        save_atomic(obj, runner.run_dir.stage_file(stage.name, which))
+def stage_weights(run: RunState, weights: dict[str, dict[str, dict[str, torch.Tensor]]]) -> dict[str, Any]:
+    """The content of `checkpoints/<stage>/<which>.pt`: the given models' (and the stage's modules') weights, with
+    their constructor specs."""
+    stage = run.stage
+    return {
+        "format": FORMAT, "stage": stage.name, "step": stage.progress.step, "models": weights["models"],
+        "modules": weights.get("modules", {}),
+        "specs": {n: s for n, s in specs(run.models).items() if n in weights["models"]},
+    }  # fmt: skip
 
 
 def intact_stage_files(run_dir: RunDir) -> list[Path]:
@@ -122,63 +119,66 @@ def describe_position(ckpt: dict[str, Any], names: list[str]) -> str:
     return "the end (every stage has run)"
 
 
-def load_resume(runner: Runner) -> dict[str, Any]:
+def load_resume(
+    run: RunState, cfg: Config, resolved: dict[str, Any], run_dir: RunDir, device: torch.device, is_main: bool
+) -> dict[str, Any]:
     """Read `last.pt`, check it belongs to this config, and restore the run-level state (models and counters).
 
     Changes confined to stages that have not started yet are accepted (listed, and written to config.yaml);
     anything else must be exactly as the checkpoint's config.
     """
-    ckpt = read_last(runner.run_dir)
+    ckpt = read_last(run_dir)
     fmt = ckpt.get("format")
     if isinstance(fmt, str) and fmt.startswith("ssl_kd/") and fmt != FORMAT:
         raise UserError(
-            f"--resume: {runner.run_dir.last} was written by another version of ssl_kd (format {fmt}; this version "
+            f"--resume: {run_dir.last} was written by another version of ssl_kd (format {fmt}; this version "
             f"resumes {FORMAT}). Finish the run with the version that started it, or start a new run: its stage "
             f"weight files (checkpoints/<stage>/best.pt, last.pt) still initialise one (stages.<name>.init)."
         )
     if fmt != FORMAT:
-        raise UserError(f"--resume: {runner.run_dir.last} is not an ssl_kd checkpoint (format {fmt!r}).")
-    accepted = check_compatible(ckpt["config"], runner.resolved, str(runner.run_dir.last), stages_started(ckpt))
+        raise UserError(f"--resume: {run_dir.last} is not an ssl_kd checkpoint (format {fmt!r}).")
+    accepted = check_compatible(ckpt["config"], resolved, str(run_dir.last), stages_started(ckpt))
     for name, spec in (ckpt.get("specs") or {}).items():
-        if spec != specs(runner.models).get(name):  # the model changed shape at a stage boundary
-            runner.models[name] = create_model_from_spec(spec).to(runner.device)
+        if spec != specs(run.models).get(name):  # the model changed shape at a stage boundary
+            run.models[name] = create_model_from_spec(spec).to(device)
     for name, sd in ckpt["models"].items():
-        runner.models[name].load_state_dict(sd)
+        run.models[name].load_state_dict(sd)
     # the files of the stages still to start, before anything in the run folder changes
     first, done = len(stages_started(ckpt)), ckpt["stage_index"]
-    check_stage_files(runner.models, runner.cfg, runner.run_dir, runner.device, first, done)
-    runner.results = ckpt["results"]
-    runner.global_step = ckpt["global_step"]
-    runner.wandb_id = ckpt.get("wandb_id")
-    if runner.is_main:
+    check_stage_files(run.models, cfg, run_dir, device, first, done)
+    run.results = ckpt["results"]
+    run.global_step = ckpt["global_step"]
+    run.wandb_id = ckpt.get("wandb_id")
+    if is_main:
         if accepted:
             print(f"--resume: stages that have not started yet changed; going on with: {'; '.join(accepted)}")
-            runner.run_dir.write_config(runner.resolved)  # config.yaml says what the run now is
-        print(f"Resuming {runner.run_dir.root} at {describe_position(ckpt, list(runner.cfg.stages))}", flush=True)
-        runner.run_dir.truncate_metrics(ckpt["metrics_bytes"])
+            run_dir.write_config(resolved)  # config.yaml says what the run now is
+        print(f"Resuming {run_dir.root} at {describe_position(ckpt, list(cfg.stages))}", flush=True)
+        run_dir.truncate_metrics(ckpt["metrics_bytes"])
     return ckpt
 
 
-def restore_stage(runner: Runner, ckpt: dict[str, Any]) -> None:
+def restore_stage(run: RunState, ckpt: dict[str, Any]) -> None:
     """Put the stage being resumed back where the checkpoint left it."""
-    st, stage = ckpt["stage"], runner.stage
-    if runner.optimizer is not None:
-        runner.optimizer.load_state_dict(st["optimizer"])
-        runner.scheduler.load_state_dict(st["scheduler"])
+    st, stage = ckpt["stage"], run.stage
+    if run.optimizer is not None:
+        run.optimizer.load_state_dict(st["optimizer"])
+        run.scheduler.load_state_dict(st["scheduler"])
     for n, sd in st["modules"].items():
         stage.modules[n].load_state_dict(sd)
     for n, sd in st["states"].items():
         stage.states[n].load_state_dict(sd)
-    for cb in runner.callbacks:
+    for cb in run.callbacks:
         cb.load_state_dict(st["callbacks"].get(type(cb).__name__, {}))
     stage.progress.step = ckpt["step"]
 
 
-def restore_rng_of(runner: Runner, ckpt: dict[str, Any]) -> None:
+def restore_rng_of(accelerator: Accelerator, ckpt: dict[str, Any]) -> None:
+    """This rank's RNG streams (and the fp16 grad scaler) as the checkpoint saved them."""
     states = ckpt["rng"]
-    rank = runner.accelerator.process_index
-    restore_rng(states[rank] if len(states) == runner.world_size else states[0])
-    scaler = getattr(runner.accelerator, "scaler", None)
+    rank = accelerator.process_index
+    restore_rng(states[rank] if len(states) == accelerator.num_processes else states[0])
+    scaler = getattr(accelerator, "scaler", None)
     if scaler is not None and "scaler" in ckpt:
         scaler.load_state_dict(ckpt["scaler"])
 
