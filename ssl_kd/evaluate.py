@@ -18,7 +18,7 @@ from typing import Any
 
 USAGE_EPILOG = """examples:
   python -m ssl_kd.evaluate runs/quickstart/checkpoints/distill/best.pt --data digits
-  python -m ssl_kd.evaluate runs/kd_res32x4_res8x4 --model student --data cifar100 --data-root ../shared/data
+  python -m ssl_kd.evaluate runs/kd_res32x4_res8x4 --model student --data cifar100 --data-root ~/datasets
   python -m ssl_kd.evaluate resnet.pth --arch resnet32x4 --num-classes 100 --data cifar100
 """
 

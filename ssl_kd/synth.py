@@ -3,7 +3,7 @@
     pip install -e ".[synth]"      # diffusers: an optional extra, imported only here (not by ssl_kd.run)
     python -m ssl_kd.synth --model DIT_DIR --classes 0-999 --per-class 200 --out $SSL_KD_DATA/dmkd_imagenet
 
-As DM-KD's AIGC_generate.py (nextwave.md §5.6): for each class and each seed, seed the generator, draw `--batch`
+As DM-KD's AIGC_generate.py (zhengli97/DM-KD@bbab9ce8): for each class and each seed, seed the generator, draw `--batch`
 images (10) of that class at guidance scale 2 ("low fidelity": the better teaching material) with 100 sampling
 steps, and save them as `class_<c>_seed_<s>_num_<i>.png`, the names `data.train_source` parses by default; files
 that already exist are skipped, so an interrupted run continues. The model is a diffusers DiT pipeline in a local

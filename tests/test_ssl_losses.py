@@ -1,5 +1,5 @@
-"""SSL terms: hand-computed values (incl. specs/ssl.md §5.7) and an independent, loop-based transcription of the
-reference formulas on random inputs."""
+"""SSL terms: hand-computed values (incl. a worked FullMatch example) and an independent, loop-based transcription
+of the reference formulas on random inputs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ssl_kd.losses import (
 )
 from ssl_kd.memory import PseudoLabelHistory
 
-# ------------------------------------------------------------------ §5.7 worked example
+# ------------------------------------------------------------------ FullMatch worked example
 PW = torch.tensor([[0.96, 0.02, 0.01, 0.007, 0.003], [0.40, 0.35, 0.15, 0.06, 0.04]])
 PS = torch.tensor([[0.70, 0.05, 0.15, 0.06, 0.04], [0.20, 0.45, 0.25, 0.07, 0.03]])
 ZW, ZS = PW.log(), PS.log()  # logits whose softmax is exactly these probabilities

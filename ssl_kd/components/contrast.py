@@ -1,5 +1,6 @@
 """CRD's two stateful pieces as components: which memory rows each sample is contrasted with (its own row and K
-rows of other classes), and the normaliser Z fixed on the first batch (specs/selfkd.md §3.5).
+rows of other classes), and the normaliser Z fixed on the first batch (CRD, Tian et al., ICLR 2020, as CTC runs it:
+DTennant/dt-tradeoff@a36516be ctc/memory.py, ctc/criterion.py).
 
 Negatives are a pure function of (seed, step, dataset index): the draws for a sample do not depend on which rank or
 micro-batch holds it, so 2 processes draw what 1 process draws, and a resumed run draws what the uninterrupted run

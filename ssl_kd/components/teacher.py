@@ -1,8 +1,9 @@
 """A frozen teacher: eval mode, no graph, optionally its logits cached per training image.
 
-The discipline every teacher-student method needs (nextwave.md §6.6) in one place: the teacher is called under
-`torch.no_grad()` and in eval mode whatever the caller forgets, and with `cache=True` (only valid when the teacher
-sees the same input for an image every epoch) each image's logits are computed once and then reused.
+The discipline every teacher-student method needs in one place (DM-KD's reference, zhengli97/DM-KD@bbab9ce8
+helper/loops.py, forgets no_grad: same results, more memory): the teacher is called under `torch.no_grad()` and in
+eval mode whatever the caller forgets, and with `cache=True` (only valid when the teacher sees the same input for an
+image every epoch) each image's logits are computed once and then reused.
 """
 
 from __future__ import annotations

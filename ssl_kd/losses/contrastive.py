@@ -1,4 +1,4 @@
-"""Contrastive losses against per-sample memory banks (CTC, specs/selfkd.md §3.3 and §3.5).
+"""Contrastive losses against per-sample memory banks (CTC: DTennant/dt-tradeoff@a36516be ctc/).
 
 - Instance discrimination (Wu et al. 2018): a softmax over all N memory rows, the target is the sample's own row.
 - CRD's binary NCE (Tian et al. 2020, eq. 18): the positive row and K sampled negative rows, each scored as

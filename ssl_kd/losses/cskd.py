@@ -1,9 +1,9 @@
 """CSKD (Zhao, Song, Liang; ICCV 2023): the CNN teacher's spatial responses distilled into every ViT patch token,
-with Cumulative Knowledge Fusion (nextwave.md §5.5).
+with Cumulative Knowledge Fusion (arXiv 2307.08500).
 
-The paper has no public code. From the abstract: patch tokens learn from the CNN's per-position responses and a
-fusion weight moves the target towards the CNN's global response as training goes on. The concrete forms below are
-a reading of the paper [unverified]; each alternative is a parameter:
+Written from the abstract, before the authors' code (Zzzzz1/CSKD@fa0d8b8) was found: patch tokens learn from the
+CNN's per-position responses and a fusion weight moves the target towards the CNN's global response as training
+goes on. The concrete forms below are a reading of the paper [unverified]; each alternative is a parameter:
 
     q_i = (1 - beta) softmax(t_i / T) + beta softmax(t_global / T)          ckf_target
     L_patch = mean_{b, i} l(s_{b,i}, q_{b,i})                               patch_distill_loss
@@ -58,8 +58,8 @@ def align_dense(
     """Bring the student's (B, C, hs, ws) and the teacher's (B, C, ht, wt) dense logits onto one grid.
 
     pool_student: adaptive-average-pool the student's logits to the teacher's grid (14x14 DeiT patches -> 7x7 CNN
-    map, as nextwave.md §5.5 suggests); resize_teacher: interpolate the teacher's logits to the student's grid.
-    Equal grids pass through unchanged."""
+    map, as the authors' code does: Zzzzz1/CSKD@fa0d8b8 cskd/cskd.py); resize_teacher: interpolate the teacher's
+    logits to the student's grid. Equal grids pass through unchanged."""
     if student.shape[-2:] == teacher.shape[-2:]:
         return student, teacher
     if how == "pool_student":

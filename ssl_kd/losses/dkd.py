@@ -2,7 +2,8 @@
 
 KL(p_t || p_s) = KL(b_t || b_s) + (1 - p_t,y) * KL(p^_t || p^_s), with b = [p_y, 1 - p_y] and p^ the softmax over
 the classes other than y. DKD drops the (1 - p_t,y) coupling and weights the parts: alpha * TCKD + beta * NCKD
-(kd_and_frameworks.md §A2). Computed in log space, so a confident teacher (p_y -> 1) gives no log(0).
+(Zhao et al., CVPR 2022; megvii-research/mdistiller@a08d46f mdistiller/distillers/DKD.py). Computed in log space,
+so a confident teacher (p_y -> 1) gives no log(0).
 """
 
 from __future__ import annotations

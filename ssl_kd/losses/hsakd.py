@@ -1,4 +1,5 @@
-"""HSAKD / HSSAKD losses over rotation-augmented batches (kd_and_frameworks.md §A5, nextwave.md §5.1).
+"""HSAKD / HSSAKD losses over rotation-augmented batches (winycg/HSAKD@28c8dc2 train_student_cifar.py,
+train_online_kd_cifar.py).
 
 All KL terms are Hinton's tau^2-scaled KL, batchmean over every row they are given (the references' `DistillKL`:
 `kl_div(log_softmax(s / T), softmax(t / T), reduction="batchmean") * T^2`), i.e. `ssl_kd.losses.kd_loss`.

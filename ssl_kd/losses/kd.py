@@ -14,7 +14,7 @@ def kd_loss(
 ) -> torch.Tensor:
     """Hinton KD: tau^2 * KL(softmax(t/tau) || softmax(s/tau)), summed over classes, averaged over the batch.
 
-    The tau^2 factor keeps the soft-target gradient scale independent of tau (kd_and_frameworks.md §A1).
+    The tau^2 factor keeps the soft-target gradient scale independent of tau (Hinton et al., 2015, arXiv 1503.02531).
     `temperature` may be a float or a per-sample tensor of shape (B,) (then each sample uses its own tau).
     `tau_squared=False` drops the factor (the TextBrewer-derived DTD port; see `DTDOptions.tau_squared`).
     """

@@ -1,4 +1,4 @@
-"""SSKD (Xu et al., ECCV 2020; xuguodong03/SSKD student.py; kd_and_frameworks.md §A6) as pure functions.
+"""SSKD (Xu et al., ECCV 2020; xuguodong03/SSKD student.py) as pure functions.
 
 A batch of B images is expanded to 4B rows, interleaved per sample (`ssl_kd.data.rotation`): row 4i + k is image i
 rotated k * 90 degrees. Rows k = 0 are the "normal" samples, the 3B rows k = 1..3 the "transformed" ones, in the

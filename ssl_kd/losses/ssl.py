@@ -1,6 +1,7 @@
 """Semi-supervised terms of the FixMatch family: consistency, FlexMatch thresholds, FullMatch's ANL and EML.
 
-Restated from the reference code (specs/ssl.md §1, §4, §5). Conventions shared by all functions:
+Restated from the reference code (TorchSSL@f26e1d4 models/{fixmatch,flexmatch}/, megvii-research/FullMatch@c54c0b9
+models/fullmatch/fullmatch_utils.py, models/fullflex/fullflex_utils.py). Conventions shared by all functions:
 `logits_w` (weak view) is treated as detached; `logits_s` (strong view) carries the gradient; `mask` is a
 float/bool tensor over the unlabelled batch. Probabilities are computed in float32 even under autocast.
 """

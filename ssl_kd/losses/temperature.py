@@ -1,11 +1,12 @@
 """Distillation temperatures that are not a constant: CTKD (learned, adversarial) and DTD (per-sample, rule-based).
 
-- CTKD (AAAI'23, kd_and_frameworks.md §A4): tau = t_start + t_range * sigmoid(theta), with theta reached through a
-  gradient-reversal layer scaled by lambda. The student minimises the KD loss; theta receives -lambda * dL/dtheta,
-  i.e. it *ascends* the loss, so the temperature keeps the task hard. lambda follows a cosine curriculum from 0 to
-  lambda_max over the first `ramp_epochs` epochs. `global`: one scalar theta; `instance`: a small MLP over the
-  teacher's and the student's logits gives one theta per sample.
-- DTD ("Preparing Lessons", §A7): tau_x = T0 + beta * (mean_batch(w) - w_x), no gradient, with FLSW weights
+- CTKD (Li et al., AAAI 2023; zhengli97/CTKD@7d52522 models/temp_global.py): tau = t_start + t_range *
+  sigmoid(theta), with theta reached through a gradient-reversal layer scaled by lambda. The student minimises the
+  KD loss; theta receives -lambda * dL/dtheta, i.e. it *ascends* the loss, so the temperature keeps the task hard.
+  lambda follows a cosine curriculum from 0 to lambda_max over the first `ramp_epochs` epochs. `global`: one scalar
+  theta; `instance`: a small MLP over the teacher's and the student's logits gives one theta per sample.
+- DTD ("Preparing Lessons", Wen, Lai, Qian, arXiv 1911.07471; no official code, FLSW/CWSM as in airaria/TextBrewer
+  src/textbrewer/schedulers.py): tau_x = T0 + beta * (mean_batch(w) - w_x), no gradient, with FLSW weights
   w = (1 - cos(z_s, z_t))^gamma or CWSM weights w = 1 / (max softmax(z_s) + 1e-3): samples the student already
   matches (small w) get a higher temperature, hard ones a lower (sharper) one.
 """

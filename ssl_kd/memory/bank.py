@@ -1,7 +1,7 @@
 """Per-sample memory banks: an N x D table of L2-normalised embeddings, one row per training image (indexed by the
 dataset index every batch carries), updated with momentum. This is the non-parametric memory of instance
 discrimination (Wu et al. 2018) and the two contrast memories of CRD (Tian et al. 2020), as CTC uses them
-(specs/selfkd.md §3.3, §3.5).
+(DTennant/dt-tradeoff@a36516be ctc/memory.py).
 
 Every rank holds the same bank: `update` gathers the indices and vectors of every rank before writing, so after a
 step the bank equals the bank of one process that saw the global batch. Updates are out of place (a new tensor),

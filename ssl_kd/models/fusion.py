@@ -1,6 +1,6 @@
 """Metadata heads on the pooled image feature: DynamicMLP (variants A/B/C) and the concatenation baseline.
 
-DynamicMLP (Yang et al., CVPR 2022; ylingfeng/DynamicMLP models/dynamic_mlp.py, specs/selfkd.md §4.2-4.3): the
+DynamicMLP (Yang et al., CVPR 2022; ylingfeng/DynamicMLP@773197c5 models/dynamic_mlp.py): the
 encoded location/date ``meta`` goes through the location net (FCNet) to a 256-d embedding ``loc``; the pooled image
 feature ``img`` is projected to ``mlp_d``, passed through ``mlp_n`` dynamic blocks whose per-sample weights are
 generated from ``loc`` (A), from ``loc`` with a separate image branch (B) or from concat[h, loc] (C, default),

@@ -1,6 +1,7 @@
 """WideResNet as the SSL references build it (TorchSSL / FullMatch; USB with ``block_bias=False``).
 
-Follows specs/ssl.md §2, including two quirks of the PyTorch ports that change the function computed:
+Follows TorchSSL/TorchSSL@f26e1d4 models/nets/wrn.py (USB @1ef4cbe: semilearn/nets/wrn/wrn.py), including two
+quirks of the PyTorch ports that change the function computed:
 
 * The first block of group 1 has ``activate_before_residual``: its input is replaced by LReLU(BN(x)), and that
   activated tensor feeds both conv1 and the 1x1 shortcut.

@@ -1,4 +1,4 @@
-"""DOT, the Distillation-Oriented Trainer (ICCV'23; kd_and_frameworks.md §A3).
+"""DOT, the Distillation-Oriented Trainer (Zhao et al., ICCV 2023; mdistiller@a08d46f mdistiller/engine/dot.py).
 
 SGD with two momentum buffers per parameter: one for the task-loss gradient (momentum mu - delta) and one for the
 distillation-loss gradient (mu + delta), so the distillation direction carries more inertia and dominates.

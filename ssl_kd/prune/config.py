@@ -2,7 +2,7 @@
 
     prune: {method: ghfp, keep_ratio: 0.6}
 
-`method` picks what a pruned filter becomes (specs/nextwave.md §5.7):
+`method` picks what a pruned filter becomes (papers and reference code: docs/methods/pruning.md):
 
 | method | pruned filter after each mask step | hard filters (weight 0, gradient 0) |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""The formulas of soft filter pruning and its descendants (specs/nextwave.md §5.7), as pure functions.
+"""The formulas of soft filter pruning and its descendants (cailinhang/PGMPF@09221a17), as pure functions.
 
 SFP (He et al. 2018), SRFP / ASRFP ("Softer Pruning, Incremental Regularization", Cai et al. 2020) and GHFP
 ("Gradually Hard Filter Pruning", Cai et al. 2021) share one step, repeated at the end of every epoch: rank each

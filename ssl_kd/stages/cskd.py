@@ -1,4 +1,5 @@
-"""CSKD: Cumulative Spatial Knowledge Distillation from a CNN teacher into a ViT student (nextwave.md §5.5).
+"""CSKD: Cumulative Spatial Knowledge Distillation from a CNN teacher into a ViT student (Zhao, Song, Liang,
+ICCV 2023, arXiv 2307.08500).
 
     t, T_dense = teacher(x)                 pooled logits (B, C) and the classifier at every position (B, C, h, w)
     z_cls, z_dist, S_dense = student(x)     class token, optional distillation token, patch head (B, C, hs, ws)
@@ -6,9 +7,10 @@
     q_i = (1 - beta_t) softmax(T_i / tau) + beta_t softmax(t / tau)             per position, on one grid
     L = w_ce CE(z_cls, y) + w_kd KD(z_tok, t) + w_patch mean_i l(S_i, q_i)      z_tok = z_cls or z_dist
 
-No public code exists (ICCV 2023, arXiv 2307.08500): the structure above is from the abstract, every concrete form is
-a reading of the paper and marked [unverified] at its option, default first. With `loss_weights.patch: 0` (no dense
-forward) and `token: dist` the stage is the DeiT-style distillation baseline for the same pair.
+Written from the paper's abstract before the authors' code (Zzzzz1/CSKD@fa0d8b8, cskd/cskd.py) was found: every
+concrete form is a reading of the paper and marked [unverified] at its option, default first; configs/kd/README.md
+says where the authors' code differs. With `loss_weights.patch: 0` (no dense forward) and `token: dist` the stage is
+the DeiT-style distillation baseline for the same pair.
 """
 
 from __future__ import annotations

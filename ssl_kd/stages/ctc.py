@@ -1,5 +1,6 @@
-"""CTC, contrastive temporal coding (Cui et al., ECCV 2022; specs/selfkd.md §3, nextwave.md §0.4, §3): two stages
-with a frozen snapshot of the model passed between them. f = the model's pooled feature (`ModelOutput.feat`).
+"""CTC, contrastive temporal coding (Cui et al., ECCV 2022, arXiv 2203.03871; DTennant/dt-tradeoff@a36516be
+train_ctc.py): two stages with a frozen snapshot of the model passed between them. f = the model's pooled feature
+(`ModelOutput.feat`).
 
     stage `instdisc` (epochs 1..E1):
         v = normalize(P f)                          P: a random Linear(d -> 128), never optimized (quirk)
@@ -45,7 +46,7 @@ from ssl_kd.stages._common import Augment, feat_dim, labelled_views
 
 Preset = Literal["transferability", "discriminability", "none"]
 
-# The README's two recipes (specs/selfkd.md §3.6): stage-1 (alpha, tau1, mu1) and stage-2 (beta, tau2, mu2).
+# The two recipes of dt-tradeoff's README (@a36516be): stage-1 (alpha, tau1, mu1) and stage-2 (beta, tau2, mu2).
 PRESETS: dict[str, dict[str, dict[str, float]]] = {
     "transferability": {
         "instdisc": {"inst": 0.5, "temperature": 0.10, "momentum": 0.9},

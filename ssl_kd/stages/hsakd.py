@@ -1,5 +1,5 @@
 """HSAKD (Yang et al., IJCAI 2021) and its online form HSSAKD (TNNLS 2022): distillation of a hierarchical
-self-supervision augmented distribution (winycg/HSAKD; kd_and_frameworks.md §A5, nextwave.md §5.1).
+self-supervision augmented distribution (Yang et al., IJCAI 2021 and TNNLS 2022; winycg/HSAKD@28c8dc2).
 
 Every batch is expanded to 4B rotated copies, interleaved per sample (ssl_kd.data.rotation): row 4i + k is image i
 rotated k * 90 degrees, with joint label 4 y_i + k. The networks are multi-exit models whose auxiliary heads after

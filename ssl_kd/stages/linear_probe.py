@@ -5,10 +5,10 @@ of any method; evaluation scores the probe on that dataset's test split (reporte
     feat = backbone(x).feat              frozen, no grad; a copy, so the run's model is left untouched
     L    = CE(head(feat), y)             only the head is optimized
 
-Defaults are CTC's `transfer.py` (specs/selfkd.md §3.6): 30 epochs, SGD lr 0.4 momentum 0.9 wd 5e-4, batch 512,
-cosine per epoch, no augmentation, and the backbone kept in train mode (`bn_mode: train`) so its BatchNorm running
-statistics adapt to the target data (reference quirk; `eval` freezes them). The reference reports the best test
-accuracy over the probe's epochs: `best/<model>/top1` with `eval.every: 1`. Its loader keeps the last partial
+Defaults are CTC's `transfer.py` (DTennant/dt-tradeoff@a36516be): 30 epochs, SGD lr 0.4 momentum 0.9 wd 5e-4, batch
+512, cosine per epoch, no augmentation, and the backbone kept in train mode (`bn_mode: train`) so its BatchNorm
+running statistics adapt to the target data (reference quirk; `eval` freezes them). The reference reports the best
+test accuracy over the probe's epochs: `best/<model>/top1` with `eval.every: 1`. Its loader keeps the last partial
 batch; ours drops it.
 """
 

@@ -1,4 +1,5 @@
-"""MixSKD: self-distillation from mixup images (Yang et al., ECCV 2022; Self-KD-Lib, specs nextwave.md §1).
+"""MixSKD: self-distillation from mixup images (Yang et al., ECCV 2022, arXiv 2208.05768; winycg/Self-KD-Lib@ede3062d
+main_mixskd_cifar.py, main_mixskd_imagenet.py).
 
     lam ~ Beta(alpha, alpha), perm = randperm(B)              one mix per batch (ssl_kd.data.mixing)
     x~  = lam x + (1 - lam) x[perm]

@@ -1,4 +1,5 @@
-"""RecursiveMix: paste the previous batch into this one (Yang et al., NeurIPS 2022; specs nextwave.md §2).
+"""RecursiveMix: paste the previous batch into this one (Yang et al., NeurIPS 2022, arXiv 2203.06844;
+implus/RecursiveMix-pytorch@ed381bf2 main.py, utils.py).
 
     H = (x_h, y_h, z_h): the previous step's mixed input, mixed soft label and logits (detached; empty at every
                          epoch start with history_reset: epoch, the reference's local variable)

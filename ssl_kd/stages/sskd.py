@@ -1,5 +1,5 @@
-"""SSKD: Knowledge Distillation Meets Self-Supervision (Xu et al., ECCV 2020; xuguodong03/SSKD; specs
-kd_and_frameworks.md §A6, nextwave.md §5.2). Two stage types after a trained teacher:
+"""SSKD: Knowledge Distillation Meets Self-Supervision (Xu et al., ECCV 2020; xuguodong03/SSKD
+student.py, cifar.py, wrapper.py). Two stage types after a trained teacher:
 
     data (both stages; cifar.py):
         x^k = rot90(crop_k(flip(x)), k), k = 0..3       one flip per image, four independent crops (`flip: shared`)
