@@ -10,15 +10,14 @@ from pydantic import ValidationError
 from torch import nn
 
 from ssl_kd.components import (
-    CTKDOptions,
-    DTDOptions,
+    TEMPERATURE,
+    THRESHOLD,
     FixedThreshold,
     FlexThreshold,
     Schedule,
     ScheduleConfig,
     Scheduled,
     Teacher,
-    build_temperature,
     ramp,
 )
 from ssl_kd.engine import Progress
@@ -117,10 +116,12 @@ def test_teacher_is_frozen_and_caches_by_index():
 
 
 def test_threshold_policies():
-    fixed = FixedThreshold(0.95)
+    fixed = THRESHOLD.build(THRESHOLD.validate({"type": "fixed", "tau": 0.95}))
+    assert isinstance(fixed, FixedThreshold) and THRESHOLD.validate("flex").warmup  # the shorthand, defaults
     conf = torch.tensor([0.99, 0.5, 0.96])
     assert ((conf >= fixed.thresholds(torch.tensor([0, 1, 2]))).tolist()) == [True, False, True]
-    flex = FlexThreshold(num_samples=6, num_classes=3, tau=0.9, warmup=True, device=torch.device("cpu"))
+    opts = THRESHOLD.validate({"type": "flex", "tau": 0.9, "warmup": True})
+    flex = THRESHOLD.build(opts, num_samples=6, num_classes=3, device=torch.device("cpu"))
     yhat = torch.tensor([0, 1, 2])
     assert flex.thresholds(yhat).tolist() == [0.0, 0.0, 0.0]  # empty history: every sample passes
     flex.update(torch.tensor([0, 1, 2]), torch.tensor([0.95, 0.95, 0.5]), torch.tensor([0, 0, 1]))
@@ -129,7 +130,7 @@ def test_threshold_policies():
     expected = flexmatch_class_thresholds(history, 3, 0.9, warmup=True)
     assert torch.allclose(flex.thresholds(torch.arange(3)), expected)
     assert set(flex.diagnostics()) == {"threshold"} and len(flex.eval_extras()["class_thresholds"]) == 3
-    clone = FlexThreshold(6, 3, 0.9, True, torch.device("cpu"))
+    clone = FlexThreshold(opts, num_samples=6, num_classes=3, device=torch.device("cpu"))
     clone.load_state_dict(flex.state_dict())
     assert torch.equal(clone.history.selected_label, history)
 
@@ -137,10 +138,15 @@ def test_threshold_policies():
 def test_temperature_policies():
     p = Progress(step=0, total_steps=100, steps_per_epoch=10)
     s, t = torch.randn(5, 4), torch.randn(5, 4)
-    assert build_temperature("fixed", 4.0, 4, CTKDOptions(), DTDOptions(), p)(s, t) == 4.0
-    dtd = build_temperature("dtd", 4.0, 4, CTKDOptions(), DTDOptions(), p)(s, t)
-    assert dtd.shape == (5,) and dtd.mean().item() == pytest.approx(4.0)
-    glob = build_temperature("ctkd_global", 4.0, 4, CTKDOptions(ramp_epochs=4), DTDOptions(), p)
+
+    def build(block):
+        return TEMPERATURE.build(TEMPERATURE.validate(block), num_classes=4, progress=p)
+
+    assert build(4.0)(s, t) == 4.0 and build(4.0).tau_squared  # a number is the fixed policy
+    dtd_policy = build({"policy": "dtd", "tau": 4.0, "tau_squared": False})
+    dtd = dtd_policy(s, t)
+    assert dtd.shape == (5,) and dtd.mean().item() == pytest.approx(4.0) and not dtd_policy.tau_squared
+    glob = build({"policy": "ctkd_global", "ramp_epochs": 4})
     assert [n for n, _ in glob.named_parameters()] == ["net.theta"]
     tau = glob(s, t)
     assert tau.item() == pytest.approx(1 + 20 * torch.sigmoid(torch.tensor(1.0)).item())
@@ -150,7 +156,9 @@ def test_temperature_policies():
         glob(s, t).backward()
         sig = torch.sigmoid(torch.tensor(1.0))
         assert glob.net.theta.grad.item() == pytest.approx(-lam * 20 * (sig * (1 - sig)).item(), rel=1e-5)
-    inst = build_temperature("ctkd_instance", 4.0, 4, CTKDOptions(hidden=8), DTDOptions(), p)
+    inst = build({"policy": "ctkd_instance", "hidden": 8})
     assert inst(s, t).shape == (5,)
-    with pytest.raises(ValueError, match="unknown temperature policy"):
-        build_temperature("nope", 4.0, 4, CTKDOptions(), DTDOptions(), p)
+    with pytest.raises(ValueError, match="unknown temperature policy 'dtdd'. Did you mean 'dtd'"):
+        build({"policy": "dtdd"})
+    with pytest.raises(ValidationError, match="hidden"):  # each policy validates its own options
+        build({"policy": "dtd", "hidden": 8})

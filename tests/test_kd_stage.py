@@ -11,9 +11,14 @@ import torch
 from conftest import CONFIGS, Crash, run_cli
 
 import ssl_kd.callbacks as callbacks_mod
+from ssl_kd.components import DTDOptions
+from ssl_kd.config import validate_config
 from ssl_kd.engine import read_metrics
+from ssl_kd.errors import UserError
+from ssl_kd.memory import TeacherLogitCache
 from ssl_kd.stages import kd as kd_stage
-from ssl_kd.stages.kd import KDConfig, TeacherLogitCache
+from ssl_kd.stages.dkd import DKDConfig
+from ssl_kd.stages.kd import KDConfig
 
 QUICK = CONFIGS / "quickstart.yaml"
 
@@ -97,11 +102,30 @@ def test_resumed_run_equals_uninterrupted(tmp_path, teacher_file, monkeypatch, e
 
 
 def test_dkd_uses_mdistiller_weights_and_warmup():
-    c = KDConfig.model_validate({"type": "kd", "loss": "dkd"})
-    assert c.loss_weights == {"ce": 1.0, "kd": 1.0} and (c.dkd.alpha, c.dkd.beta, c.dkd.warmup_epochs) == (1, 8, 20)
-    assert KDConfig.model_validate({"type": "kd", "loss": "dkd", "loss_weights": {"kd": 2}}).loss_weights == {
-        "ce": 1.0, "kd": 2.0}  # fmt: skip
+    c = DKDConfig.model_validate({"type": "dkd"})
+    assert c.loss_weights == {"ce": 1.0, "kd": 1.0} and (c.alpha, c.beta, c.warmup_epochs) == (1, 8, 20)
+    assert DKDConfig.model_validate({"type": "dkd", "loss_weights": {"kd": 2}}).loss_weights == {"ce": 1.0, "kd": 2.0}
     assert KDConfig.model_validate({"type": "kd"}).loss_weights == {"ce": 0.1, "kd": 0.9}
+
+
+def test_old_kd_keys_are_aliases_with_a_deprecation_note():
+    """`type: kd, loss: dkd, dkd: {...}` and `temperature_policy` + `ctkd:` / `dtd:` still validate, as the new
+    blocks, and each rewrite is noted (the dry run prints the notes)."""
+    old = {"type": "kd", "train": ["s"], "uses": ["t"], "loss": "dkd", "dkd": {"beta": 6.0}, "temperature": 2.0,
+           "temperature_policy": "dtd", "dtd": {"tau_squared": False}, "ctkd": {"hidden": 3}}  # fmt: skip
+    raw = {"models": {"s": {"arch": "mlp"}, "t": {"arch": "mlp"}}, "data": {"dataset": "digits"}, "stages": {"d": old}}
+    cfg = validate_config(raw)
+    st = cfg.stages["d"]
+    assert isinstance(st, DKDConfig) and st.beta == 6.0 and st.alpha == 1.0
+    assert st.temperature.model_dump() == {**DTDOptions(tau=2.0, tau_squared=False).model_dump(), "policy": "dtd"}
+    notes = " | ".join(cfg._deprecations["d"])
+    assert "`type: dkd`" in notes and "`dkd:` block" in notes and "temperature: {policy: dtd, tau: 2.0" in notes
+    assert "`ctkd:` is ignored" in notes
+    with pytest.raises(
+        UserError, match=r"stages\.d\.temperature\.tau_sqared: unknown key\. Did you mean 'tau_squared'"
+    ):
+        new = {"type": "kd", "train": ["s"], "uses": ["t"], "temperature": {"policy": "dtd", "tau_sqared": 1}}
+        validate_config({**raw, "stages": {"d": new}})
 
 
 def test_dkd_warmup_scales_the_kd_term_per_epoch(tmp_path, teacher_file, monkeypatch):

@@ -113,11 +113,10 @@ def runner_reaches(source: str) -> list[int]:
     """Lines where code reads a `runner` attribute or name (a stage sees the run only through the Stage API)."""
     lines = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Attribute) and node.attr == "runner":
-            lines.append(node.lineno)
-        elif isinstance(node, ast.Name) and node.id in ("runner", "Runner"):
-            lines.append(node.lineno)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ssl_kd.engine.runner"):
+        attr = isinstance(node, ast.Attribute) and node.attr == "runner"
+        name = isinstance(node, ast.Name) and node.id in ("runner", "Runner")
+        mod = isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ssl_kd.engine.runner")
+        if attr or name or mod:
             lines.append(node.lineno)
     return sorted(set(lines))
 

@@ -102,9 +102,10 @@ def test_dkd_ctkd_follows_the_ctkd_repository_and_dkd_mdistiller():
     for pair in ("res32x4_res8x4", "wrn40_2_wrn16_2"):
         ctkd, _ = resolve_config(CONFIGS / "kd" / f"dkd_ctkd_{pair}.yaml", [])
         dkd, _ = resolve_config(CONFIGS / "kd" / f"dkd_{pair}.yaml", [])
-        assert ctkd.stages["student"].dkd.warmup_epochs == 0 and dkd.stages["student"].dkd.warmup_epochs == 20
+        assert ctkd.stages["student"].warmup_epochs == 0 and dkd.stages["student"].warmup_epochs == 20
+        assert ctkd.stages["student"].temperature.policy == "ctkd_global" and ctkd.stages["student"].type == "dkd"
         dtd, _ = resolve_config(CONFIGS / "kd" / f"kd_dtd_{pair}.yaml", [])
-        assert dtd.stages["student"].dtd.tau_squared and dtd.stages["student"].temperature == 4.0
+        assert dtd.stages["student"].temperature.tau_squared and dtd.stages["student"].temperature.tau == 4.0
 
 
 def test_configs_readme_names_the_reference_of_every_config():
@@ -125,7 +126,7 @@ def test_dtd_tau_squared_option_reaches_the_loss(tmp_path, monkeypatch):
     real = kd.kd_loss
     monkeypatch.setattr(kd, "kd_loss", lambda s, t, tau, *a: seen.append(a) or real(s, t, tau, *a))
     args = ["stages.teacher.enabled=false", "stages.distill.epochs=null", "stages.distill.iters=2",
-            "stages.distill.temperature_policy=dtd", "stages.distill.dtd.tau_squared=false",
+            "stages.distill.temperature={policy: dtd, tau_squared: false}",
             "experiment.logger.progress=false", f"experiment.output_dir={tmp_path / 'r'}"]  # fmt: skip
     assert run_cli(CONFIGS / "quickstart.yaml", *args) == 0
     assert seen and all(a == (False,) for a in seen)

@@ -267,20 +267,22 @@ def distill_plan(capsys, tmp_path, *args: str) -> str:
 def test_dry_run_plans_tell_kd_dkd_dot_ctkd_and_dtd_apart(tmp_path, capsys):
     """A new user could not tell KD from DKD from DOT in a plan: each shows its loss terms, blocks and optimizer."""
     kd = distill_plan(capsys, tmp_path)
-    assert "loss: 0.1 ce + 0.9 kd" in kd and "temperature_policy=fixed" in kd and "dkd=" not in kd
+    assert "loss: 0.1 ce + 0.9 kd" in kd and "temperature={policy: fixed, tau: 4}" in kd and "alpha=" not in kd
     assert "optimizer: sgd lr 0.05, momentum 0.9 nesterov" in kd
     assert "LR schedule: cosine to min_lr 0, stepped per step" in kd and "EMA: off" in kd
     assert "eval: every 4 epochs (batch 256); checkpoint every 2 epochs and at the end" in kd
-    dkd = distill_plan(capsys, tmp_path, "stages.distill.loss=dkd", "stages.distill.loss_weights={ce: 1, kd: 1}")
-    assert "loss: 1 ce + 1 kd" in dkd and "dkd={alpha: 1, beta: 8, warmup_epochs: 20}" in dkd  # defaults shown
+    dkd = distill_plan(capsys, tmp_path, "stages.distill.type=dkd", "stages.distill.loss_weights={ce: 1, kd: 1}")
+    assert "loss: 1 ce + 1 kd" in dkd and "alpha=1, beta=8, warmup_epochs=20" in dkd  # defaults shown
+    alias = distill_plan(capsys, tmp_path, "stages.distill.loss=dkd", "stages.distill.dkd.beta=2")  # the old keys
+    assert "deprecated: `type: kd` with `loss: dkd` is now `type: dkd`" in alias and "beta=2" in alias
     dot = ["stages.distill.optimizer.name=dot", "stages.distill.optimizer.nesterov=false"]
     dot_plan = distill_plan(capsys, tmp_path, *dot)
     assert "optimizer: dot lr 0.05, momentum 0.9" in dot_plan and "task momentum 0.825" in dot_plan
-    ctkd = distill_plan(capsys, tmp_path, "stages.distill.temperature_policy=ctkd_global")
-    assert "temperature_policy=ctkd_global" in ctkd and "ctkd={" in ctkd and "dtd=" not in ctkd
-    dtd_args = ["stages.distill.temperature_policy=dtd", "stages.distill.dtd.tau_squared=false"]
+    ctkd = distill_plan(capsys, tmp_path, "stages.distill.temperature={policy: ctkd_global}")
+    assert "temperature={policy: ctkd_global, tau: 4, t_start: 1, t_range: 20" in ctkd and "gamma" not in ctkd
+    dtd_args = ["stages.distill.temperature_policy=dtd", "stages.distill.dtd.tau_squared=false"]  # the old keys
     dtd = distill_plan(capsys, tmp_path, *dtd_args)
-    assert "tau_squared: False" in dtd
+    assert "tau_squared: False" in dtd and "deprecated: `temperature_policy, dtd`" in dtd
     speed = ["data.pipeline=device", "experiment.channels_last=true", "stages.distill.optimizer.impl=foreach"]
     assert run_cli(QUICK, *speed, f"experiment.output_dir={tmp_path / 'never'}", "--dry-run") == 0
     out = capsys.readouterr().out

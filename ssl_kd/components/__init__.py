@@ -4,22 +4,29 @@ frozen teacher. Each keeps its own state (checkpointable) and hides the collecti
 
 from ssl_kd.components.adaptive_k import global_adaptive_k
 from ssl_kd.components.contrast import ClassNegatives, FixedNormaliser, hash_keys, splitmix64
+from ssl_kd.components.knowledge_adjust import KAOptions, TeacherTarget
+from ssl_kd.components.policy import PolicyOptions, PolicyRegistry
 from ssl_kd.components.schedule import Progress, Schedule, ScheduleConfig, Scheduled, ramp
 from ssl_kd.components.teacher import Teacher
 from ssl_kd.components.temperature import (
+    TEMPERATURE,
     CTKDOptions,
     CTKDTemperature,
     DTDOptions,
     DTDTemperature,
     FixedTemperature,
-    build_temperature,
+    TemperatureOptions,
 )
-from ssl_kd.components.threshold import FixedThreshold, FlexThreshold, ThresholdPolicy, build_threshold
+from ssl_kd.components.threshold import THRESHOLD, FixedThreshold, FlexThreshold, ThresholdOptions
 
 __all__ = [
+    "TEMPERATURE",
+    "THRESHOLD",
     "CTKDOptions",
     "CTKDTemperature",
     "ClassNegatives",
+    "KAOptions",
+    "TeacherTarget",
     "DTDOptions",
     "DTDTemperature",
     "FixedTemperature",
@@ -31,9 +38,10 @@ __all__ = [
     "ScheduleConfig",
     "Scheduled",
     "Teacher",
-    "ThresholdPolicy",
-    "build_temperature",
-    "build_threshold",
+    "PolicyOptions",
+    "PolicyRegistry",
+    "TemperatureOptions",
+    "ThresholdOptions",
     "global_adaptive_k",
     "hash_keys",
     "ramp",

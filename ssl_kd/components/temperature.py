@@ -1,29 +1,51 @@
-"""Distillation-temperature policies, chosen by config (`temperature_policy: fixed | ctkd_global | ctkd_instance |
-dtd`). Each is a module `policy(student_logits, teacher_logits) -> tau` (a float, a learned scalar, or one value
-per sample); a stage registers it (`register_module`), so a learned temperature is optimized with the student,
-DDP-synchronised and checkpointed, and a rule-based one costs nothing.
+"""Distillation-temperature policies, a registered option block of the KD-family stages:
+
+    temperature: 4                                          = {policy: fixed, tau: 4}
+    temperature: {policy: dtd, tau: 4, beta: 1, tau_squared: true}
+    temperature: {policy: ctkd_global, lambda_max: 1, ramp_epochs: 10}
+
+Each policy is a module `policy(student_logits, teacher_logits) -> tau` (a float, a learned scalar, or one value per
+sample) built from its own typed options; a stage registers it (`register_module`), so a learned temperature is
+optimized with the student, DDP-synchronised and checkpointed, and a rule-based one costs nothing. `tau_squared`
+says whether the KD term keeps Hinton's tau^2 factor under this policy.
 
 The formulas are the pure functions of `ssl_kd.losses.temperature`; this file adds what a policy needs around them:
-its options, CTKD's lambda curriculum as a scheduled scalar, and the stage's progress to read it at.
+its options, CTKD's lambda curriculum as a scheduled scalar, and the stage's progress to read it at. A new policy is
+one class with an `Options` block and one `@TEMPERATURE.register(name)` line.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
+from ssl_kd.components.policy import PolicyOptions, PolicyRegistry
 from ssl_kd.components.schedule import Progress, Scheduled, ramp
 from ssl_kd.losses import GlobalTemperature, InstanceTemperature, dtd_temperature
-from ssl_kd.options import Strict
-
-PolicyName = Literal["fixed", "ctkd_global", "ctkd_instance", "dtd"]
 
 
-class CTKDOptions(Strict):
-    """CTKD (§A4): tau = t_start + t_range * sigmoid(theta), theta trained adversarially through a GRL."""
+class TemperatureOptions(PolicyOptions):
+    """Keys every temperature policy has: its name and the base temperature (fixed tau; DTD's T0)."""
+
+    policy: str = "fixed"
+    tau: float = Field(4.0, gt=0)
+
+
+def _number_is_fixed(value: Any) -> Any:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return {"policy": "fixed", "tau": value} if is_number else value
+
+
+TEMPERATURE = PolicyRegistry("temperature policy", "policy", TemperatureOptions, shorthand=_number_is_fixed)
+
+
+class CTKDOptions(TemperatureOptions):
+    """CTKD (Curriculum Temperature KD, Li et al., AAAI 2023; zhengli97/CTKD@7d52522): tau = t_start + t_range *
+    sigmoid(theta), theta trained adversarially through a gradient-reversal layer. `tau` is unused (learned)."""
 
     t_start: float = Field(1.0, gt=0)
     t_range: float = Field(20.0, gt=0)  # CTKD's `t_end`
@@ -33,13 +55,14 @@ class CTKDOptions(Strict):
     hidden: int = Field(256, ge=1)  # ctkd_instance: MLP width
 
 
-class DTDOptions(Strict):
-    """DTD (§A7): tau_x = temperature + beta * (mean_batch(w) - w_x); FLSW or CWSM weights, no gradient.
+class DTDOptions(TemperatureOptions):
+    """DTD ("Preparing Lessons", Wen, Lai, Qian, arXiv 1911.07471): tau_x = tau + beta * (mean_batch(w) - w_x),
+    with FLSW or CWSM weights w, no gradient.
 
     `tau_squared`: the KD term of sample x is tau_x^2 * KL at tau_x (default, ours) or KL at tau_x alone. The only
     public port (TextBrewer's FLSW/CWSM schedulers with its `kd_ce_loss`; derivative repos default T0 = 8) applies
     the per-sample tau without the tau^2 factor; it uses the soft cross-entropy, whose gradient equals the KL's.
-    That port is `tau_squared: false` with `temperature: 8`. We default to tau_x^2 with T0 = 4 because DTD is
+    That port is `tau_squared: false` with `tau: 8`. We default to tau_x^2 with T0 = 4 because DTD is
     compared with KD at tau = 4 in the same recipe: the factor keeps each sample's gradient scale independent of
     its tau (Hinton), so the temperature only shapes the target, and the recipe's weights (CE 0.1, KD 0.9), tuned for
     tau^2-scaled KD, keep their meaning; without it the KD gradient shrinks by 1/tau_x^2 (~1/16 at T0 = 4, 1/64 at 8)
@@ -53,21 +76,34 @@ class DTDOptions(Strict):
     tau_squared: bool = True  # false: the TextBrewer-derived port (no tau_x^2 factor)
 
 
+@TEMPERATURE.register("fixed")
 class FixedTemperature(nn.Module):
-    def __init__(self, tau: float) -> None:
+    """Hinton's KD: one fixed tau."""
+
+    class Options(TemperatureOptions):
+        policy: Literal["fixed"] = "fixed"
+
+    tau_squared = True
+
+    def __init__(self, opts: Options, **context: Any) -> None:
         super().__init__()
-        self.tau = tau
+        self.tau = opts.tau
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> float:
         return self.tau
 
 
+@TEMPERATURE.register("dtd")
 class DTDTemperature(nn.Module):
     """Per-sample temperatures from how well the student already matches the teacher (no gradient)."""
 
-    def __init__(self, base: float, opts: DTDOptions) -> None:
+    class Options(DTDOptions):
+        policy: Literal["dtd"] = "dtd"
+
+    def __init__(self, opts: DTDOptions, **context: Any) -> None:
         super().__init__()
-        self.base, self.opts = base, opts
+        self.base, self.opts = opts.tau, opts
+        self.tau_squared = opts.tau_squared  # the TextBrewer-derived port leaves the factor out
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         o = self.opts
@@ -77,6 +113,8 @@ class DTDTemperature(nn.Module):
 class CTKDTemperature(nn.Module):
     """A learned temperature behind a gradient-reversal layer whose strength lambda follows CTKD's curriculum:
     cosine from 0 to lambda_max over `ramp_epochs`, counted from epoch 1 as the reference does."""
+
+    tau_squared = True
 
     def __init__(self, net: GlobalTemperature | InstanceTemperature, lam: Scheduled) -> None:
         super().__init__()
@@ -90,19 +128,38 @@ class CTKDTemperature(nn.Module):
         return self.net(lam)
 
 
-def build_temperature(
-    name: PolicyName, tau: float, num_classes: int, ctkd: CTKDOptions, dtd: DTDOptions, progress: Progress
-) -> nn.Module:
-    if name == "fixed":
-        return FixedTemperature(tau)
-    if name == "dtd":
-        return DTDTemperature(tau, dtd)
-    if name in ("ctkd_global", "ctkd_instance"):
-        o = ctkd
-        if name == "ctkd_global":
-            net: GlobalTemperature | InstanceTemperature = GlobalTemperature(o.t_start, o.t_range, o.init)
+def _ctkd(instance: bool) -> Callable[..., CTKDTemperature]:
+    def build(opts: CTKDOptions, *, num_classes: int, progress: Progress, **context: Any) -> CTKDTemperature:
+        o = opts
+        if instance:
+            net: GlobalTemperature | InstanceTemperature = InstanceTemperature(
+                num_classes, o.hidden, o.t_start, o.t_range, o.init
+            )
         else:
-            net = InstanceTemperature(num_classes, o.hidden, o.t_start, o.t_range, o.init)
+            net = GlobalTemperature(o.t_start, o.t_range, o.init)
         lam = ramp("cosine", 0.0, o.lambda_max, o.ramp_epochs, unit="epoch", one_based=True)
         return CTKDTemperature(net, Scheduled(lam, progress))
-    raise ValueError(f"unknown temperature policy {name!r}; valid: fixed, ctkd_global, ctkd_instance, dtd")
+
+    return build
+
+
+@TEMPERATURE.register("ctkd_global")
+class CTKDGlobal:
+    """CTKD with one learned temperature for the batch."""
+
+    class Options(CTKDOptions):
+        policy: Literal["ctkd_global"] = "ctkd_global"
+
+    def __new__(cls, opts: CTKDOptions, **context: Any) -> CTKDTemperature:  # type: ignore[misc]
+        return _ctkd(instance=False)(opts, **context)
+
+
+@TEMPERATURE.register("ctkd_instance")
+class CTKDInstance:
+    """CTKD with one learned temperature per sample (an MLP on both networks' logits)."""
+
+    class Options(CTKDOptions):
+        policy: Literal["ctkd_instance"] = "ctkd_instance"
+
+    def __new__(cls, opts: CTKDOptions, **context: Any) -> CTKDTemperature:  # type: ignore[misc]
+        return _ctkd(instance=True)(opts, **context)

@@ -1,38 +1,48 @@
-"""Confidence-threshold policies of the FixMatch family, chosen by config (`threshold: fixed | flex`).
+"""Confidence-threshold policies of the FixMatch family, a registered option block of the SSL stages:
+
+    threshold: fixed                              = {type: fixed, tau: 0.95}     FixMatch
+    threshold: {type: flex, tau: 0.95, warmup: true}                              FlexMatch
 
 A policy turns the weak view's confidence and pseudo-label into the mask of samples that enter the consistency
-loss, and may learn from every step (`update`). The FlexMatch policy keeps one global history over all
-processes: `update` gathers every rank's batch, which equals 1-GPU training with the global batch (the reference
-keeps one history per rank).
+loss, and may learn from every step (`update`); what it learns is its checkpointed state. The FlexMatch policy
+keeps one global history over all processes: `update` gathers every rank's batch, which equals 1-GPU training with
+the global batch (the reference keeps one history per rank). A new policy is one class with an `Options` block and
+one `@THRESHOLD.register(name)` line; it provides `thresholds`, `update`, `diagnostics` and `eval_extras`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
 from ssl_kd import dist
+from ssl_kd.components.policy import PolicyOptions, PolicyRegistry
 from ssl_kd.memory import PseudoLabelHistory
 
 
-class ThresholdPolicy(Protocol):
-    def thresholds(self, pseudo_label: torch.Tensor) -> torch.Tensor:
-        """The threshold of each sample (or a 0-dim tensor/float for all), read before this step's update."""
-        ...
+class ThresholdOptions(PolicyOptions):
+    """Keys every threshold policy has: its name and the confidence threshold tau (FullMatch's EML/ANL read it too)."""
 
-    def update(self, index: torch.Tensor, confidence: torch.Tensor, pseudo_label: torch.Tensor) -> None: ...
-
-    def diagnostics(self) -> dict[str, torch.Tensor]: ...
-
-    def eval_extras(self) -> dict[str, Any]: ...
+    type: str = "fixed"
+    tau: float = Field(0.95, gt=0, le=1)
 
 
+THRESHOLD = PolicyRegistry(
+    "threshold policy", "type", ThresholdOptions, shorthand=lambda v: {"type": v} if isinstance(v, str) else v
+)
+
+
+@THRESHOLD.register("fixed")
 class FixedThreshold:
     """FixMatch: one fixed tau for every class."""
 
-    def __init__(self, tau: float) -> None:
-        self.tau = tau
+    class Options(ThresholdOptions):
+        type: Literal["fixed"] = "fixed"
+
+    def __init__(self, opts: ThresholdOptions, **context: Any) -> None:
+        self.tau = opts.tau
 
     def thresholds(self, pseudo_label: torch.Tensor) -> float:
         return self.tau
@@ -47,6 +57,7 @@ class FixedThreshold:
         return {}
 
 
+@THRESHOLD.register("flex")
 class FlexThreshold:
     """FlexMatch's curriculum: class c's threshold is tau * M(beta_c), beta from the history of confident labels.
 
@@ -54,8 +65,14 @@ class FlexThreshold:
     order); `update` then records the step's confident predictions (by the fixed tau) of every rank.
     """
 
-    def __init__(self, num_samples: int, num_classes: int, tau: float, warmup: bool, device: torch.device) -> None:
-        self.history = PseudoLabelHistory(num_samples, num_classes, tau, warmup, device)
+    class Options(ThresholdOptions):
+        type: Literal["flex"] = "flex"
+        warmup: bool = True  # FlexMatch's threshold warm-up (unused samples count in the normaliser)
+
+    def __init__(
+        self, opts: Options, *, num_samples: int, num_classes: int, device: torch.device, **context: Any
+    ) -> None:
+        self.history = PseudoLabelHistory(num_samples, num_classes, opts.tau, opts.warmup, device)
         self._class_thresholds: torch.Tensor | None = None
 
     def thresholds(self, pseudo_label: torch.Tensor) -> torch.Tensor:
@@ -76,13 +93,3 @@ class FlexThreshold:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.history.load_state_dict(state)
-
-
-def build_threshold(
-    name: str, *, tau: float, num_samples: int, num_classes: int, flex_warmup: bool, device: torch.device
-) -> FixedThreshold | FlexThreshold:
-    if name == "fixed":
-        return FixedThreshold(tau)
-    if name == "flex":
-        return FlexThreshold(num_samples, num_classes, tau, flex_warmup, device)
-    raise ValueError(f"unknown threshold policy {name!r}; valid: fixed, flex")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ssl_kd.config.loader import deep_merge
 from ssl_kd.data.sampler import SamplerConfig
@@ -150,13 +150,21 @@ class StageConfig(Strict):
     def _one_or_more(cls, value: Any) -> Any:
         return [value] if isinstance(value, dict) else ([] if value is None else value)
 
+    @classmethod
+    def migrate(cls, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Old spellings this stage type still accepts, rewritten to the current ones: (new block, one note per
+        rewrite for `--dry-run`). A stage type overrides it (calling super) when it renames or regroups keys; a
+        rewrite may change `type` (an alias of another stage type)."""
+        return data, []
+
     @model_validator(mode="before")
     @classmethod
     def _merge_nested_defaults(cls, data: Any) -> Any:
-        """`ema: {decay: 0.99}` updates this stage type's EMA defaults (e.g. enabled) instead of replacing them."""
+        """Old keys first (`migrate`); then `ema: {decay: 0.99}` updates this stage type's EMA defaults (e.g.
+        enabled) instead of replacing them."""
         if not isinstance(data, dict):
             return data
-        out = dict(data)
+        out, _ = cls.migrate(dict(data))
         for name, field in cls.model_fields.items():
             if isinstance(out.get(name), dict) and field.default_factory is not None:
                 default = field.get_default(call_default_factory=True)
@@ -228,6 +236,9 @@ class StageConfig(Strict):
 
 class Config(Strict):
     """The whole experiment. `stages` holds each stage's typed config (validated per stage type)."""
+
+    # per stage, the old keys its YAML used and what they now are (StageConfig.migrate): --dry-run lists them
+    _deprecations: dict[str, list[str]] = PrivateAttr(default_factory=dict)
 
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     data: Any = None  # ssl_kd.data.DataConfig (validated in validate_config)

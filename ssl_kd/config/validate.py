@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ssl_kd.components import PolicyOptions
 from ssl_kd.config.loader import apply_overrides, deep_merge, load_yaml, resolve_references
 from ssl_kd.config.registry import import_modules, resolve_import, stage_types
 from ssl_kd.config.schema import Config, StageConfig
@@ -15,13 +16,15 @@ from ssl_kd.errors import UserError, choices, suggest
 from ssl_kd.models import list_models, model_options
 
 
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """Follow a pydantic error location down the schema to the model that owns its last key."""
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...], raw: Any = None) -> type[BaseModel] | None:
+    """Follow a pydantic error location down the schema (and the raw block beside it) to the model that owns its
+    last key. A policy block (`temperature: {policy: dtd}`) resolves to the named policy's own options."""
     current: Any = model
     for part in loc[:-1]:
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))
+        raw = raw.get(part) if isinstance(raw, dict) else None
         if field is None:
             return None
         ann = field.annotation
@@ -32,16 +35,20 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
             # dict[str, Model]: the next loc part is the key
             dict_args = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
             current = dict_args[0] if dict_args else None
+        elif issubclass(current, PolicyOptions):
+            current = current.registry.owner(raw) or current
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> str:
+def format_validation_error(
+    err: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = (), raw: Any = None
+) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         path = ".".join(str(p) for p in (*prefix, *loc)) or "(top level)"
         if e["type"] == "extra_forbidden":
-            owner = _model_at(model, loc)
+            owner = _model_at(model, loc, raw)
             valid = list(owner.model_fields) if owner else []
             hint = suggest(str(loc[-1]), valid)
             lines.append(f"{path}: unknown key.{hint} Valid keys here: {choices(valid)}.")
@@ -60,7 +67,7 @@ def _validate(model: type[BaseModel], raw: Any, prefix: tuple[Any, ...], source:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise UserError(f"{source}: " + format_validation_error(e, model, prefix)) from None
+        raise UserError(f"{source}: " + format_validation_error(e, model, prefix, raw)) from None
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
@@ -79,7 +86,9 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
             raise UserError(
                 f"{source}: stages.{name}.type: unknown stage type '{st}'.{suggest(st, types)} Valid: {choices(types)}."
             )
-        typed[name] = _validate(types[st].Config, block, ("stages", name), source)
+        block, notes = _migrate(types, st, block, f"{source}: stages.{name}")
+        cfg._deprecations[name] = notes
+        typed[name] = _validate(types[block["type"]].Config, block, ("stages", name), source)
         if typed[name].data is not None:  # the stage's own dataset: merged key by key over the top-level data
             if not isinstance(typed[name].data, dict):
                 raise UserError(f"{source}: stages.{name}.data: must be a mapping like `data:`, got {block['data']!r}.")
@@ -89,6 +98,21 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     _check_models(cfg, source)
     _check_references(cfg, source)
     return cfg
+
+
+def _migrate(types: dict[str, Any], st: str, block: dict[str, Any], where: str) -> tuple[dict[str, Any], list[str]]:
+    """A stage block with its old keys rewritten by its type (and by the type an alias leads to)."""
+    seen, notes = [st], []
+    while True:
+        try:
+            block, more = types[st].Config.migrate(dict(block))
+        except ValueError as e:
+            raise UserError(f"{where}: {e}.") from None
+        notes += more
+        st = block.get("type", st)
+        if st in seen:
+            return block, notes
+        seen.append(st)
 
 
 def _check_models(cfg: Config, source: str) -> None:

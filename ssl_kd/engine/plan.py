@@ -172,6 +172,8 @@ def plan(
             sd = stage.data
             parts.append(f"data: {sd.name} ({len(sd.train)} train / {len(sd.test)} test, {sd.num_classes} classes)")
         lines.append(" ".join(parts))
+        for note in cfg._deprecations.get(name, []):  # old keys, rewritten (StageConfig.migrate)
+            lines += _wrap("deprecated", note)
         lines += stage_details(scfg, stage.trains)
     run.stage = None
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from ssl_kd.stages import (  # noqa: F401
     cskd,
     ctc,
+    dkd,
     evaluate,
     export,
     hsakd,

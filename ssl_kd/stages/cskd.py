@@ -23,11 +23,12 @@ from pydantic import Field
 
 from ssl_kd.components import ScheduleConfig
 from ssl_kd.config.schema import StageConfig
-from ssl_kd.engine import Plot, Stage, register_stage
+from ssl_kd.engine import Plot, register_stage
 from ssl_kd.errors import UserError
 from ssl_kd.losses import accuracy, kd_loss
 from ssl_kd.losses.cskd import align_dense, ckf_target, patch_distill_loss
-from ssl_kd.stages._common import Augment, check_same_classes, labelled_views
+from ssl_kd.stages._common import Augment
+from ssl_kd.stages._teacher_student import TeacherStudent
 
 
 def _beta_default() -> ScheduleConfig:
@@ -47,23 +48,20 @@ class CSKDConfig(StageConfig):
 
 
 @register_stage("cskd")
-class CSKD(Stage):
+class CSKD(TeacherStudent):
     Config = CSKDConfig
     cfg: CSKDConfig
     plots = (Plot("ckf", {"beta": "beta_t"}, "CKF fusion weight", "beta"),)
 
     def setup(self) -> None:
         c = self.cfg
-        self.student, teacher = self.single("train"), self.single("uses")
-        check_same_classes(self, self.student, teacher)
+        self.setup_pair()
         if c.token == "dist" and getattr(self.raw_model(self.student), "dist_token", None) is None:
             raise UserError(
                 f"stages.{self.name}.token: 'dist' needs a student with a distillation token; set "
                 f"models.{self.student}.kwargs.dist_token: true (a ViT), or token: cls"
             )
         self.dense = c.loss_weights.get("patch", 0.0) != 0
-        self.add_stream("train", labelled_views(self, c.augment, "all"))
-        self.teacher = self.frozen_teacher(teacher)
         self.beta = self.schedule(c.beta)
 
     def train_step(self, batch):

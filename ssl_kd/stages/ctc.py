@@ -43,6 +43,7 @@ from ssl_kd.losses import accuracy, contrast_exp_scores, crd_nce_loss, instance_
 from ssl_kd.memory import MemoryBank
 from ssl_kd.models import Embed, seeded_linear
 from ssl_kd.stages._common import Augment, feat_dim, labelled_views
+from ssl_kd.stages._teacher_student import TeacherStudent
 
 Preset = Literal["transferability", "discriminability", "none"]
 
@@ -150,7 +151,7 @@ class InstDisc(Stage):
 
 
 @register_stage("crd")
-class CRD(Stage):
+class CRD(TeacherStudent):
     """CE + beta * CRD's two-sided NCE between the trained model and a frozen one (`uses`), each side contrasted
     with the other side's momentum memory over K negatives of other classes."""
 
@@ -159,13 +160,12 @@ class CRD(Stage):
 
     def setup(self) -> None:
         c = self.cfg
-        self.net, teacher = self.single("train"), self.single("uses")
-        self.add_stream("train", labelled_views(self, c.augment, "all"))
-        self.teacher = self.frozen_teacher(teacher)
+        self.setup_pair()
+        teacher = self.teacher_name
         images = self.data.train
         self.num_data = len(images)
         dev = self.device
-        self.register_module("embed_s", Embed(feat_dim(self, self.net), c.dim, self.seed("embed_s")))
+        self.register_module("embed_s", Embed(feat_dim(self, self.student), c.dim, self.seed("embed_s")))
         embed_t = Embed(feat_dim(self, teacher), c.dim, self.seed("embed_t"))
         self.register_module("embed_t", embed_t.requires_grad_(c.train_teacher_embed))
         n = self.num_data  # M_s holds the trained side's embeddings, M_t the frozen side's
@@ -191,7 +191,7 @@ class CRD(Stage):
         c = self.cfg
         part = batch["train"]
         x, y, idx = part["x"], part["y"], part["idx"]
-        out = self.forward(self.net, part)
+        out = self.forward(self.student, part)
         s = self.module("embed_s")(out.feat)
         t = self.module("embed_t")(self.teacher.output(x).feat)  # frozen features; g_t itself trains (quirk)
         contrast_idx = self.negatives(idx, y, self.progress.step)  # [own index, K of other classes]

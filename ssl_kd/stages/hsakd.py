@@ -36,6 +36,7 @@ from ssl_kd.errors import UserError
 from ssl_kd.losses import accuracy, hierarchical_kd, joint_ce, mutual_kd
 from ssl_kd.models import MultiExit
 from ssl_kd.stages._common import Augment, check_same_classes, labelled_views
+from ssl_kd.stages._teacher_student import TeacherStudent
 
 EXAMPLE = "{arch: multi_exit, kwargs: {backbone: resnet8x4, exits: [1, 2, 3], exit_label_factor: 4}}"
 
@@ -114,25 +115,21 @@ class HSAKDTeacher(_Rotated):
 
 
 @register_stage("hsakd")
-class HSAKD(_Rotated):
+class HSAKD(TeacherStudent, _Rotated):
     """Offline HSAKD (train_student_cifar.py): a frozen teacher with trained auxiliary heads teaches a student."""
 
     Config = HSAKDConfig
     cfg: HSAKDConfig
 
     def setup(self) -> None:
-        self.student = self.single("train")
-        teacher = self.single("uses")
-        check_same_classes(self, self.student, teacher)
+        self.setup_pair(self.add_train_stream)
         self.s_arch = rotation_heads(self, self.student, "train")
-        self.t_arch = rotation_heads(self, teacher, "uses")
+        self.t_arch = rotation_heads(self, self.teacher_name, "uses")
         if len(self.s_arch.exit_after) != len(self.t_arch.exit_after):
             raise UserError(
                 f"stages.{self.name}: the student's auxiliary head l learns the teacher's head l, so both need as "
                 f"many heads; got student exits {list(self.s_arch.exit_after)}, teacher {list(self.t_arch.exit_after)}."
             )
-        self.teacher = self.frozen_teacher(teacher)
-        self.add_train_stream()
 
     def train_step(self, batch):
         x4, y, y4 = self.rotated_batch(batch)

@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ssl_kd.config.schema import StageConfig
-from ssl_kd.engine import Stage, register_stage
+from ssl_kd.engine import register_stage
 from ssl_kd.errors import UserError
 from ssl_kd.losses import PAD_EPS, accuracy, feature_l2_loss, pad_l2_loss
 from ssl_kd.models.feature_heads import VarianceHead, connector_for
-from ssl_kd.stages._common import Augment, check_same_classes, feat_dim, labelled_views
+from ssl_kd.stages._common import Augment, feat_dim
+from ssl_kd.stages._teacher_student import TeacherStudent
 
 
 class PADConfig(StageConfig):
@@ -59,16 +60,14 @@ class PADConfig(StageConfig):
 
 
 @register_stage("pad")
-class PAD(Stage):
+class PAD(TeacherStudent):
     Config = PADConfig
     cfg: PADConfig
 
     def setup(self) -> None:
         c = self.cfg
-        self.student, teacher = self.single("train"), self.single("uses")
-        check_same_classes(self, self.student, teacher)
-        self.add_stream("train", labelled_views(self, c.augment, "all"))
-        self.teacher = self.frozen_teacher(teacher)
+        self.setup_pair()
+        teacher = self.teacher_name
         d_t = feat_dim(self, teacher)
         feat_dim(self, self.student)  # both pooled widths declared (the connector reads them)
         student_net, teacher_net = self.raw_model(self.student), self.raw_model(teacher)

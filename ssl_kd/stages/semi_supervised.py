@@ -14,13 +14,13 @@ this one step: they differ only in the defaults of `threshold` and `loss_weights
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ssl_kd.components import build_threshold, global_adaptive_k, ramp
+from ssl_kd.components import THRESHOLD, global_adaptive_k, ramp
 from ssl_kd.config.schema import EMAConfig, EvalConfig, OptimizerConfig, SchedulerConfig, StageConfig
 from ssl_kd.engine import Plot, Stage, register_stage
 from ssl_kd.losses import accuracy
@@ -36,9 +36,7 @@ class SemiSupervisedConfig(StageConfig):
     steps_per_epoch: int | None = Field(1024, ge=1)  # USB's "epoch" of 1024 iterations (a reporting unit)
     batch_size: int = Field(64, ge=1)  # labelled, global
     uratio: int = Field(7, ge=1)  # mu: unlabelled batch = uratio * batch_size
-    threshold: Literal["fixed", "flex"] = "fixed"
-    tau: float = Field(0.95, gt=0, le=1)
-    flex_warmup: bool = True  # FlexMatch's threshold warm-up (unused samples count in the normaliser)
+    threshold: THRESHOLD.annotation() = THRESHOLD.field({"type": "fixed"})  # {type: fixed | flex, tau, ...}
     pseudo_label: Literal["hard", "soft"] = "hard"  # the references use hard labels
     soft_temperature: float = Field(0.5, gt=0)  # T for soft pseudo-labels (unused with hard labels)
     use_cat: bool = True  # one forward over [lb; weak; strong]; False: separate passes, weak under no_grad
@@ -55,9 +53,34 @@ class SemiSupervisedConfig(StageConfig):
     ema: EMAConfig = Field(default_factory=lambda: EMAConfig(enabled=True, decay=0.999))
     eval: EvalConfig = Field(default_factory=lambda: EvalConfig(every=5000, unit="steps", batch_size=1024))
 
+    @classmethod
+    def migrate(cls, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """`tau` and `flex_warmup` were keys of the stage; they are options of the threshold block now."""
+        data, notes = super().migrate(data)
+        old = {k: data.pop(k) for k in ("tau", "flex_warmup") if k in data}
+        if not old:
+            return data, notes
+        block = data.get("threshold")
+        block = THRESHOLD.shorthand(block) if block is not None and not isinstance(block, dict) else dict(block or {})
+        if not isinstance(block, dict):
+            raise ValueError(f"threshold: expected a policy name or a block, got {data.get('threshold')!r}")
+        moved = {"tau": old["tau"]} if "tau" in old else {}
+        if "flex_warmup" in old:
+            moved["warmup"] = old["flex_warmup"]
+        clash = sorted(set(block) & set(moved))
+        if clash:
+            raise ValueError(f"threshold.{clash[0]} is given twice (also as an old top-level key); keep the block's")
+        data["threshold"] = {**block, **moved}
+        shown = ", ".join(f"{k}: {v}" for k, v in moved.items())
+        notes.append(f"`{', '.join(old)}` is now part of the threshold block: `threshold: {{{shown}}}`")
+        return data, notes
+
+    def blocks_in_use(self) -> set[str]:
+        return {"threshold"}
+
 
 class FlexMatchConfig(SemiSupervisedConfig):
-    threshold: Literal["fixed", "flex"] = "flex"
+    threshold: THRESHOLD.annotation() = THRESHOLD.field({"type": "flex"})
 
 
 class FullMatchConfig(SemiSupervisedConfig):
@@ -65,7 +88,7 @@ class FullMatchConfig(SemiSupervisedConfig):
 
 
 class FullFlexConfig(FullMatchConfig):
-    threshold: Literal["fixed", "flex"] = "flex"
+    threshold: THRESHOLD.annotation() = THRESHOLD.field({"type": "flex"})
 
 
 @register_stage("fixmatch")
@@ -89,9 +112,9 @@ class SemiSupervised(Stage):
         self.add_stream("labeled", self.view_dataset(self.data.train, {"x": weak}, lb), c.batch_size)
         self.add_stream("unlabeled", self.view_dataset(pool, {"w": weak, "s": strong}, ulb), c.uratio * c.batch_size)
         # indexed by position in the pool; FlexMatch's history is one global history over all processes
-        self.threshold = build_threshold(c.threshold, tau=c.tau, num_samples=len(pool),
-                                         num_classes=self.data.num_classes, flex_warmup=c.flex_warmup,
-                                         device=self.device)  # fmt: skip
+        self.threshold = THRESHOLD.build(
+            c.threshold, num_samples=len(pool), num_classes=self.data.num_classes, device=self.device
+        )
         if hasattr(self.threshold, "state_dict"):
             self.register_state("selected_label", self.threshold)
         w = c.loss_weights
@@ -121,8 +144,9 @@ class SemiSupervised(Stage):
         if self.negative_terms:
             k = global_adaptive_k(zw, zs)
             on = self.eml_anl_on.value
-            losses["anl"] = on * anl_loss(zw, zs, k, c.tau)
-            losses["eml"] = on * eml_loss(zw, zs, k, mask, c.tau, c.detach_eml_target)
+            tau = c.threshold.tau
+            losses["anl"] = on * anl_loss(zw, zs, k, tau)
+            losses["eml"] = on * eml_loss(zw, zs, k, mask, tau, c.detach_eml_target)
             diagnostics["k"] = k.float()
         self.threshold.update(u["idx"], conf, yhat)
         diagnostics.update(self.threshold.diagnostics())

@@ -53,7 +53,8 @@ from ssl_kd.losses import (
     sskd_transform_loss,
 )
 from ssl_kd.models import MLPHead
-from ssl_kd.stages._common import check_same_classes, feat_dim
+from ssl_kd.stages._common import feat_dim
+from ssl_kd.stages._teacher_student import TeacherStudent
 
 VIEWS = tuple(f"x{k}" for k in range(ROTATIONS))  # the four copies of an image, rotated by k * 90 degrees
 
@@ -159,7 +160,7 @@ class SSKDHead(RotationStage):
 
 
 @register_stage("sskd")
-class SSKD(RotationStage):
+class SSKD(TeacherStudent, RotationStage):
     """Distil the teacher's logits on normal and rotated images and its similarity structure into the student."""
 
     Config = SSKDConfig
@@ -172,15 +173,12 @@ class SSKD(RotationStage):
     )  # fmt: skip
 
     def setup(self) -> None:
-        self.student, teacher = self.single("train"), self.single("uses")
-        check_same_classes(self, self.student, teacher)
-        self.teacher = self.frozen_teacher(teacher)
-        d_s, d_t = feat_dim(self, self.student), feat_dim(self, teacher)
+        self.setup_pair(self.add_rotation_stream)
+        d_s, d_t = feat_dim(self, self.student), feat_dim(self, self.teacher_name)
         self.register_module("student_head", MLPHead(d_s, d_s, d_s, seed=self.seed("student_head")))
         # loaded from the sskd_head stage (init.modules) and frozen: out of the optimizer, never DDP-wrapped
         head = MLPHead(d_t, d_t, d_t, seed=self.seed("teacher_head")).requires_grad_(False)
         self.register_module("teacher_head", head)
-        self.add_rotation_stream()
 
     def train_step(self, batch):
         c = self.cfg
