@@ -1,9 +1,10 @@
-"""The FixMatch-family step, composed from parts chosen by config (specs/ssl.md §1, §4, §5).
+"""The FixMatch-family step, composed from parts chosen by config (TorchSSL@f26e1d4 models/fixmatch, models/flexmatch;
+FullMatch@c54c0b9 models/fullmatch, models/fullflex).
 
     zl, zw, zs = model([x_lb; weak(x_ulb); strong(x_ulb)])        one pass, BN over the concatenation
     conf, yhat = max / argmax softmax(zw)                           pseudo-labels from the weak view
-    mask       = conf >= tau                  (threshold: fixed)    FixMatch
-               = conf >= tau * M(beta[yhat])  (threshold: flex)     FlexMatch curriculum (history of all ranks)
+    mask       = conf >= tau                  (threshold: {type: fixed, tau})    FixMatch
+               = conf >= tau * M(beta[yhat])  (threshold: {type: flex, tau})     FlexMatch curriculum (all ranks)
     k          = max rank of yhat in zs over the global batch       FullMatch's adaptive k
     L = w_sup CE(zl, y) + w_unsup L_u(zs, yhat, mask) + on(step) [w_anl ANL(zw, zs, k) + w_eml EML(zw, zs, k, mask)]
 
@@ -29,7 +30,8 @@ from ssl_kd.stages._common import unlabelled_pool
 
 
 class SemiSupervisedConfig(StageConfig):
-    """Defaults reproduce TorchSSL/USB classic_cv on CIFAR-10 (ssl.md §1.2–1.3); paper settings in configs/."""
+    """Defaults reproduce TorchSSL/USB classic_cv on CIFAR-10 (TorchSSL@f26e1d4
+    config/fixmatch/fixmatch_cifar10_*_0.yaml, USB@1ef4cbe config/classic_cv); paper settings in configs/."""
 
     loss_weights: dict[str, float] = Field(default_factory=lambda: {"sup": 1.0, "unsup": 1.0, "eml": 0.0, "anl": 0.0})
     iters: int | None = Field(2**20, ge=0)
