@@ -89,7 +89,7 @@ def evaluate_checkpoint(args: argparse.Namespace, extra: list[str]) -> dict[str,
     from accelerate.state import AcceleratorState
 
     from ssl_kd.api import load_model, model_file
-    from ssl_kd.engine.evaluation import Evaluator, eval_mode
+    from ssl_kd.engine.scoring import Evaluator, eval_mode
     from ssl_kd.errors import UserError
 
     data_cfg = data_config(args, extra)

@@ -16,6 +16,7 @@ from ssl_kd.config import validate_config
 from ssl_kd.engine import read_metrics
 from ssl_kd.errors import UserError
 from ssl_kd.memory import TeacherLogitCache
+from ssl_kd.stages import dkd as dkd_stage
 from ssl_kd.stages import kd as kd_stage
 from ssl_kd.stages.dkd import DKDConfig
 from ssl_kd.stages.kd import KDConfig
@@ -130,16 +131,16 @@ def test_old_kd_keys_are_aliases_with_a_deprecation_note():
 
 def test_dkd_warmup_scales_the_kd_term_per_epoch(tmp_path, teacher_file, monkeypatch):
     seen = []
-    real = kd_stage.dkd_loss
+    real = dkd_stage.dkd_loss
 
     def spy(s, t, y, alpha, beta, tau, *rest):
         value = real(s, t, y, alpha, beta, tau, *rest)
         seen.append(value.item())
         return value
 
-    monkeypatch.setattr(kd_stage, "dkd_loss", spy)
+    monkeypatch.setattr(dkd_stage, "dkd_loss", spy)
     out = tmp_path / "w"
-    args = student_args(teacher_file, "stages.distill.loss=dkd", "stages.distill.dkd.warmup_epochs=4",
+    args = student_args(teacher_file, "stages.distill.type=dkd", "stages.distill.warmup_epochs=4",
                         "stages.distill.iters=2", "stages.distill.epochs=None", "stages.distill.steps_per_epoch=1",
                         "experiment.logger.log_every=1")  # fmt: skip
     assert run_cli(QUICK, *args, f"experiment.output_dir={out}") == 0

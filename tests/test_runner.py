@@ -71,7 +71,7 @@ def test_resolved_config_is_rerunnable(tmp_path):
 
 
 RESUME_ARGS = [
-    *TINY, "stages.teacher.mixup_alpha=0.4", "stages.teacher.cutmix_alpha=1.0", "stages.teacher.ema.enabled=true",
+    *TINY, "stages.teacher.mix={kind: cutmix, alpha: 1.0, prob: 0.5}", "stages.teacher.ema.enabled=true",
     "stages.teacher.checkpoint.every=5", "stages.teacher.checkpoint.unit=steps",
     "stages.distill.checkpoint.every=7", "stages.distill.checkpoint.unit=steps",
     "stages.distill.init.mode=stage", "stages.distill.init.which=best", "stages.distill.init.models=[teacher]",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from ssl_kd.callbacks.checkpoint import Checkpoint
 from ssl_kd.callbacks.ema import EMA, EMAModel
-from ssl_kd.callbacks.evaluate import Evaluation
 from ssl_kd.callbacks.jsonl import JsonlLogger
 from ssl_kd.callbacks.lr import LRScheduler
 from ssl_kd.callbacks.metrics import TrainMetrics
 from ssl_kd.callbacks.nan_guard import NanGuard
 from ssl_kd.callbacks.progress import ProgressLogger
 from ssl_kd.callbacks.prune import Prune
+from ssl_kd.callbacks.scheduled_eval import Evaluation
 from ssl_kd.callbacks.wandb_logger import WandbLogger
 from ssl_kd.engine.callback import Callback
 

@@ -26,10 +26,10 @@ from ssl_kd.engine import resume as ckpt_io
 from ssl_kd.engine.build import apply_init, apply_module_init, build_models, check_stage_files, take_snapshots
 from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.checkpoint_io import save_atomic
-from ssl_kd.engine.evaluation import Evaluator, Predict, eval_mode
 from ssl_kd.engine.plan import plan
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
+from ssl_kd.engine.scoring import Evaluator, Predict, eval_mode
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.services import DataServices
 from ssl_kd.engine.stage import Prepared, Stage

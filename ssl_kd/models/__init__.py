@@ -23,7 +23,6 @@ from ssl_kd.models.multi_exit import MultiExit
 from ssl_kd.models.registry import (
     create_model,
     create_model_from_spec,
-    list_heads,
     list_models,
     model_options,
     model_spec,
@@ -51,7 +50,6 @@ __all__ = [
     "create_model_from_spec",
     "dense_logits",
     "is_stage_based",
-    "list_heads",
     "list_models",
     "model_options",
     "model_spec",

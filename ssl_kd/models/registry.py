@@ -35,10 +35,6 @@ def register_head(name: str) -> Callable[[F], F]:
     return _registrar(_HEADS, "head", name)
 
 
-def list_heads() -> list[str]:
-    return sorted(_HEADS)
-
-
 def _attach_head(model: nn.Module, name: str, head: dict[str, Any]) -> None:
     if not isinstance(head, dict) or "type" not in head:
         raise UserError(

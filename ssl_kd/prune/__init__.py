@@ -6,8 +6,8 @@ per-architecture description of prunable convs (`units.py`), the stage-side comp
 The callback that runs the masks at the stage's lifecycle points is `ssl_kd.callbacks.prune.Prune`.
 """
 
+from ssl_kd.prune.compact import ExportResult, count_flops, count_params, export_pruned, kept_filters
 from ssl_kd.prune.config import PruneConfig
-from ssl_kd.prune.export import ExportResult, count_flops, count_params, export_pruned, kept_filters
 from ssl_kd.prune.functional import (
     DECAY_FLOOR,
     asrfp_decay,

@@ -81,10 +81,6 @@ class FilterPruner:
         self.select(keep_ratio, hard_fraction)
         self.apply(decay, models, mask_bn)
 
-    @property
-    def any_hard(self) -> bool:
-        return any(bool(h.any()) for h in self.hard.values())
-
     @torch.no_grad()
     def mask_grads(self) -> None:
         """GHFP: a hard filter gets no gradient (reference: `grad[mat_hard == 0] = 0` after backward)."""

@@ -5,18 +5,19 @@
     L = CE(f(x'), y')      soft-target CE on mixed batches, CE with label smoothing otherwise
 
 `mix: {kind: mixup, alpha: 0.4}` and `mix: {kind: cutmix, alpha: 1.0}` are the Mixup / CutMix baselines of the
-self-distillation papers. The older keys `mixup_alpha` / `cutmix_alpha` / `mix_prob` (50/50 between the two when
-both are on) still work and keep their exact behaviour; use one form or the other.
+self-distillation papers.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ssl_kd.config.schema import StageConfig
-from ssl_kd.data import MixConfig, cutmix, mix_tensors, mixup, one_hot, sample_mix
+from ssl_kd.data import MixConfig, mix_tensors, one_hot, sample_mix
 from ssl_kd.engine import Stage, register_stage
 from ssl_kd.losses import accuracy, soft_cross_entropy
 from ssl_kd.stages._common import Augment, Subset, labelled_views
@@ -26,17 +27,20 @@ class SupervisedConfig(StageConfig):
     loss_weights: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0})
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mix: MixConfig = Field(default_factory=MixConfig)
-    mixup_alpha: float = Field(0.0, ge=0)  # older form of `mix:`
-    cutmix_alpha: float = Field(0.0, ge=0)
-    mix_prob: float = Field(1.0, ge=0, le=1)  # chance a batch is mixed (one of mixup/cutmix, 50/50 when both on)
     augment: Augment = "weak"
     subset: Subset = "all"  # "labeled": only data.ssl's labelled subset (the SSL supervised baseline)
 
-    @model_validator(mode="after")
-    def _one_mix_form(self) -> SupervisedConfig:
-        if self.mix.kind != "none" and (self.mixup_alpha or self.cutmix_alpha):
-            raise ValueError("give the batch mix as `mix: {kind, alpha}` or as mixup_alpha/cutmix_alpha, not both")
-        return self
+    @classmethod
+    def migrate(cls, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The older `mixup_alpha` / `cutmix_alpha` / `mix_prob` keys are gone: one clear error pointing to `mix:`."""
+        data, notes = super().migrate(data)
+        old = [k for k in ("mixup_alpha", "cutmix_alpha", "mix_prob") if k in data]
+        if old:
+            raise ValueError(
+                f"{', '.join(old)}: these keys were replaced by the `mix:` block; write e.g. "
+                f"`mix: {{kind: mixup, alpha: 0.4}}` or `mix: {{kind: cutmix, alpha: 1.0, prob: 0.5}}`"
+            )
+        return data, notes
 
 
 @register_stage("supervised")
@@ -50,23 +54,11 @@ class Supervised(Stage):
 
     def train_step(self, batch):
         part = batch["train"]
-        x, y = part["x"], part["y"]
-        c = self.cfg
-        if c.mix.kind != "none":
+        if self.cfg.mix.kind != "none":
             return self._mixed_step(part)
-        mix = None
-        if (c.mixup_alpha or c.cutmix_alpha) and torch.rand(()).item() < c.mix_prob:
-            use_cutmix = c.cutmix_alpha > 0 and (c.mixup_alpha == 0 or torch.rand(()).item() < 0.5)
-            mix = (cutmix, c.cutmix_alpha) if use_cutmix else (mixup, c.mixup_alpha)
-        if mix is None:
-            logits = self.forward(self.net, part).logits
-            ce = F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)
-        else:
-            fn, alpha = mix
-            x, soft = fn(x, y, alpha, self.data.num_classes)
-            logits = self.forward(self.net, part, x).logits
-            ce = soft_cross_entropy(logits, self._smooth(soft))
-        return {"ce": ce}, {"acc": accuracy(logits, y)}
+        logits = self.forward(self.net, part).logits
+        ce = F.cross_entropy(logits, part["y"], label_smoothing=self.cfg.label_smoothing)
+        return {"ce": ce}, {"acc": accuracy(logits, part["y"])}
 
     def _mixed_step(self, part):
         """The `mix:` form: images, one-hot labels and the model's extra inputs mixed by one drawn mix."""

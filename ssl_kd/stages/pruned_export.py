@@ -1,4 +1,4 @@
-"""Export: swap each model the stage reads for its physically smaller pruned network (ssl_kd.prune.export).
+"""Export: swap each model the stage reads for its physically smaller pruned network (ssl_kd.prune.compact).
 
     export: {type: export, uses: [student]}            # after a stage with `prune:`; before a fine-tune stage
 
