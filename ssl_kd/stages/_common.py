@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 
+from ssl_kd.data import MixConfig, MixParams, mix_tensors, one_hot, sample_mix
 from ssl_kd.engine.stage import Stage
 from ssl_kd.errors import UserError
 
@@ -19,6 +21,20 @@ def labelled_views(stage: Stage, augment: Augment, subset: Subset):
     return stage.view_dataset(
         stage.data.train, {"x": stage.transform("test" if augment == "none" else augment)}, indices
     )
+
+
+def mix_batch(
+    mix: MixConfig, x: torch.Tensor, y: torch.Tensor | None = None, num_classes: int = 0,
+    extra: dict[str, torch.Tensor] | None = None, dtype: torch.dtype = torch.float32,
+) -> tuple[dict[str, torch.Tensor] | None, MixParams | None]:  # fmt: skip
+    """One drawn `mix:` of a batch: the images, the one-hot labels (when given) and the model's extra inputs
+    (metadata) mixed with the same lambda and partner. (mixed parts, the mix), or (None, None) when this batch
+    stays unmixed (kind none, or not drawn with probability `prob`)."""
+    params = sample_mix(mix, x.shape[0], (x.shape[-2], x.shape[-1]))
+    if params is None:
+        return None, None
+    parts = {"x": x} if y is None else {"x": x, "y": one_hot(y, num_classes, dtype)}
+    return mix_tensors({**parts, **(extra or {})}, params), params
 
 
 def unlabelled_pool(stage: Stage):

@@ -22,10 +22,10 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ssl_kd.components import TEMPERATURE, KAOptions, Teacher, TeacherTarget
 from ssl_kd.config.schema import StageConfig
-from ssl_kd.data import MixConfig, mix_tensors, one_hot, sample_mix
+from ssl_kd.data import MixConfig
 from ssl_kd.engine import Stage
 from ssl_kd.losses import accuracy, soft_cross_entropy
-from ssl_kd.stages._common import Augment, Subset, check_same_classes, labelled_views, unlabelled_pool
+from ssl_kd.stages._common import Augment, Subset, check_same_classes, labelled_views, mix_batch, unlabelled_pool
 
 
 class TeacherStudent(Stage):
@@ -174,10 +174,8 @@ class LogitDistillation(TeacherStudent):
         y = batch["train"]["y"] if c.uses_labels else None  # DM-KD (ce weight 0): labels are never read
         n = len(x)
         soft_y = None
-        mix = sample_mix(c.mix, n, (x.shape[-2], x.shape[-1])) if c.mix.kind != "none" else None
-        if mix is not None:  # mixup / CutMix: both networks see the mixed images
-            parts = {"x": x} if y is None else {"x": x, "y": one_hot(y, self.data.num_classes, torch.float32)}
-            mixed = mix_tensors(parts, mix)
+        mixed, mix = mix_batch(c.mix, x, y, self.data.num_classes)
+        if mixed is not None:  # mixup / CutMix: both networks see the mixed images
             x, soft_y = mixed["x"], mixed.get("y")
         if c.unlabeled:  # one forward over labelled + unlabelled images
             x, idx = torch.cat([x, batch["unlabeled"]["x"]]), torch.cat([idx, batch["unlabeled"]["idx"]])

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ssl_kd.config.schema import StageConfig
-from ssl_kd.data import MixConfig, mix_tensors, one_hot, sample_mix
+from ssl_kd.data import MixConfig
 from ssl_kd.engine import Stage, register_stage
 from ssl_kd.losses import accuracy, soft_cross_entropy
-from ssl_kd.stages._common import Augment, Subset, labelled_views
+from ssl_kd.stages._common import Augment, Subset, labelled_views, mix_batch
 
 
 class SupervisedConfig(StageConfig):
@@ -64,13 +64,12 @@ class Supervised(Stage):
         """The `mix:` form: images, one-hot labels and the model's extra inputs mixed by one drawn mix."""
         c = self.cfg
         x, y = part["x"], part["y"]
-        params = sample_mix(c.mix, x.shape[0], (x.shape[-2], x.shape[-1]))
-        if params is None:
-            logits = self.forward(self.net, part).logits
-            return {"ce": F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)}, self._diag(logits, y, 1.0)
         extra = self.inputs(self.net, part)
         dtype = x.dtype if x.is_floating_point() else torch.float32
-        mixed = mix_tensors({"x": x, "y": one_hot(y, self.data.num_classes, dtype), **extra}, params)
+        mixed, params = mix_batch(c.mix, x, y, self.data.num_classes, extra, dtype)
+        if mixed is None:
+            logits = self.forward(self.net, part).logits
+            return {"ce": F.cross_entropy(logits, y, label_smoothing=c.label_smoothing)}, self._diag(logits, y, 1.0)
         logits = self.forward(self.net, part, mixed["x"], **{k: mixed[k] for k in extra}).logits
         return {"ce": soft_cross_entropy(logits, self._smooth(mixed["y"]))}, self._diag(logits, y, params.lam)
 
