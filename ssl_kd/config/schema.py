@@ -157,14 +157,22 @@ class StageConfig(Strict):
         rewrite may change `type` (an alias of another stage type)."""
         return data, []
 
+    @classmethod
+    def derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Defaults that depend on other keys of the block (e.g. a term's weight 0 when its switch is off): merged
+        under what the YAML gives, key by key. A stage type overrides it; it may raise ValueError for a block that
+        contradicts itself."""
+        return {}
+
     @model_validator(mode="before")
     @classmethod
     def _merge_nested_defaults(cls, data: Any) -> Any:
-        """Old keys first (`migrate`); then `ema: {decay: 0.99}` updates this stage type's EMA defaults (e.g.
-        enabled) instead of replacing them."""
+        """Old keys first (`migrate`), then the defaults that depend on other keys (`derived_defaults`); then
+        `ema: {decay: 0.99}` updates this stage type's EMA defaults (e.g. enabled) instead of replacing them."""
         if not isinstance(data, dict):
             return data
         out, _ = cls.migrate(dict(data))
+        out = deep_merge(cls.derived_defaults(out), out)
         for name, field in cls.model_fields.items():
             if isinstance(out.get(name), dict) and field.default_factory is not None:
                 default = field.get_default(call_default_factory=True)

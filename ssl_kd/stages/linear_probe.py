@@ -37,12 +37,10 @@ class LinearProbeConfig(StageConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=0.4, momentum=0.9, weight_decay=5e-4))
     scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig(name="cosine", interval="epoch"))
 
-    @model_validator(mode="before")
     @classmethod
-    def _iters_replace_default_epochs(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("iters") is not None and "epochs" not in data:
-            return {**data, "epochs": None}
-        return data
+    def derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A length given as `iters` replaces the default 30 epochs."""
+        return {"epochs": None} if data.get("iters") is not None else {}
 
     @model_validator(mode="after")
     def _frozen_backbone(self) -> LinearProbeConfig:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ssl_kd.config.schema import StageConfig
 from ssl_kd.data import mix_tensors, sample_mixup
@@ -52,22 +52,15 @@ class MixSKDConfig(StageConfig):
     critic_hidden: int = Field(128, ge=1)
     augment: Augment = "weak"
 
-    @model_validator(mode="before")
     @classmethod
-    def _weights_of_switched_off_terms(cls, data: Any) -> Any:
+    def derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
         """`mix` / `gan` weigh 0 when their switch turns them off; a non-zero weight there is a contradiction."""
-        if not isinstance(data, dict):
-            return data
         given = data.get("loss_weights") if isinstance(data.get("loss_weights"), dict) else {}
         off = {"mix": data.get("train_teacher_with_mixcls") is False, "gan": data.get("gan") == "off"}
-        weights = dict(given)
-        for term, is_off in off.items():
-            if is_off:
-                if given.get(term):
-                    why = "train_teacher_with_mixcls is false" if term == "mix" else "gan is off"
-                    raise ValueError(f"loss_weights.{term} is {given[term]} but {why}; drop the weight or the switch")
-                weights[term] = 0.0
-        return {**data, "loss_weights": weights} if weights else data
+        for term in [t for t, is_off in off.items() if is_off and given.get(t)]:
+            why = "train_teacher_with_mixcls is false" if term == "mix" else "gan is off"
+            raise ValueError(f"loss_weights.{term} is {given[term]} but {why}; drop the weight or the switch")
+        return {"loss_weights": {t: 0.0 for t, is_off in off.items() if is_off}}
 
 
 @register_stage("mixskd")

@@ -39,16 +39,11 @@ class PADConfig(StageConfig):
     connector: Literal["auto", "identity", "linear"] = "auto"  # auto: identity for equal widths, else linear
     augment: Augment = "weak"
 
-    @model_validator(mode="before")
     @classmethod
-    def _phase_weights(cls, data: Any) -> Any:
+    def derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
         """The unused term of the phase gets weight 0 unless the YAML weights it (torchdistill's pad_l2 config
         has no plain L2 term; its ce_l2 config no PAD term)."""
-        if isinstance(data, dict):
-            off = "l2" if data.get("uncertainty") else "pad"
-            given = data.get("loss_weights")
-            data = {**data, "loss_weights": {off: 0.0, **(given if isinstance(given, dict) else {})}}
-        return data
+        return {"loss_weights": {"l2" if data.get("uncertainty") else "pad": 0.0}}
 
     @model_validator(mode="after")
     def _pad_needs_the_branch(self) -> PADConfig:
