@@ -16,7 +16,6 @@ one class with an `Options` block and one `@TEMPERATURE.register(name)` line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -110,56 +109,31 @@ class DTDTemperature(nn.Module):
         return dtd_temperature(student_logits, teacher_logits, self.base, o.beta, o.weights, o.gamma, o.min_temperature)
 
 
+@TEMPERATURE.register("ctkd_global")
+@TEMPERATURE.register("ctkd_instance")
 class CTKDTemperature(nn.Module):
     """A learned temperature behind a gradient-reversal layer whose strength lambda follows CTKD's curriculum:
-    cosine from 0 to lambda_max over `ramp_epochs`, counted from epoch 1 as the reference does."""
+    cosine from 0 to lambda_max over `ramp_epochs`, counted from epoch 1 as the reference does. `ctkd_global`: one
+    temperature for the batch; `ctkd_instance`: one per sample (an MLP on both networks' logits)."""
+
+    class Options(CTKDOptions):
+        policy: Literal["ctkd_global", "ctkd_instance"] = "ctkd_global"
 
     tau_squared = True
 
-    def __init__(self, net: GlobalTemperature | InstanceTemperature, lam: Scheduled) -> None:
+    def __init__(self, opts: CTKDOptions, *, num_classes: int, progress: Progress, **context: Any) -> None:
         super().__init__()
-        self.net = net
-        self.lam = lam
+        o = opts
+        if o.policy == "ctkd_instance":
+            self.net: GlobalTemperature | InstanceTemperature = InstanceTemperature(
+                num_classes, o.hidden, o.t_start, o.t_range, o.init
+            )
+        else:
+            self.net = GlobalTemperature(o.t_start, o.t_range, o.init)
+        self.lam = Scheduled(ramp("cosine", 0.0, o.lambda_max, o.ramp_epochs, unit="epoch", one_based=True), progress)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         lam = self.lam.value
         if isinstance(self.net, InstanceTemperature):
             return self.net(teacher_logits, student_logits, lam)
         return self.net(lam)
-
-
-def _ctkd(instance: bool) -> Callable[..., CTKDTemperature]:
-    def build(opts: CTKDOptions, *, num_classes: int, progress: Progress, **context: Any) -> CTKDTemperature:
-        o = opts
-        if instance:
-            net: GlobalTemperature | InstanceTemperature = InstanceTemperature(
-                num_classes, o.hidden, o.t_start, o.t_range, o.init
-            )
-        else:
-            net = GlobalTemperature(o.t_start, o.t_range, o.init)
-        lam = ramp("cosine", 0.0, o.lambda_max, o.ramp_epochs, unit="epoch", one_based=True)
-        return CTKDTemperature(net, Scheduled(lam, progress))
-
-    return build
-
-
-@TEMPERATURE.register("ctkd_global")
-class CTKDGlobal:
-    """CTKD with one learned temperature for the batch."""
-
-    class Options(CTKDOptions):
-        policy: Literal["ctkd_global"] = "ctkd_global"
-
-    def __new__(cls, opts: CTKDOptions, **context: Any) -> CTKDTemperature:  # type: ignore[misc]
-        return _ctkd(instance=False)(opts, **context)
-
-
-@TEMPERATURE.register("ctkd_instance")
-class CTKDInstance:
-    """CTKD with one learned temperature per sample (an MLP on both networks' logits)."""
-
-    class Options(CTKDOptions):
-        policy: Literal["ctkd_instance"] = "ctkd_instance"
-
-    def __new__(cls, opts: CTKDOptions, **context: Any) -> CTKDTemperature:  # type: ignore[misc]
-        return _ctkd(instance=True)(opts, **context)
