@@ -3,7 +3,7 @@ frozen teacher. Each keeps its own state (checkpointable) and hides the collecti
 `train_step` reads like its paper's algorithm box."""
 
 from ssl_kd.components.adaptive_k import global_adaptive_k
-from ssl_kd.components.contrast import ClassNegatives, FixedNormaliser, hash_keys, splitmix64
+from ssl_kd.components.contrast import ClassNegatives, FixedNormaliser
 from ssl_kd.components.schedule import Progress, Schedule, ScheduleConfig, Scheduled, ramp
 from ssl_kd.components.teacher import Teacher
 from ssl_kd.components.temperature import (
@@ -35,7 +35,5 @@ __all__ = [
     "build_temperature",
     "build_threshold",
     "global_adaptive_k",
-    "hash_keys",
     "ramp",
-    "splitmix64",
 ]
