@@ -28,7 +28,9 @@ def test_unknown_name_is_one_clear_error():
     with pytest.raises(UserError) as e:
         validate_config({"data": {"dataset": "imagenet"}})
     msg = str(e.value)
-    assert "data.dataset: unknown dataset." in msg and ", ".join(BUILT_IN) in msg and "'imagenet'" in msg
+    assert f"data.dataset: must be one of {', '.join(BUILT_IN)}" in msg and "got 'imagenet'" in msg
+    with pytest.raises(UserError, match=r"must be one of .*ucsc_plants32 \(did you mean 'cifar10'\?\), got 'cifar11'"):
+        validate_config({"data": {"dataset": "cifar11"}})
     with pytest.raises(ValidationError):
         DataConfig(dataset="cifar11")
 

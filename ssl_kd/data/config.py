@@ -192,7 +192,8 @@ class DataConfig(Strict):
 
         names = source_names()
         if v not in names:
-            raise ValueError(f"unknown dataset.{suggest(v, names)} Valid: {choices(names)}")
+            hint = suggest(v, names).strip()  # "Did you mean 'x'?" or ""
+            raise ValueError(f"must be one of {choices(names)}" + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
         return v
 
     @field_validator("mean", "std")
