@@ -3,9 +3,9 @@
 decoded on access and resized to `data.image_size` (default 224); the location/date is the metadata DynamicMLP
 fuses (`data.metadata`), carried here per split.
 
-The reference (ylingfeng/DynamicMLP) reads the JSON with `json.loads(file)`, which fails, and derives the class
-count from an always-true condition; here the file is read with `json.load`, and the class count comes from the
-JSON's categories when they are 0..K-1, else from the largest label + 1.
+The reference (ylingfeng/DynamicMLP, dataset.py) reads the JSON with `json.loads(file)`, which fails, and derives
+the class count from an always-true condition; here the file is read with `json.load`, and the class count comes
+from the JSON's categories when they are 0..K-1, else from the largest label + 1.
 """
 
 from __future__ import annotations
