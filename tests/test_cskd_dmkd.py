@@ -17,7 +17,7 @@ import yaml
 from conftest import CONFIGS, ROOT, run_cli, run_crashing, write_fake_npz, write_synthetic_folder
 
 from ssl_kd.data import SYNTHETIC_NAME_REGEX, DataConfig, load_dataset
-from ssl_kd.data.synthetic import parse_label
+from ssl_kd.data.sources.synthetic import parse_label
 from ssl_kd.engine import read_metrics
 from ssl_kd.errors import UserError
 from ssl_kd.losses import align_dense, ckf_target, patch_distill_loss

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import ssl_kd.losses
 import ssl_kd.memory
-from ssl_kd.components import ClassNegatives, FixedNormaliser, hash_keys, splitmix64
-from ssl_kd.data.sampler import _splitmix64
+from ssl_kd.components import ClassNegatives, FixedNormaliser
+from ssl_kd.data.hashing import hash_keys, splitmix64, splitmix64_tensor
 from ssl_kd.losses import contrast_exp_scores, crd_nce_loss, instance_discrimination_loss, nce_normaliser
 from ssl_kd.memory import MemoryBank, momentum_update
 
@@ -168,10 +168,10 @@ def test_normaliser_is_fixed_on_the_first_batch_and_checkpointed():
 # --------------------------------------------------------------------------------------------------- negatives
 def test_torch_splitmix_is_bit_identical_to_the_uint64_one():
     xs = [0, 1, 7, 2**40 + 3, 2**63 - 1, -1, -(2**63)]
-    out = splitmix64(torch.tensor(xs, dtype=torch.int64)).tolist()
-    assert [v & (2**64 - 1) for v in out] == [_splitmix64(x & (2**64 - 1)) for x in xs]
+    out = splitmix64_tensor(torch.tensor(xs, dtype=torch.int64)).tolist()
+    assert [v & (2**64 - 1) for v in out] == [splitmix64(x & (2**64 - 1)) for x in xs]
     keys = hash_keys(5, torch.tensor([3, 9]), 4)
-    assert keys.min() >= 0 and keys[0, 2].item() == _splitmix64(_splitmix64(5 ^ 3) ^ 2) >> 1
+    assert keys.min() >= 0 and keys[0, 2].item() == splitmix64(splitmix64(5 ^ 3) ^ 2) >> 1
 
 
 def test_negatives_follow_the_reference_rule():

@@ -13,7 +13,6 @@ from PIL import Image, ImageEnhance, ImageOps
 from pydantic import ValidationError
 
 from ssl_kd.data import (
-    DATASET_STATS,
     RANDAUGMENT_OPS,
     AugmentConfig,
     DataConfig,
@@ -22,7 +21,6 @@ from ssl_kd.data import (
     StrongAugConfig,
     ViewDataset,
     WeakAugConfig,
-    balanced_subset,
     build_transform,
     cutmix,
     cutout,
@@ -34,7 +32,9 @@ from ssl_kd.data import (
     save_split,
     ssl_split,
 )
-from ssl_kd.data import datasets as ds_mod
+from ssl_kd.data.containers import DatasetBundle
+from ssl_kd.data.sources import get_source, npz_cache
+from ssl_kd.data.subsets import balanced_subset
 from ssl_kd.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def _rand_bundle(n=20, size=32, classes=4, seed=0):
     x = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     y = np.arange(n) % classes
     s = ImageSet(x, y)
-    return ds_mod.DatasetBundle("rand", s, s, classes, size, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    return DatasetBundle("rand", s, s, classes, size, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
 
 
 # ------------------------------------------------------------------------------------------------ datasets
@@ -128,7 +128,7 @@ def test_npz_decode_cache_and_pickle(tmp_path, monkeypatch):
     path = tmp_path / "mine.npz"
     np.savez_compressed(path, **arrays)
     monkeypatch.setenv("SSL_KD_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ds_mod, "_CACHE_MIN_BYTES", 0)
+    monkeypatch.setattr(npz_cache, "CACHE_MIN_BYTES", 0)
     cfg = DataConfig(dataset="npz", path=str(path))
     b = load_dataset(cfg)
     assert b.num_classes == 3 and b.image_size == 16 and len(b.train) == 30
@@ -172,7 +172,7 @@ def test_cifar10_npz():
     b = load_dataset(cfg)  # decodes once into the cache (~10 s), memory-maps afterwards
     assert len(b.train) == 200 and len(b.test) == 100 and b.image_size == 32
     assert np.bincount(b.train.targets).tolist() == [20] * 10
-    assert b.mean == DATASET_STATS["cifar10"][0] and b.train.image(0).shape == (32, 32, 3)
+    assert b.mean == get_source("cifar10").stats[0] and b.train.image(0).shape == (32, 32, 3)
     imagenet = load_dataset(cfg.model_copy(update={"normalize": "imagenet"}))
     assert imagenet.mean == (0.485, 0.456, 0.406)
 

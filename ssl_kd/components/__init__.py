@@ -3,7 +3,7 @@ frozen teacher. Each keeps its own state (checkpointable) and hides the collecti
 `train_step` reads like its paper's algorithm box."""
 
 from ssl_kd.components.adaptive_k import global_adaptive_k
-from ssl_kd.components.contrast import ClassNegatives, FixedNormaliser, hash_keys, splitmix64
+from ssl_kd.components.contrast import ClassNegatives, FixedNormaliser
 from ssl_kd.components.knowledge_adjust import KAOptions, TeacherTarget
 from ssl_kd.components.policy import PolicyOptions, PolicyRegistry
 from ssl_kd.components.schedule import Progress, Schedule, ScheduleConfig, Scheduled, ramp
@@ -43,7 +43,5 @@ __all__ = [
     "TemperatureOptions",
     "ThresholdOptions",
     "global_adaptive_k",
-    "hash_keys",
     "ramp",
-    "splitmix64",
 ]

@@ -4,8 +4,8 @@ DTennant/dt-tradeoff@a36516be ctc/memory.py, ctc/criterion.py).
 
 Negatives are a pure function of (seed, step, dataset index): the draws for a sample do not depend on which rank or
 micro-batch holds it, so 2 processes draw what 1 process draws, and a resumed run draws what the uninterrupted run
-drew, with no generator state to checkpoint. The draw is a counter-based hash (splitmix64, as the data sampler's
-seeds) evaluated on the device, with no host synchronisation.
+drew, with no generator state to checkpoint. The draw is a counter-based hash (`ssl_kd.data.hashing.hash_keys`,
+splitmix64 as the data sampler's seeds) evaluated on the device, with no host synchronisation.
 """
 
 from __future__ import annotations
@@ -16,38 +16,7 @@ import numpy as np
 import torch
 
 from ssl_kd import dist
-from ssl_kd.data import mix_seed
-
-_MASK64 = (1 << 64) - 1
-
-
-def _signed(x: int) -> int:
-    """A uint64 constant as the int64 with the same bits."""
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-_GOLDEN, _C1, _C2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
-
-
-def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 bits (torch's >> on int64 is arithmetic)."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def splitmix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64 on int64 tensors, bit-identical to the uint64 version (additions and products wrap)."""
-    x = x + _GOLDEN
-    x = (x ^ _shr(x, 30)) * _C1
-    x = (x ^ _shr(x, 27)) * _C2
-    return x ^ _shr(x, 31)
-
-
-def hash_keys(seed: int, rows: torch.Tensor, n: int) -> torch.Tensor:
-    """(B, n) int64 keys in [0, 2**63): key[b, j] = splitmix64(splitmix64(seed ^ rows[b]) ^ j) >> 1."""
-    base = torch.tensor(_signed(seed & _MASK64), dtype=torch.int64, device=rows.device)
-    row = splitmix64(base ^ rows.to(torch.int64))
-    cols = torch.arange(n, dtype=torch.int64, device=rows.device)
-    return _shr(splitmix64(row[:, None] ^ cols[None, :]), 1)
+from ssl_kd.data.hashing import hash_keys, mix_seed
 
 
 class ClassNegatives:

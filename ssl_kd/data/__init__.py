@@ -1,4 +1,4 @@
-"""Data layer: datasets, the SSL split, seeded augmentation, the stream sampler and batch mixing."""
+"""Data layer: data sources and loading, the SSL split, seeded augmentation, the stream sampler and batch mixing."""
 
 from ssl_kd.data.augment import (
     RANDAUGMENT_OPS,
@@ -26,17 +26,10 @@ from ssl_kd.data.containers import (
     concat_image_sets,
 )
 from ssl_kd.data.dataset import ViewDataset
-from ssl_kd.data.datasets import (
-    DATASET_STATS,
-    IMAGENET_STATS,
-    balanced_subset,
-    dataset_info,
-    decoded_npz,
-    image_stats,
-    load_dataset,
-)
+from ssl_kd.data.datasets import dataset_info, load_dataset
 from ssl_kd.data.device_augment import DeviceStrong, DeviceTransform, DeviceWeak, to_device_transform
 from ssl_kd.data.device_dataset import DeviceImages, DeviceViewDataset
+from ssl_kd.data.hashing import hash_keys, mix_seed
 from ssl_kd.data.metadata import encode_metadata
 from ssl_kd.data.mixing import (
     MixConfig,
@@ -53,7 +46,8 @@ from ssl_kd.data.mixing import (
     sample_paste_box,
 )
 from ssl_kd.data.rotation import ROTATIONS, class_logits, joint_labels, rotate4, rotated, rotation_index, unrotated
-from ssl_kd.data.sampler import MPerClassSampler, SamplerConfig, StreamSampler, mix_seed, stream_labels
+from ssl_kd.data.sampler import MPerClassSampler, SamplerConfig, StreamSampler, stream_labels
+from ssl_kd.data.sources.npz_cache import decoded_npz
 from ssl_kd.data.split import load_split, save_split, ssl_split
 
 __all__ = [
@@ -66,8 +60,6 @@ __all__ = [
     "unrotated",
     "SYNTHETIC_NAME_REGEX",
     "TrainSourceConfig",
-    "DATASET_STATS",
-    "IMAGENET_STATS",
     "MixConfig",
     "MixParams",
     "RANDAUGMENT_OPS",
@@ -94,7 +86,6 @@ __all__ = [
     "ViewDataset",
     "WeakAugConfig",
     "WeakTransform",
-    "balanced_subset",
     "box_lam",
     "build_transform",
     "concat_image_sets",
@@ -103,7 +94,7 @@ __all__ = [
     "dataset_info",
     "decoded_npz",
     "encode_metadata",
-    "image_stats",
+    "hash_keys",
     "load_dataset",
     "load_split",
     "mix_seed",

@@ -9,10 +9,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ssl_kd.errors import choices, suggest
 from ssl_kd.options import Strict
 
 DEFAULT_DATA_ROOT = "~/.cache/ssl_kd/data"
-DATASETS = ("cifar10", "cifar100", "svhn", "stl10", "npz", "image_folder", "digits", "ucsc_plants32", "inat")
 
 
 class WeakAugConfig(Strict):
@@ -152,9 +152,7 @@ class DataConfig(Strict):
     (`inat.train` / `inat.test`) under `root`, images resized to `image_size` (default 224).
     """
 
-    dataset: Literal[
-        "cifar10", "cifar100", "svhn", "stl10", "npz", "image_folder", "digits", "ucsc_plants32", "inat"
-    ] = "digits"
+    dataset: str = Field("digits", description="a registered data source (ssl_kd.data.sources)")
     root: str | None = Field(
         None, description=f"folder with the named datasets; null = $SSL_KD_DATA, else {DEFAULT_DATA_ROOT}"
     )
@@ -187,6 +185,17 @@ class DataConfig(Strict):
     inat: InatConfig = Field(default_factory=InatConfig)
     ssl: SSLSplitConfig = Field(default_factory=SSLSplitConfig)
 
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from ssl_kd.data.sources import source_names  # the sources import this module
+
+        names = source_names()
+        if v not in names:
+            hint = suggest(v, names).strip()  # "Did you mean 'x'?" or ""
+            raise ValueError(f"must be one of {choices(names)}" + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
+        return v
+
     @field_validator("mean", "std")
     @classmethod
     def _stats(cls, v: list[float] | None) -> list[float] | None:
@@ -208,9 +217,11 @@ class DataConfig(Strict):
             raise ValueError(f"`std` must be positive, got {self.std}")
         if self.metadata is not None and self.metadata.csv and self.dataset != "image_folder":
             raise ValueError("metadata.csv is for `dataset: image_folder`; other datasets carry their own metadata")
-        if self.dataset in ("npz", "image_folder") and not self.path:
-            what = "the .npz file" if self.dataset == "npz" else "the folder holding train/<class>/ and test/<class>/"
-            raise ValueError(f"dataset '{self.dataset}' needs `path`: {what}")
+        from ssl_kd.data.sources import get_source
+
+        needs = get_source(self.dataset).path_help
+        if needs and not self.path:
+            raise ValueError(f"dataset '{self.dataset}' needs `path`: {needs}")
         return self
 
     def data_root(self) -> Path:

@@ -3,7 +3,7 @@
 Every split becomes an `ImageSet`. Augmentation, views and sampling live elsewhere, so a dataset is only ever
 "N images, N labels and N rows of each field". Fields travel un-augmented into the batch under their own name
 (`ViewDataset`), and models that declare them as extra inputs receive them (`ClassifierModel.extra_inputs`).
-Where the images come from (npz, torchvision files, folders) is `datasets.py`.
+Where the images come from (npz, torchvision files, folders) is `sources/`.
 """
 
 from __future__ import annotations
@@ -178,6 +178,21 @@ def as_rgb_batch(x: np.ndarray) -> np.ndarray:
     if x.dtype != np.uint8:
         raise UserError(f"images must be uint8 (0..255), got {x.dtype}.")
     return x
+
+
+def resize_set(s: ImageSet, size: tuple[int, int]) -> ImageSet:
+    """The set with every image resized to `size` (H, W) in memory (area filter when shrinking), or `s` itself when
+    it already has that size."""
+    if s.image_shape == size or len(s) == 0:
+        return s
+    import cv2
+
+    h, w = s.image_shape
+    interp = cv2.INTER_AREA if size[0] < h else cv2.INTER_LINEAR
+    out = np.empty((len(s), size[0], size[1], 3), np.uint8)
+    for i in range(len(s)):
+        out[i] = cv2.resize(np.ascontiguousarray(s.image(i)), (size[1], size[0]), interpolation=interp)
+    return ImageSet(out, s.targets, s.classes, s.fields)
 
 
 def read_image(file: str, size: tuple[int, int]) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 
 from ssl_kd.data.augment import Transform
 from ssl_kd.data.containers import ImageSet
-from ssl_kd.data.sampler import mix_seed
+from ssl_kd.data.hashing import mix_seed
 
 RESERVED_KEYS = ("y", "idx")
 

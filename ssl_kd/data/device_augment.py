@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ssl_kd.data.augment import StrongTransform, Transform, WeakTransform
 from ssl_kd.data.config import StrongAugConfig, WeakAugConfig
+from ssl_kd.data.hashing import mix_seeds
 
 Tensor = torch.Tensor
 
@@ -45,26 +46,6 @@ RANGES = {
 }  # fmt: skip
 AFFINE = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 _LUMA = (19595, 38470, 7471)
-
-_MASK64 = np.uint64((1 << 64) - 1)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_H0 = np.uint64(0x243F6A8885A308D3)
-
-
-def _sm(x: np.ndarray) -> np.ndarray:
-    """splitmix64 on uint64 arrays (wrapping), the mixer of `ssl_kd.data.sampler.mix_seed`."""
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * _C1
-    x = (x ^ (x >> np.uint64(27))) * _C2
-    return x ^ (x >> np.uint64(31))
-
-
-def mix_seeds(seeds: np.ndarray, value: int | np.ndarray) -> np.ndarray:
-    """`mix_seed(seed_b, value)` for every seed (and value) of an array: what ViewDataset uses per view."""
-    with np.errstate(over="ignore"):
-        h = _sm(_H0 ^ np.asarray(seeds).astype(np.uint64))
-        return _sm(h ^ np.asarray(value).astype(np.uint64)) >> np.uint64(1)
 
 
 def uniforms(seeds: np.ndarray, n: int) -> np.ndarray:

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from ssl_kd.data.containers import ImageSet
-from ssl_kd.data.device_augment import DeviceTransform, mix_seeds, uniforms
+from ssl_kd.data.device_augment import DeviceTransform, uniforms
+from ssl_kd.data.hashing import mix_seeds
 
 
 class DeviceImages:

@@ -7,9 +7,7 @@ of lat/lon/date missing gets the all-zero vector (the reference's "unknown" code
 only looks at the parts that are encoded (a dataset with dates but no coordinates, temporal only).
 
 Sources, each read into per-sample (lat, lon, doy, days_in_year) arrays with NaN for missing:
-* iNaturalist's COCO-style JSON (`images[i].latitude/longitude/date`, `annotations[i].category_id`, paired by
-  position): `load_inat` (the reference reads it with `json.loads(file)`, which fails, and derives the class count
-  from an always-true condition; here the file is read with `json.load` and the class count comes from the data);
+* iNaturalist's COCO-style JSON: `ssl_kd.data.sources.inat.read_inat_json`;
 * a CSV of per-file metadata beside an image folder: `read_metadata_csv`;
 * `.npz` keys `lat_<split>`, `lon_<split>`, `date_<split>` ('YYYY-MM-DD') or `doy_<split>` (+ optional
   `year_<split>`): `npz_metadata`.
@@ -21,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -130,7 +127,8 @@ def parse_date(value: Any, where: str) -> tuple[float, float]:
     return float(d.timetuple().tm_yday), float(366 if is_leap(d.year) else 365)
 
 
-def _coord(value: Any, limit: float, name: str, where: str) -> float:
+def parse_coord(value: Any, limit: float, name: str, where: str) -> float:
+    """A latitude (limit 90) or longitude (180) in degrees; None / '' / NaN -> nan; out of range is an error."""
     if value is None:
         return math.nan
     if isinstance(value, str):
@@ -240,61 +238,10 @@ def read_metadata_csv(path: Path, files: Sequence[str], root: Path) -> RawMetada
             f"(empty cells for unknown values).")  # fmt: skip
     for name, (ln, row) in rows.items():
         i, at = index[name], f"{where}, line {ln}"
-        out.lat[i] = _coord(row.get(latc) if latc else None, 90.0, "latitude", at)
-        out.lon[i] = _coord(row.get(lonc) if lonc else None, 180.0, "longitude", at)
+        out.lat[i] = parse_coord(row.get(latc) if latc else None, 90.0, "latitude", at)
+        out.lon[i] = parse_coord(row.get(lonc) if lonc else None, 180.0, "longitude", at)
         out.doy[i], out.days[i] = parse_date(row.get(datec) if datec else None, at)
     return out
-
-
-# ------------------------------------------------------------------------------------------------ iNaturalist JSON
-def load_inat(json_path: Path, root: Path) -> tuple[list[str], np.ndarray, RawMetadata, list[str] | None]:
-    """(image files, labels, metadata, class names or None) from an iNaturalist COCO-style JSON.
-
-    `images[i]` (file_name relative to `root`, latitude, longitude, date) pairs with `annotations[i]` (category_id)
-    by position, as in the reference; when both carry ids (`images[i].id`, `annotations[i].image_id`) they must
-    agree, so a reordered file is an error instead of silently wrong labels."""
-    where = str(json_path)
-    if not json_path.is_file():
-        raise UserError(f"data.inat: no such file {json_path} (an iNaturalist JSON under data.root {root}).")
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            obj = json.load(f)  # the reference's json.loads(file handle) raises here
-    except (OSError, ValueError) as e:
-        raise UserError(f"{where}: not a readable JSON file ({e}).") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
-        raise UserError(f"{where}: expected an object with lists `images` and `annotations` (iNaturalist format).")
-    images, anns = obj["images"], obj.get("annotations")
-    if not isinstance(anns, list) or len(anns) != len(images):
-        n = len(anns) if isinstance(anns, list) else "no"
-        raise UserError(f"{where}: {len(images)} images but {n} annotations; they pair by position.")
-    files, labels, meta = [], np.zeros(len(images), np.int64), RawMetadata.empty(len(images), where)
-    for i, (img, ann) in enumerate(zip(images, anns)):
-        at = f"{where}, images[{i}]"
-        if not isinstance(img, dict) or "file_name" not in img:
-            raise UserError(f"{at}: has no file_name.")
-        if not isinstance(ann, dict) or not isinstance(ann.get("category_id"), int) or ann["category_id"] < 0:
-            raise UserError(f"{where}, annotations[{i}]: category_id must be a non-negative integer.")
-        if "id" in img and "image_id" in ann and img["id"] != ann["image_id"]:
-            raise UserError(
-                f"{where}: annotations[{i}].image_id = {ann['image_id']} but images[{i}].id = {img['id']}; "
-                f"the two lists must be in the same order.")  # fmt: skip
-        f = root / img["file_name"]
-        files.append(str(f))
-        labels[i] = ann["category_id"]
-        meta.lat[i] = _coord(img.get("latitude"), 90.0, "latitude", at)
-        meta.lon[i] = _coord(img.get("longitude"), 180.0, "longitude", at)
-        meta.doy[i], meta.days[i] = parse_date(img.get("date"), at)
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise UserError(f"{where}: {len(missing)} image file(s) not found, e.g. {missing[0]} (file_name is relative "
-                        f"to data.root {root}).")  # fmt: skip
-    cats = obj.get("categories")
-    classes = None
-    if isinstance(cats, list) and cats and all(isinstance(c, dict) and "id" in c for c in cats):
-        by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
-        if sorted(by_id) == list(range(len(by_id))):
-            classes = [by_id[k] for k in range(len(by_id))]
-    return files, labels, meta, classes
 
 
 # ------------------------------------------------------------------------------------------------ synthetic

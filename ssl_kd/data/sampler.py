@@ -10,41 +10,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ssl_kd.data.hashing import mix_seeds
 from ssl_kd.options import Strict
-
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + _GOLDEN) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def mix_seed(*values: int) -> int:
-    """Hash integers into a seed in [0, 2**63): cheap, platform-independent, and different for any change."""
-    h = 0x243F6A8885A308D3
-    for v in values:
-        h = _splitmix64(h ^ (int(v) & _MASK64))
-    return h >> 1
-
-
-def _mix_seed_many(seed: int, values: np.ndarray) -> np.ndarray:
-    """`mix_seed(seed, v)` for an array of v (uint64 arithmetic wraps like the masks above)."""
-    c1, c2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-    s30, s27, s31 = np.uint64(30), np.uint64(27), np.uint64(31)
-
-    def sm(x: np.ndarray) -> np.ndarray:
-        x = x + np.uint64(_GOLDEN)
-        x = (x ^ (x >> s30)) * c1
-        x = (x ^ (x >> s27)) * c2
-        return x ^ (x >> s31)
-
-    with np.errstate(over="ignore"):
-        h = np.uint64(_splitmix64(0x243F6A8885A308D3 ^ (int(seed) & _MASK64)))
-        return sm(h ^ values.astype(np.uint64)) >> np.uint64(1)
 
 
 class _Batches:
@@ -119,7 +86,7 @@ class StreamSampler(_Batches):
         for p in np.unique(passes):
             sel = passes == p
             pos[sel] = self.permutation(int(p))[offsets[sel]]
-        return pos, _mix_seed_many(self.seed, q)
+        return pos, mix_seeds(self.seed, q)
 
     def __repr__(self) -> str:
         return (
@@ -195,7 +162,7 @@ class MPerClassSampler(_Batches):
         """This rank's t-th batch as (positions, sample seeds)."""
         lo = self.rank * self.batch_size
         q = np.arange(t * self.global_batch + lo, t * self.global_batch + lo + self.batch_size, dtype=np.int64)
-        return self.global_positions(t)[lo : lo + self.batch_size], _mix_seed_many(self.seed, q)
+        return self.global_positions(t)[lo : lo + self.batch_size], mix_seeds(self.seed, q)
 
     def __repr__(self) -> str:
         return (

@@ -37,9 +37,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from ssl_kd.components import hash_keys
 from ssl_kd.config.schema import OptimizerConfig, StageConfig
-from ssl_kd.data import WeakTransform, mix_seed
+from ssl_kd.data import WeakTransform, hash_keys, mix_seed
 from ssl_kd.data.rotation import ROTATIONS, rotate_copies, rotated, unrotated
 from ssl_kd.engine import Plot, Stage, register_stage
 from ssl_kd.errors import UserError
