@@ -22,17 +22,16 @@ from ssl_kd.data import (
     ViewDataset,
     WeakAugConfig,
     build_transform,
-    cutmix,
     cutout,
     dataset_info,
     load_dataset,
     load_split,
     mix_seed,
-    mixup,
     save_split,
     ssl_split,
 )
 from ssl_kd.data.containers import DatasetBundle
+from ssl_kd.data.mixing import mix_tensors, one_hot, sample_cutmix, sample_mixup
 from ssl_kd.data.sources import get_source, npz_cache
 from ssl_kd.data.subsets import balanced_subset
 from ssl_kd.errors import UserError
@@ -363,6 +362,17 @@ def test_view_dataset_and_loader():
 
 
 # -------------------------------------------------------------------------------------------------- mixing
+def mixup(x, y, alpha, num_classes):
+    """A mixup of images and one-hot labels, as a stage draws and applies one."""
+    out = mix_tensors({"x": x, "y": one_hot(y, num_classes)}, sample_mixup(x.shape[0], alpha))
+    return out["x"], out["y"]
+
+
+def cutmix(x, y, alpha, num_classes):
+    out = mix_tensors({"x": x, "y": one_hot(y, num_classes)}, sample_cutmix(x.shape[0], alpha, x.shape[-2:]))
+    return out["x"], out["y"]
+
+
 @pytest.mark.parametrize("fn", [mixup, cutmix])
 def test_mixing_soft_targets(fn):
     x = torch.randn(6, 3, 8, 8)

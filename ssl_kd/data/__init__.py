@@ -35,9 +35,7 @@ from ssl_kd.data.mixing import (
     MixConfig,
     MixParams,
     box_lam,
-    cutmix,
     mix_tensors,
-    mixup,
     one_hot,
     recursive_mix,
     sample_cutmix,
@@ -45,7 +43,7 @@ from ssl_kd.data.mixing import (
     sample_mixup,
     sample_paste_box,
 )
-from ssl_kd.data.rotation import ROTATIONS, class_logits, joint_labels, rotate4, rotated, rotation_index, unrotated
+from ssl_kd.data.rotation import ROTATIONS, class_logits, joint_labels, rotate4, rotated, unrotated
 from ssl_kd.data.sampler import MPerClassSampler, SamplerConfig, StreamSampler, stream_labels
 from ssl_kd.data.sources.npz_cache import decoded_npz
 from ssl_kd.data.split import load_split, save_split, ssl_split
@@ -56,7 +54,6 @@ __all__ = [
     "joint_labels",
     "rotate4",
     "rotated",
-    "rotation_index",
     "unrotated",
     "SYNTHETIC_NAME_REGEX",
     "TrainSourceConfig",
@@ -89,7 +86,6 @@ __all__ = [
     "box_lam",
     "build_transform",
     "concat_image_sets",
-    "cutmix",
     "cutout",
     "dataset_info",
     "decoded_npz",
@@ -99,7 +95,6 @@ __all__ = [
     "load_split",
     "mix_seed",
     "mix_tensors",
-    "mixup",
     "one_hot",
     "recursive_mix",
     "sample_cutmix",

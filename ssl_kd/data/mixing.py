@@ -214,20 +214,3 @@ def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float3
     if y.ndim == 2:
         return y.to(dtype)
     return F.one_hot(y.long(), num_classes).to(dtype)
-
-
-def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x' = lam x + (1-lam) x[perm], lam ~ Beta(alpha, alpha) (1 when alpha = 0); targets mixed the same way."""
-    mix = sample_mixup(x.shape[0], alpha)
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    out = mix_tensors({"x": x, "y": one_hot(y, num_classes, dtype)}, mix)
-    return out["x"], out["y"]
-
-
-def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste a box of x[perm] (area ~ 1-lam, centre uniform, clipped) into x; targets weighted by the real
-    pasted area (Yun et al. 2019)."""
-    mix = sample_cutmix(x.shape[0], alpha, (x.shape[-2], x.shape[-1]))
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    out = mix_tensors({"x": x, "y": one_hot(y, num_classes, dtype)}, mix)
-    return out["x"], out["y"]

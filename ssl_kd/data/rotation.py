@@ -38,11 +38,6 @@ def joint_labels(y: Tensor) -> Tensor:
     return torch.stack([y * ROTATIONS + k for k in range(ROTATIONS)], 1).flatten()
 
 
-def rotation_index(n: int, device: torch.device | None = None) -> Tensor:
-    """(4n,) the rotation k of each row of a `rotate4` batch of n images: 0, 1, 2, 3, 0, 1, ..."""
-    return torch.arange(ROTATIONS, device=device).repeat(n)
-
-
 def unrotated(t: Tensor) -> Tensor:
     """The rows of the original (0 degree) images of a `rotate4` batch."""
     return t[0::ROTATIONS]
