@@ -25,11 +25,10 @@ from ssl_kd.data.containers import (
     SubsetImageSet,
     concat_image_sets,
 )
-from ssl_kd.data.dataset import ViewDataset
-from ssl_kd.data.datasets import dataset_info, load_dataset
 from ssl_kd.data.device_augment import DeviceStrong, DeviceTransform, DeviceWeak, to_device_transform
 from ssl_kd.data.device_dataset import DeviceImages, DeviceViewDataset
 from ssl_kd.data.hashing import hash_keys, mix_seed
+from ssl_kd.data.loading import dataset_info, load_dataset
 from ssl_kd.data.metadata import encode_metadata
 from ssl_kd.data.mixing import (
     MixConfig,
@@ -47,6 +46,7 @@ from ssl_kd.data.rotation import ROTATIONS, class_logits, joint_labels, rotate4,
 from ssl_kd.data.sampler import MPerClassSampler, SamplerConfig, StreamSampler, stream_labels
 from ssl_kd.data.sources.npz_cache import decoded_npz
 from ssl_kd.data.split import load_split, save_split, ssl_split
+from ssl_kd.data.view_dataset import ViewDataset
 
 __all__ = [
     "ROTATIONS",

@@ -3,7 +3,7 @@
 and `info(cfg) -> SourceInfo` (their sizes without decoding images, for --dry-run), and the facts about its
 dataset as class attributes (file names, split sizes, classes, image size, `stats` for `normalize: dataset`,
 `path_help` when it needs `data.path`). Everything after reading is shared and lives outside the sources
-(`ssl_kd.data.datasets.load_dataset`): metadata, `train_source`, resizing, statistics, limits.
+(`ssl_kd.data.loading.load_dataset`): metadata, `train_source`, resizing, statistics, limits.
 
 Built in: torchvision.py (cifar10, cifar100, svhn, stl10), npz.py (npz, ucsc_plants32; the decode cache is
 npz_cache.py), image_folder.py, inat.py, digits.py. synthetic.py is DM-KD's `data.train_source`, which replaces
