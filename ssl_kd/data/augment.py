@@ -4,7 +4,8 @@ A transform is `t(img_hwc_uint8, seed) -> normalized CHW float tensor`. All rand
 `np.random.Generator(seed)`, so a sample's views depend only on (image, seed): the same in every worker,
 process count and restart, which is what makes resume exact.
 
-The reference implementations (TorchSSL, USB, FullMatch; specs/ssl.md §3.3-3.4) run PIL operations. Each op
+The reference implementations (TorchSSL@f26e1d4, USB@1ef4cbe, FullMatch@c54c0b9: datasets/augmentation/
+randaugment.py) run PIL operations. Each op
 here reproduces the PIL semantics on uint8 arrays (tests compare against PIL): albumentations' kernels are
 used where they compute the same thing (horizontal flip, padding, crop, posterize); albumentations' own
 Equalize, AutoContrast, Solarize and Affine differ from PIL (LUT offsets, rounding, threshold scale, shear
@@ -170,7 +171,8 @@ def translate_y(img: np.ndarray, v: float) -> np.ndarray:
     return _affine(img, (1.0, 0.0, 0.0, 0.0, 1.0, v * img.shape[0]))
 
 
-# name -> (op, min magnitude, max magnitude): FixMatch's list as in TorchSSL/USB/FullMatch (spec §3.4).
+# name -> (op, min magnitude, max magnitude): FixMatch's list as in TorchSSL/USB/FullMatch
+# (TorchSSL@f26e1d4 datasets/augmentation/randaugment.py).
 RANDAUGMENT_OPS: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], float, float]] = {
     "AutoContrast": (auto_contrast, 0.0, 1.0),
     "Brightness": (brightness, 0.05, 0.95),

@@ -115,7 +115,7 @@ class MetadataConfig(Strict):
 
     Sources: the dataset's own file (npz keys lat_/lon_/date_ or doy_<split>; the iNaturalist JSON), or `csv` for
     an image folder; `synthetic_location` replaces lat/lon with made-up class-correlated ones. Encoding: DynamicMLP
-    (specs/selfkd.md §4.1), 6-d for geo + temporal.
+    (ylingfeng/DynamicMLP@773197c5 dataset.py), 6-d for geo + temporal.
     """
 
     use: list[Literal["geo", "temporal"]] = Field(default_factory=lambda: ["geo", "temporal"])

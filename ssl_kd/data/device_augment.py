@@ -1,9 +1,11 @@
 """Weak and strong augmentation of a whole batch at once, on the device that holds the images (a GPU in training,
 the CPU in tests): the device-resident data path of the FixMatch family (`data.pipeline: device`).
 
-The peers spend days per FixMatch run because 960 PIL RandAugment calls per step run in DataLoader workers (ssl.md
-§9). Here each op is a few tensor kernels over the batch, with per-sample random parameters, and no host work per
-image. Every op follows the PIL semantics of the CPU path (augment.py) on the same parameters:
+The peers spend days per FixMatch run because 960 PIL RandAugment calls per step run in DataLoader workers
+(FixMatch-pytorch and USB users report 4 to 10 days on one GPU: LeeDoYup/FixMatch-pytorch #3,
+microsoft/Semi-supervised-learning #30). Here each op is a few tensor kernels over the batch, with per-sample
+random parameters, and no host work per image. Every op follows the PIL semantics of the CPU path (augment.py) on
+the same parameters:
 
 - exact (integer arithmetic, as PIL): AutoContrast, Equalize, Identity, Posterize, Solarize, Cutout, flip, pad+crop;
   Sharpness (its 3x3 smoothing is computed exactly as an integer sum / 13, which PIL and cv2 approximate in float);

@@ -1,4 +1,5 @@
-"""Where and when a photo was taken, as the model input DynamicMLP fuses with the image (specs/selfkd.md §4.1).
+"""Where and when a photo was taken, as the model input DynamicMLP fuses with the image
+(ylingfeng/DynamicMLP@773197c5 dataset.py).
 
 Encoding (ylingfeng/DynamicMLP dataset.py): u = [lat/90, lon/180] (geo) ++ [2 doy/days_in_year - 1] (temporal),
 e = [sin(pi u), cos(pi u)] (every sine first, then every cosine); 6-d for both, 4-d geo only, 2-d temporal only.
