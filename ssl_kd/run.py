@@ -161,6 +161,10 @@ def _main(argv: list[str]) -> int:
     except ValueError as e:
         raise UserError(f"experiment.precision: '{cfg.experiment.precision}' is not usable here ({e}). "
                         f"Use 'no' or 'bf16' on CPU.") from None  # fmt: skip
+    if accelerator.is_main_process and not args.dry:  # the dry run lists them under each stage
+        for name, notes in cfg._deprecations.items():
+            for note in notes:
+                print(f"deprecated: stages.{name}: {note}", file=sys.stderr)
     if args.dry:
         runner = make_runner(cfg, run_dir, resolved, accelerator, dry_run=True)
         if accelerator.is_main_process:
