@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, ROOT
+from helpers import CONFIGS, ROOT
 
 CFG = """
 _base_: {base}

@@ -9,10 +9,9 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, Crash, run_cli, run_crashing
+from helpers import CONFIGS, assert_resume_exact, run_cli
 from torch import nn
 
-import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.config import registry
 from ssl_kd.config.schema import StageConfig
 from ssl_kd.engine import Callback, Stage
@@ -152,34 +151,19 @@ def test_hooks_run_in_order(tmp_path):
     "checkpoint_every,crash_at",
     [(2, 5), (3, 4), (3, 6)],  # resume mid-epoch (step 4); from an epoch-end checkpoint (3, 6)
 )
-def test_resume_replays_no_hook_and_skips_none(tmp_path, monkeypatch, checkpoint_every, crash_at):
-    full, cut = tmp_path / "full", tmp_path / "cut"
+def test_resume_replays_no_hook_and_skips_none(tmp_path, checkpoint_every, crash_at):
     ckpt = [f"stages.teacher.checkpoint.every={checkpoint_every}", "stages.teacher.checkpoint.unit=steps"]
-    assert run_cli(*probe_args(full, *ckpt)) == 0
-    assert run_crashing(monkeypatch, crash_at, *probe_args(cut, *ckpt)) == 130
-    assert run_cli(cut / "config.yaml", "--resume") == 0
+    _, cut = assert_resume_exact(lambda out: probe_args(out, *ckpt), crash_at, tmp_path)
     assert json.loads((cut / "events.json").read_text()) == expected_events()
-    a = torch.load(full / "checkpoints/last.pt", weights_only=True)["models"]["teacher"]
-    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["models"]["teacher"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_per_epoch_lr_resumes_exactly_from_an_epoch_end_checkpoint(tmp_path, monkeypatch):
+def test_per_epoch_lr_resumes_exactly_from_an_epoch_end_checkpoint(tmp_path):
     """A checkpoint due at an epoch boundary is written after the per-epoch LR step (it used to be written before,
     so a resumed run's LR lagged one epoch behind)."""
     args = ["stages.teacher.epochs=4", "stages.distill.enabled=false", "stages.teacher.checkpoint.every=1",
             "stages.teacher.scheduler={name: multistep, milestones: [1, 2, 3], gamma: 0.5, interval: epoch}",
             "experiment.logger.progress=false"]  # fmt: skip
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(CONFIGS / "quickstart.yaml", *args, f"experiment.output_dir={full}") == 0
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(30)])  # epoch 2 (spe 21)
-    assert run_cli(CONFIGS / "quickstart.yaml", *args, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
-    assert run_cli(cut / "config.yaml", "--resume") == 0
-    a = torch.load(full / "checkpoints/last.pt", weights_only=True)["models"]["teacher"]
-    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["models"]["teacher"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_exact([CONFIGS / "quickstart.yaml", *args], 30, tmp_path)  # crash in epoch 2 (21 steps each)
 
 
 SHAPES = """
@@ -195,21 +179,13 @@ experiment: {{logger: {{progress: false, log_every: 4}}}}
 """
 
 
-def test_model_shape_change_survives_resume_and_init(tmp_path, monkeypatch):
+def test_model_shape_change_survives_resume_and_init(tmp_path):
     cfg = tmp_path / "shapes.yaml"
     cfg.write_text(SHAPES.format(base=CONFIGS / "_base_" / "digits.yaml"))
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(cfg, f"experiment.output_dir={full}") == 0
+    # crash inside the stage that trains the narrow model: resume must rebuild it narrow from the checkpoint
+    full, _ = assert_resume_exact([cfg], 6 + 10, tmp_path)
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)
     assert a["specs"]["student"]["kwargs"]["hidden"] == 8 and a["models"]["student"]["fc.weight"].shape == (10, 8)
-    # crash inside the stage that trains the narrow model: resume must rebuild it narrow from the checkpoint
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(6 + 10)])
-    assert run_cli(cfg, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
-    assert run_cli(cut / "config.yaml", "--resume") == 0
-    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)
-    assert all(torch.equal(a["models"]["student"][k], b["models"]["student"][k]) for k in a["models"]["student"])
     # a later experiment that starts from the narrow stage's file gets the narrow shape, whatever its YAML says
     later = tmp_path / "later.yaml"
     narrow = full / "checkpoints" / "narrow" / "last.pt"

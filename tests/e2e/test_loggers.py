@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONFIGS, run_cli
+from helpers import CONFIGS, run_cli
 
 from ssl_kd.engine.run_dir import read_metrics
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import CONFIGS, ROOT, run_cli
+from helpers import CONFIGS, ROOT, run_cli
 
 from ssl_kd.report import main, make_report
 

@@ -9,9 +9,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, Crash, run_cli
-
-import ssl_kd.callbacks as callbacks_mod
+from helpers import CONFIGS, run_cli, run_crashing
 
 QUICK = CONFIGS / "quickstart.yaml"
 ARGS = [
@@ -33,12 +31,7 @@ def snapshot(folder):
 def crashed(tmp_path_factory):
     """Stopped mid-teacher (step 6; its last checkpoint is step 4): the distill stage has not started."""
     out = tmp_path_factory.mktemp("crashed") / "run"
-    orig = callbacks_mod.experiment_callbacks
-    callbacks_mod.experiment_callbacks = lambda cfg: [*orig(cfg), Crash(6)]
-    try:
-        assert run_cli(QUICK, *ARGS, f"experiment.output_dir={out}") == 130
-    finally:
-        callbacks_mod.experiment_callbacks = orig
+    assert run_crashing(6, QUICK, *ARGS, f"experiment.output_dir={out}") == 130
     return out
 
 

@@ -11,9 +11,8 @@ import time
 
 import pytest
 import torch
-from conftest import CONFIGS, ROOT, Crash, run_cli
+from helpers import CONFIGS, ROOT, assert_resume_exact, assert_same_tree, run_cli
 
-import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.engine import read_metrics
 
 QUICK = CONFIGS / "quickstart.yaml"
@@ -25,17 +24,6 @@ TINY = [
 
 def load_last(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for m in a:
-        for k in a[m]:
-            assert torch.equal(a[m][k], b[m][k]), f"{m}.{k} differs"
-
-
-def metrics_without_timing(run_dir):
-    return [{k: v for k, v in r.items() if k != "it_s"} for r in read_metrics(run_dir)]
 
 
 def test_quickstart_two_stages_write_the_run_folder(tmp_path, capsys):
@@ -86,34 +74,16 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("crash_at", [13, 42, 60])  # mid-teacher, at the stage boundary, mid-distill
-def test_resume_is_bit_identical(tmp_path, uninterrupted, crash_at, monkeypatch):
-    out = tmp_path / "run"
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda cfg: [*orig(cfg), Crash(crash_at)])
-    assert run_cli(QUICK, *RESUME_ARGS, f"experiment.output_dir={out}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
-    assert run_cli(out / "config.yaml", "--resume") == 0
-    a, b = load_last(uninterrupted), load_last(out)
-    assert_same_weights(a["models"], b["models"])
-    for stage in ("teacher", "distill"):
-        for which in ("best", "last"):
-            fa = torch.load(uninterrupted / f"checkpoints/{stage}/{which}.pt", weights_only=True)
-            fb = torch.load(out / f"checkpoints/{stage}/{which}.pt", weights_only=True)
-            assert_same_weights(fa["models"], fb["models"])
-    assert metrics_without_timing(uninterrupted) == metrics_without_timing(out)
+def test_resume_is_bit_identical(tmp_path, uninterrupted, crash_at):
+    stages = [f"checkpoints/{s}/{which}.pt:models" for s in ("teacher", "distill") for which in ("best", "last")]
+    compare = ["checkpoints/last.pt:models", *stages]
+    assert_resume_exact([QUICK, *RESUME_ARGS], crash_at, tmp_path, full=uninterrupted, compare=compare, metrics=True)
 
 
-def test_resume_with_data_workers_is_bit_identical(tmp_path, monkeypatch):
+def test_resume_with_data_workers_is_bit_identical(tmp_path):
     args = [*TINY, "data.num_workers=2", "stages.distill.epochs=1", "stages.teacher.checkpoint.every=4",
             "stages.teacher.checkpoint.unit=steps", "data.augment.weak.flip=true"]  # fmt: skip
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(QUICK, *args, f"experiment.output_dir={full}") == 0
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda cfg: [*orig(cfg), Crash(30)])
-    assert run_cli(QUICK, *args, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
-    assert run_cli(cut / "config.yaml", "--resume") == 0
-    assert_same_weights(load_last(full)["models"], load_last(cut)["models"])
+    assert_resume_exact([QUICK, *args], 30, tmp_path)
 
 
 def test_kill_9_then_resume_matches(tmp_path, uninterrupted):
@@ -132,7 +102,7 @@ def test_kill_9_then_resume_matches(tmp_path, uninterrupted):
     proc.wait()
     if (out / "checkpoints" / "last.pt").exists() and load_last(out)["stage_index"] < 2:
         assert run_cli(out / "config.yaml", "--resume") == 0
-    assert_same_weights(load_last(uninterrupted)["models"], load_last(out)["models"])
+    assert_same_tree(load_last(uninterrupted)["models"], load_last(out)["models"])
 
 
 def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):

@@ -1,43 +1,15 @@
-"""Every shipped config: --dry-run, and a few real steps on tiny data (fake CIFAR files in the real format)."""
+"""Every shipped config: --dry-run at its paper size, and a few real steps on tiny data (fake files in the real
+formats) with each model swapped for the small member of its family (helpers.small_overrides)."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import CONFIGS, run_cli
+from helpers import CONFIGS, SSL_TYPES, fit_labels, run_cli, shipped_configs, small_overrides
 
 from ssl_kd.config import load_yaml
 from ssl_kd.engine.run_dir import read_metrics
 
-SHIPPED = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
-
-
-SSL_TYPES = {"fixmatch", "flexmatch", "fullmatch", "fullflex"}
-ROTATION_TYPES = {"hsakd_teacher", "hsakd", "hssakd_online", "sskd_head", "sskd"}  # 4 rotated rows per image
-
-
-def fit_labels(raw):
-    """The fake files hold a few images per class: one label per class instead of the paper's count."""
-    if raw.get("data", {}).get("ssl", {}).get("num_labels"):
-        return [f"data.ssl.num_labels={100 if raw['data'].get('dataset') == 'cifar100' else 10}"]
-    return []
-
-
-def tiny_overrides(path, data_root):
-    """Shrink a config to seconds: 2 steps per stage, small batches, tiny data (and, for SSL, 1 label per class
-    and mu = 1, since the fake files hold a few images per class); everything else runs as shipped."""
-    raw = load_yaml(path)
-    out = [f"data.root={data_root}", "data.num_workers=0", "data.limit_test=50", *fit_labels(raw)]
-    if raw.get("data", {}).get("dataset") == "inat":
-        out.append("data.image_size=32")  # the fake iNat photos are 8 px; 224 px ResNet-50 steps cost a minute
-    for name, st in raw.get("stages", {}).items():
-        batch = 4 if st.get("type") in ROTATION_TYPES else 16  # the same rows per step
-        out += [f"stages.{name}.epochs=None", f"stages.{name}.iters=2", f"stages.{name}.batch_size={batch}",
-                f"stages.{name}.eval.batch_size=25"]  # fmt: skip
-        if st.get("type") in SSL_TYPES:
-            out.append(f"stages.{name}.uratio=1")
-        if "unlabeled_batch_size" in st:
-            out.append(f"stages.{name}.unlabeled_batch_size=16")
-    return out
+SHIPPED = shipped_configs()
 
 
 def test_configs_exist():
@@ -60,7 +32,7 @@ def test_dry_run(path, fake_data_root, tmp_path, capsys):
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(CONFIGS).with_suffix("").as_posix())
 def test_runs_a_few_steps(path, fake_data_root, tmp_path):
     out = tmp_path / "r"
-    assert run_cli(path, *tiny_overrides(path, fake_data_root), f"experiment.output_dir={out}") == 0
+    assert run_cli(path, *small_overrides(path, fake_data_root), f"experiment.output_dir={out}") == 0
     stages = {r["stage"] for r in read_metrics(out)}
     enabled = [n for n, s in load_yaml(path)["stages"].items() if s.get("enabled", True)]
     assert stages == set(enabled)

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, ROOT, run_cli
+from helpers import CONFIGS, ROOT, run_cli
 
 import ssl_kd
 from ssl_kd.engine import read_metrics

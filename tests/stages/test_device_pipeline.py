@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, run_cli, run_crashing
+from helpers import CONFIGS, assert_resume_exact, run_cli
 
 from ssl_kd.data import (
     DataConfig,
@@ -186,16 +186,10 @@ experiment: {{logger: {{log_every: 4, progress: false}}, channels_last: true}}
 """
 
 
-def test_device_pipeline_run_resumes_bit_exactly(tmp_path, monkeypatch):
+def test_device_pipeline_run_resumes_bit_exactly(tmp_path):
     cfg = tmp_path / "ssl.yaml"
     cfg.write_text(SSL.format(base=CONFIGS / "_base_" / "digits.yaml"))
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(cfg, f"experiment.output_dir={full}") == 0
-    assert run_crashing(monkeypatch, 12, cfg, f"experiment.output_dir={cut}") == 130
-    assert run_cli(cut / "config.yaml", "--resume") == 0
-    a = torch.load(full / "checkpoints/last.pt", weights_only=True)["models"]["net"]
-    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["models"]["net"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_exact([cfg], 12, tmp_path)
     # and the host path is still the default
     assert DataConfig().pipeline == "host"
 

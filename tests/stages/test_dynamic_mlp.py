@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli, run_crashing, write_fake_inat, write_fake_npz, write_fake_plants
+from helpers import assert_resume_exact, run_cli, write_fake_inat, write_fake_npz, write_fake_plants
 
 from ssl_kd.data import load_dataset
 from ssl_kd.data.config import DataConfig
@@ -396,18 +396,12 @@ stages:
 """
 
 
-def test_metadata_run_resumes_bit_exact_and_bad_metadata_is_one_clear_error(
-    tmp_path, fake_data_root, monkeypatch, capsys
-):
+def test_metadata_run_resumes_bit_exact_and_bad_metadata_is_one_clear_error(tmp_path, fake_data_root, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(TINY.format(root=fake_data_root))
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(cfg, f"experiment.output_dir={full}") == 0
-    assert run_crashing(monkeypatch, 5, cfg, f"experiment.output_dir={cut}") == 130
-    assert run_cli(cut / "config.yaml", "--resume") == 0
+    full, _ = assert_resume_exact([cfg], 5, tmp_path)
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)["models"]["net"]
-    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["models"]["net"]
-    assert any(k.startswith("fusion.") for k in a) and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("fusion.") for k in a)  # the fusion head's weights are among those compared
     # bad metadata in the user's file: exit 2, one line naming the file and row, nothing written
     bad = tmp_path / "bad"
     bad.mkdir()

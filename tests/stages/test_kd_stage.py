@@ -8,9 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import CONFIGS, Crash, run_cli
+from helpers import CONFIGS, assert_resume_exact, run_cli
 
-import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.engine import read_metrics
 from ssl_kd.stages import kd as kd_stage
 from ssl_kd.stages.kd import KDConfig, TeacherLogitCache
@@ -75,25 +74,11 @@ def test_every_combination_trains(tmp_path, teacher_file, extra, tau):
     ],
     ids=["dot-ctkd_global", "ctkd_instance-dkd-cached_teacher"],
 )  # fmt: skip
-def test_resumed_run_equals_uninterrupted(tmp_path, teacher_file, monkeypatch, extra):
+def test_resumed_run_equals_uninterrupted(tmp_path, teacher_file, extra):
     args = student_args(teacher_file, *extra, "stages.distill.epochs=2", "stages.distill.checkpoint.every=7",
                         "stages.distill.checkpoint.unit=steps")  # fmt: skip
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(QUICK, *args, f"experiment.output_dir={full}") == 0
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda cfg: [*orig(cfg), Crash(31)])  # mid epoch 2
-    assert run_cli(QUICK, *args, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
-    assert run_cli(cut / "config.yaml", "--resume") == 0
-    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["models"]
-    b = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["models"]
-    for k, v in a["student"].items():
-        assert torch.equal(v, b["student"][k]), k
-
-    def strip(rs):
-        return [{k: v for k, v in r.items() if k != "it_s"} for r in rs]
-
-    assert strip(read_metrics(full)) == strip(read_metrics(cut))  # incl. the learned tau at every log
+    # crash mid epoch 2; the same weights and every metrics record (incl. the learned tau at every log)
+    assert_resume_exact([QUICK, *args], 31, tmp_path, metrics=True)
 
 
 def test_dkd_uses_mdistiller_weights_and_warmup():

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import run_cli, run_crashing
+from helpers import assert_resume_exact, run_cli
 
 from ssl_kd.data import MPerClassSampler, SamplerConfig, mix_seed
 from ssl_kd.engine import read_metrics
@@ -232,19 +232,10 @@ def test_mcl_ensemble_is_the_mean_of_the_peers_logits():
     assert torch.allclose(got, (nets["a"](x) + nets["b"](x)) / 2)
 
 
-def test_mcl_resumes_bit_exact(tmp_path, monkeypatch):
+def test_mcl_resumes_bit_exact(tmp_path):
     cfg = write_mcl(tmp_path / "c.yaml", iters=4, checkpoint={"every": 2, "unit": "steps"}, eval={"every": 4})
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(cfg, f"experiment.output_dir={full}") == 0
-    assert run_crashing(monkeypatch, 3, cfg, f"experiment.output_dir={cut}") == 130
-    assert run_cli(cut / "config.yaml", "--resume") == 0
-    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
-    for p in ("net1", "net2"):
-        assert all(torch.equal(v, b["models"][p][k]) for k, v in a["models"][p].items())
-    wa = torch.load(full / "checkpoints" / "mcl" / "last.pt", weights_only=True)["modules"]
-    wb = torch.load(cut / "checkpoints" / "mcl" / "last.pt", weights_only=True)["modules"]
-    assert all(torch.equal(v, wb[m][k]) for m in wa for k, v in wa[m].items())
+    compare = ["checkpoints/last.pt:models", "checkpoints/mcl/last.pt:modules"]  # both peers and their extra modules
+    assert_resume_exact([cfg], 3, tmp_path, compare=compare)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import Crash, run_cli, run_crashing
+from helpers import assert_resume_exact, run_cli
 from torch import nn
 
 import ssl_kd.callbacks as callbacks_mod
@@ -368,19 +368,17 @@ def test_without_hold_hard_momentum_moves_hard_filters_as_in_the_reference():
     assert (w[p.hard["stages.0.0.conv1"]] == 0).all()
 
 
-def test_resume_across_a_mask_refresh_is_bit_exact(tmp_path, fake_data_root, monkeypatch):
+def test_resume_across_a_mask_refresh_is_bit_exact(tmp_path, fake_data_root):
     """Checkpoints every 2 steps (3 per epoch): a crash at step 5 resumes from step 4, after the refresh at step 3,
     and runs through the refreshes at 6 and 9; the masks come back from the checkpoint."""
     cfg = _write(tmp_path, fake_data_root)
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(cfg, f"experiment.output_dir={full}") == 0
-    assert run_crashing(monkeypatch, 5, cfg, f"experiment.output_dir={cut}") == 130
-    ckpt = torch.load(cut / "checkpoints/last.pt", weights_only=True)
-    assert ckpt["step"] == 4 and ckpt["stage"]["callbacks"]["Prune"]["started"]
-    assert run_cli(cut / "config.yaml", "--resume") == 0
+
+    def crashed_after_the_refresh(cut):
+        ckpt = torch.load(cut / "checkpoints/last.pt", weights_only=True)
+        assert ckpt["step"] == 4 and ckpt["stage"]["callbacks"]["Prune"]["started"]
+
+    full, _ = assert_resume_exact([cfg], 5, tmp_path, after_crash=crashed_after_the_refresh)
     a = torch.load(full / "checkpoints/last.pt", weights_only=True)["models"]["net"]
-    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["models"]["net"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
     # the stage ends physically prunable: every pruned filter is zero (final_zero), at keep 0.5 per layer
     for u in prunable_units(create_model("resnet8", 10)):
         if u.role != "shortcut":
@@ -400,12 +398,12 @@ EXPORT_STAGES = """
 """
 
 
-def test_prune_export_finetune_in_one_run_with_resume(tmp_path, fake_data_root, monkeypatch, capsys):
+def test_prune_export_finetune_in_one_run_with_resume(tmp_path, fake_data_root, capsys):
     """train with masks (EMA on) -> export stage -> fine-tune the small model; a crash inside the fine-tune
     resumes with the small shape; the export stage's file and `python -m ssl_kd.export` give the same network."""
     cfg = _write(tmp_path, fake_data_root, EXPORT_STAGES)
     args = ["stages.prune.ema={enabled: true, decay: 0.5}", "stages.prune.epochs=2"]
-    full, cut = tmp_path / "full", tmp_path / "cut"
+    full = tmp_path / "full"
     assert run_cli(cfg, *args, f"experiment.output_dir={full}") == 0
     printed = capsys.readouterr().out
     assert "max |small - masked|" in printed and "FLOPs" in printed and "params" in printed
@@ -415,13 +413,7 @@ def test_prune_export_finetune_in_one_run_with_resume(tmp_path, fake_data_root, 
     small = torch.load(full / "checkpoints/export/last.pt", weights_only=True)
     assert small["specs"]["net"] == last["specs"]["net"]
     assert last["results"]["export"]["last"]["net/top1"] == last["results"]["prune"]["last"]["net/top1"]
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(6 + 3)])
-    assert run_cli(cfg, *args, f"experiment.output_dir={cut}") == 130
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
-    assert run_cli(cut / "config.yaml", "--resume") == 0
-    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)["models"]["net"]
-    assert all(torch.equal(last["models"]["net"][k], b[k]) for k in b)
+    assert_resume_exact([cfg, *args], 6 + 3, tmp_path, full=full)  # a crash inside the fine-tune
     # the CLI on the prune stage's weights builds the same small network
     from ssl_kd.export import main as export_main
 

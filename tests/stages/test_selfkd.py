@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, Crash, run_cli
+from helpers import ROOT, assert_resume_exact, run_cli
 
-import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.data import mixing
 from ssl_kd.data.mixing import (
     MixConfig,
@@ -450,22 +449,16 @@ def _records(out):
 
 
 @pytest.mark.parametrize("kind,model", [("recursivemix", PLAIN), ("mixskd", MULTI)], ids=["recursivemix", "mixskd"])
-def test_resume_mid_epoch_is_bit_exact(tmp_path, fake_data_root, monkeypatch, kind, model):
+def test_resume_mid_epoch_is_bit_exact(tmp_path, fake_data_root, kind, model):
     """Crash at step 5 (epoch 2, after the mid-epoch checkpoint at step 3, whose history is not empty)."""
+
+    def history_saved(cut):
+        if kind == "recursivemix":
+            state = torch.load(cut / "checkpoints/last.pt", weights_only=True)
+            assert state["step"] == 3 and state["stage"]["states"]["history"]["tensors"]["x"].shape == (8, 3, 32, 32)
+
     cfg = _config(tmp_path, fake_data_root, kind, model)
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    assert run_cli(cfg, f"experiment.output_dir={full}") == 0
-    orig = callbacks_mod.experiment_callbacks
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", lambda c: [*orig(c), Crash(5)])
-    assert run_cli(cfg, f"experiment.output_dir={cut}") == 130
-    if kind == "recursivemix":
-        state = torch.load(cut / "checkpoints/last.pt", weights_only=True)
-        assert state["step"] == 3 and state["stage"]["states"]["history"]["tensors"]["x"].shape == (8, 3, 32, 32)
-    monkeypatch.setattr(callbacks_mod, "experiment_callbacks", orig)
-    assert run_cli(cut / "config.yaml", "--resume") == 0
-    a = torch.load(full / "checkpoints/last.pt", weights_only=True)
-    b = torch.load(cut / "checkpoints/last.pt", weights_only=True)
-    assert all(torch.equal(a["models"]["net"][k], b["models"]["net"][k]) for k in a["models"]["net"])
+    full, cut = assert_resume_exact([cfg], 5, tmp_path, after_crash=history_saved)
     rec = _records(full)
     train = [r for r in rec if r["kind"] == "train"]
     assert [r["train/lam"] for r in train] == [r["train/lam"] for r in _records(cut) if r["kind"] == "train"]

@@ -37,7 +37,7 @@ from ssl_kd.data import (
 from ssl_kd.data import datasets as ds_mod
 from ssl_kd.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("SSL_KD_DATA") or REPO / ".." / "shared" / "data")
 HAS_CIFAR10 = (SHARED / "cifar10.npz").is_file()
 

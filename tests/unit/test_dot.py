@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import CONFIGS, ROOT, run_cli
+from helpers import CONFIGS, ROOT, run_cli
 
 from ssl_kd.config import OptimizerConfig
 from ssl_kd.optim import DOT, GroupGrads, build_optimizer, loss_groups

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, run_cli
+from helpers import CONFIGS, run_cli
 from torch import nn
 
 import ssl_kd.engine.services as services_mod
