@@ -8,11 +8,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import SHARED_DATA, make_fake_data_root
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SSL_KD_CACHE", tempfile.mkdtemp(prefix="ssl_kd_cache_"))
+# One intra-op thread: the tests' models are tiny, so a second thread buys little on a 2-core machine, and when other
+# processes share the cores (CI beside a session, parallel sessions) spinning OpenMP threads make each op many times
+# slower. SSL_KD_TEST_THREADS sets another count.
+torch.set_num_threads(int(os.environ.get("SSL_KD_TEST_THREADS", "1")))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -34,7 +34,6 @@ from ssl_kd.memory import BatchHistory
 from ssl_kd.models import FeatureCritics, MultiExit, SelfTeacher, create_model, roi_features
 from ssl_kd.report import load_run, stage_rows
 
-torch.set_num_threads(2)
 LN = math.log
 
 

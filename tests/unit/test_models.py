@@ -9,8 +9,6 @@ from torch import nn
 from ssl_kd.errors import UserError
 from ssl_kd.models import ModelOutput, create_model, list_models, model_options, register_model
 
-torch.set_num_threads(2)
-
 EXPECTED_MODELS = {
     "wrn_28_2", "wrn_28_8", "wrn_var_37_2",
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
