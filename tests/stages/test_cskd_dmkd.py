@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from helpers import CONFIGS, ROOT, assert_resume_exact, run_cli, write_fake_npz, write_synthetic_folder
+from helpers import CONFIGS, ROOT, assert_resume_exact, run_cli, tiny_config, write_fake_npz, write_synthetic_folder
 
 from ssl_kd.data import SYNTHETIC_NAME_REGEX, DataConfig, load_dataset
 from ssl_kd.data.synthetic import parse_label
@@ -159,17 +158,14 @@ def teacher_file(tmp_path_factory):
 
 
 def write_config(path, teacher_file, student: dict, stage: dict, data: dict | None = None):
-    cfg = {
-        "experiment": {"name": "t", "seed": 0, "logger": {"progress": False, "log_every": 1}},
-        "data": {"dataset": "digits", "num_workers": 0, **(data or {})},
-        "models": {"teacher": {"arch": "cnn_small", "kwargs": {"width": 32}, "checkpoint": str(teacher_file)},
-                   "student": student},
-        "stages": {"distill": {"train": ["student"], "uses": ["teacher"], "iters": 8, "batch_size": 32,
-                               "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
-                               "eval": {"every": 8, "unit": "steps"}, **stage}},
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    models = {
+        "teacher": {"arch": "cnn_small", "kwargs": {"width": 32}, "checkpoint": str(teacher_file)},
+        "student": student,
+    }
+    stages = {"distill": {"train": ["student"], "uses": ["teacher"], "iters": 8, "batch_size": 32,
+                          "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+                          "eval": {"every": 8, "unit": "steps"}, **stage}}  # fmt: skip
+    return tiny_config(path, models, stages, data=data)
 
 
 def train_records(out):

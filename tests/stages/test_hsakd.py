@@ -9,8 +9,7 @@ import math
 
 import pytest
 import torch
-import yaml
-from helpers import assert_resume_exact, run_cli
+from helpers import assert_resume_exact, run_cli, tiny_config
 
 from ssl_kd.data import (
     DataConfig,
@@ -124,14 +123,7 @@ def test_hierarchical_kd_joint_ce_and_mutual_kd_against_loops():
 
 # ------------------------------------------------------------------------------------------------ stages
 def write(path, stages: dict, models: dict | None = None) -> str:
-    cfg = {
-        "experiment": {"name": "h", "seed": 0, "logger": {"progress": False, "log_every": 1}},
-        "data": {"dataset": "digits", "num_workers": 0},
-        "models": models or {"teacher": ROT_NET, "student": ROT_NET},
-        "stages": stages,
-    }
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return str(path)
+    return str(tiny_config(path, models or {"teacher": ROT_NET, "student": ROT_NET}, stages, name="h"))
 
 
 def stage(kind: str, train: list[str], iters: int = 4, **extra) -> dict:

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from helpers import assert_resume_exact, run_cli
+from helpers import assert_resume_exact, run_cli, tiny_config
 
 from ssl_kd.data import MPerClassSampler, SamplerConfig, mix_seed
 from ssl_kd.engine import read_metrics
@@ -168,16 +167,11 @@ def test_stream_labels_of_host_and_device_datasets():
 
 # ------------------------------------------------------------------------------------------------ stage
 def write_mcl(path, peers=("net1", "net2"), **stage):
-    cfg = {
-        "experiment": {"name": "mcl", "seed": 0, "logger": {"progress": False, "log_every": 1}},
-        "data": {"dataset": "digits", "num_workers": 0},
-        "models": {p: {"arch": "cnn_small", "kwargs": {"width": 8}} for p in peers},
-        "stages": {"mcl": {"type": "mcl", "train": list(peers), "iters": 6, "batch_size": 16,
-                           "optimizer": {"name": "sgd", "lr": 0.05, "nesterov": True},
-                           "eval": {"every": 6, "unit": "steps"}, **stage}},
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    models = {p: {"arch": "cnn_small", "kwargs": {"width": 8}} for p in peers}
+    stages = {"mcl": {"type": "mcl", "train": list(peers), "iters": 6, "batch_size": 16,
+                      "optimizer": {"name": "sgd", "lr": 0.05, "nesterov": True},
+                      "eval": {"every": 6, "unit": "steps"}, **stage}}  # fmt: skip
+    return tiny_config(path, models, stages, name="mcl")
 
 
 def test_mcl_stage_trains_every_peer_and_reports_the_ensemble(tmp_path, monkeypatch):

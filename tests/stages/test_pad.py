@@ -9,8 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from helpers import assert_resume_exact, run_cli
+from helpers import assert_resume_exact, run_cli, tiny_config
 
 from ssl_kd.engine import read_metrics
 from ssl_kd.losses import PAD_EPS, feature_l2_loss, pad_l2_loss
@@ -62,24 +61,19 @@ def write_pad(path, phase2: dict | None = None, iters: int = 2, **phase1):
     """digits: a cnn_small teacher (width 16, feat 64) -> a narrower student (width 8, feat 32): a linear connector."""
     common = {"train": ["student"], "uses": ["teacher"], "iters": iters, "batch_size": 32,
               "eval": {"every": iters, "unit": "steps"}}  # fmt: skip
-    cfg = {
-        "experiment": {"name": "pad", "seed": 0, "logger": {"progress": False, "log_every": 1}},
-        "data": {"dataset": "digits", "num_workers": 0},
-        "models": {"teacher": {"arch": "cnn_small", "kwargs": {"width": 16}},
-                   "student": {"arch": "cnn_small", "kwargs": {"width": 8}}},
-        "stages": {
-            "teacher": {"type": "supervised", "train": ["teacher"], "iters": 2, "batch_size": 32,
-                        "eval": {"every": 2, "unit": "steps"}},
-            "student": {"type": "pad", **common, "init": {"mode": "stage", "stage": "teacher", "which": "last",
-                                                          "models": ["teacher"]}, **phase1},
-            "student_pad": {"type": "pad", "uncertainty": True, **common,
-                            "optimizer": {"name": "sgd", "lr": 0.002, "weight_decay": 1.0e-4},
-                            "init": {"mode": "stage", "stage": "student", "which": "last", "models": ["student"],
-                                     "modules": ["connector"]}, **(phase2 or {})},
-        },
+    models = {"teacher": {"arch": "cnn_small", "kwargs": {"width": 16}},
+              "student": {"arch": "cnn_small", "kwargs": {"width": 8}}}  # fmt: skip
+    stages = {
+        "teacher": {"type": "supervised", "train": ["teacher"], "iters": 2, "batch_size": 32,
+                    "eval": {"every": 2, "unit": "steps"}},
+        "student": {"type": "pad", **common, "init": {"mode": "stage", "stage": "teacher", "which": "last",
+                                                      "models": ["teacher"]}, **phase1},
+        "student_pad": {"type": "pad", "uncertainty": True, **common,
+                        "optimizer": {"name": "sgd", "lr": 0.002, "weight_decay": 1.0e-4},
+                        "init": {"mode": "stage", "stage": "student", "which": "last", "models": ["student"],
+                                 "modules": ["connector"]}, **(phase2 or {})},
     }  # fmt: skip
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return tiny_config(path, models, stages, name="pad")
 
 
 def test_pad_chain_carries_the_connector_and_resumes_bit_exact(tmp_path, monkeypatch):

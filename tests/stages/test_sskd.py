@@ -12,8 +12,7 @@ import zlib
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from helpers import assert_resume_exact, run_cli
+from helpers import assert_resume_exact, run_cli, tiny_config
 
 from ssl_kd.data import mix_seed, rotate4
 from ssl_kd.data.rotation import rotate_copies
@@ -181,27 +180,25 @@ def test_four_copies_rotated_and_flipped_together():
 
 # ------------------------------------------------------------------------------------------------ the stages
 def write_config(path, student_stage: dict | None = None, head_stage: dict | None = None):
-    cfg = {
-        "experiment": {"name": "sskd", "seed": 0, "logger": {"progress": False, "log_every": 1}},
-        "data": {"dataset": "digits", "num_workers": 0, "augment": {"weak": {"flip": True, "crop_padding": 1}}},
-        "models": {"teacher": {"arch": "cnn_small", "kwargs": {"width": 16}},
-                   "student": {"arch": "cnn_small", "kwargs": {"width": 8}}},
-        "stages": {
-            "teacher": {"type": "supervised", "train": ["teacher"], "iters": 6, "batch_size": 32,
-                        "optimizer": {"name": "sgd", "lr": 0.05}, "eval": {"every": 6, "unit": "steps"}},
-            "teacher_head": {"type": "sskd_head", "uses": ["teacher"], "iters": 5, "batch_size": 16,
-                             "init": {"mode": "stage", "stage": "teacher", "which": "last", "models": ["teacher"]},
-                             "checkpoint": {"every": 2, "unit": "steps"}, "eval": {"every": 5, "unit": "steps"},
-                             **(head_stage or {})},
-            "student": {"type": "sskd", "train": ["student"], "uses": ["teacher"], "iters": 8, "batch_size": 16,
-                        "init": {"mode": "stage", "stage": "teacher_head", "which": "last", "models": [],
-                                 "modules": ["teacher_head"]},
-                        "checkpoint": {"every": 3, "unit": "steps"}, "eval": {"every": 8, "unit": "steps"},
-                        **(student_stage or {})},
-        },
+    models = {
+        "teacher": {"arch": "cnn_small", "kwargs": {"width": 16}},
+        "student": {"arch": "cnn_small", "kwargs": {"width": 8}},
+    }
+    stages = {
+        "teacher": {"type": "supervised", "train": ["teacher"], "iters": 6, "batch_size": 32,
+                    "optimizer": {"name": "sgd", "lr": 0.05}, "eval": {"every": 6, "unit": "steps"}},
+        "teacher_head": {"type": "sskd_head", "uses": ["teacher"], "iters": 5, "batch_size": 16,
+                         "init": {"mode": "stage", "stage": "teacher", "which": "last", "models": ["teacher"]},
+                         "checkpoint": {"every": 2, "unit": "steps"}, "eval": {"every": 5, "unit": "steps"},
+                         **(head_stage or {})},
+        "student": {"type": "sskd", "train": ["student"], "uses": ["teacher"], "iters": 8, "batch_size": 16,
+                    "init": {"mode": "stage", "stage": "teacher_head", "which": "last", "models": [],
+                             "modules": ["teacher_head"]},
+                    "checkpoint": {"every": 3, "unit": "steps"}, "eval": {"every": 8, "unit": "steps"},
+                    **(student_stage or {})},
     }  # fmt: skip
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    data = {"augment": {"weak": {"flip": True, "crop_padding": 1}}}
+    return tiny_config(path, models, stages, data=data, name="sskd")
 
 
 def load(path, key, name):
