@@ -16,8 +16,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("SSL_KD_CACHE", tempfile.mkdtemp(prefix="ssl_kd_cache_"))
 # One intra-op thread: the tests' models are tiny, so a second thread buys little on a 2-core machine, and when other
 # processes share the cores (CI beside a session, parallel sessions) spinning OpenMP threads make each op many times
-# slower. SSL_KD_TEST_THREADS sets another count.
-torch.set_num_threads(int(os.environ.get("SSL_KD_TEST_THREADS", "1")))
+# slower. SSL_KD_TEST_THREADS sets another count. Subprocesses (kill -9, torchrun) get the same count: a run compared
+# bit for bit with one in this process must reduce in the same order.
+THREADS = os.environ.setdefault("SSL_KD_TEST_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = THREADS
+torch.set_num_threads(int(THREADS))
 
 
 def pytest_collection_modifyitems(config, items):
