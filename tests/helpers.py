@@ -255,6 +255,9 @@ def tiny_config(
     return path
 
 
+TINY_VIT = {"image_size": 8, "patch_size": 2, "depth": 1, "dim": 32, "heads": 2}  # a `vit` on digits: a 4x4 patch grid
+
+
 # ------------------------------------------------------------------------------------------------ shipped configs
 SSL_TYPES = {"fixmatch", "flexmatch", "fullmatch", "fullflex"}
 ROTATION_TYPES = {"hsakd_teacher", "hsakd", "hssakd_online", "sskd_head", "sskd"}  # 4 rotated rows per image
