@@ -1,4 +1,4 @@
-"""Self-distillation II in runs: the `mixskd` / `recursivemix` stages end to end (including resume in the middle of
+"""Self-distillation in runs: the `mixskd` / `recursivemix` stages end to end (including resume in the middle of
 an epoch with a non-empty history, the reference switches, the `mix:` block, DDP). Mixing, the batch history,
 multi-exit models and MixSKD's losses: tests/unit/test_selfkd_parts.py."""
 

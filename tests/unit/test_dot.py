@@ -1,15 +1,10 @@
-"""DOT against a two-step example worked by hand, against SGD where they must agree, and through the runner's
-loss groups (config errors, exact state round trip, equality with SGD when delta = 0)."""
+"""DOT against a two-step example worked by hand, against SGD where they must agree (delta = 0), its exact state
+round trip, and the loss groups it is given. DOT in runs: tests/stages/test_dot_runs.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, run_cli
 
 from ssl_kd.config import OptimizerConfig
 from ssl_kd.optim import DOT, GroupGrads, build_optimizer, loss_groups
@@ -144,75 +139,3 @@ def test_group_grads_accumulate_clip_and_hand_over():
     grads.hand_over(Recorder())
     assert list(seen) == ["distill"] and seen["distill"][0] == pytest.approx([2.0, 0.0]) and seen["distill"][1] is None
     assert w.grad is None and v.grad.tolist() == pytest.approx([1.5])  # the last group stays for step()
-
-
-QUICK = CONFIGS / "quickstart.yaml"
-SHORT = ["stages.teacher.epochs=1", "stages.distill.epochs=1", "experiment.logger.progress=false"]
-
-
-@pytest.mark.parametrize(
-    "args,needle",
-    [
-        (["stages.teacher.optimizer.name=dot", "stages.teacher.optimizer.nesterov=false"],
-         "stages.teacher: optimizer.loss_groups.distill"),
-        (["stages.distill.optimizer.name=dot"], "stages.distill.optimizer.nesterov"),
-        (["stages.distill.optimizer.name=dot", "stages.distill.optimizer.nesterov=false",
-          "stages.distill.optimizer.loss_groups={task: [cee]}"], "'cee' is not a loss term"),
-    ],
-)  # fmt: skip
-def test_dot_config_errors_name_the_yaml_path(tmp_path, capsys, args, needle):
-    assert run_cli(QUICK, *SHORT, *args, f"experiment.output_dir={tmp_path / 'x'}", "--dry-run") == 2
-    assert needle in capsys.readouterr().err
-
-
-def _student(out):
-    return torch.load(out / "checkpoints" / "last.pt", weights_only=True)["models"]["student"]
-
-
-def test_runner_loss_groups_reach_dot(tmp_path):
-    """Through the runner, DOT with delta = 0 must train like SGD on ce + kd (the groups are split and handed over
-    correctly); with delta > 0 it must differ."""
-    common = [*SHORT, "stages.distill.optimizer.nesterov=false", "stages.distill.scheduler.name=constant"]
-    runs = {}
-    for name, extra in {
-        "sgd": [],
-        "dot0": ["stages.distill.optimizer.name=dot", "stages.distill.optimizer.delta=0.0"],
-        "dot": ["stages.distill.optimizer.name=dot"],
-    }.items():
-        assert run_cli(QUICK, *common, *extra, f"experiment.output_dir={tmp_path / name}") == 0
-        runs[name] = _student(tmp_path / name)
-    for k, v in runs["sgd"].items():
-        if v.is_floating_point():
-            torch.testing.assert_close(runs["dot0"][k], v, rtol=1e-4, atol=1e-5)
-    assert any(not torch.allclose(runs["dot"][k], v) for k, v in runs["sgd"].items() if v.is_floating_point())
-
-
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_dot_under_ddp_matches_one_process(tmp_path):
-    """Loss groups under DDP: each group's gradient is all-reduced by hand, so 2 processes train like 1."""
-    args = ["stages.teacher.enabled=false", "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}",
-            "stages.distill.epochs=1", "stages.distill.augment=none", "stages.distill.optimizer.name=dot",
-            "stages.distill.optimizer.nesterov=false", "experiment.logger.progress=false"]  # fmt: skip
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert run_cli(QUICK, *args, f"experiment.output_dir={one}") == 0
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29521", "-m", "ssl_kd.run", str(QUICK), *args,
-           f"experiment.output_dir={two}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    a, b = _student(one), _student(two)
-    for k, v in a.items():
-        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5)
-
-
-def test_dot_with_gradient_accumulation_matches_one_batch(tmp_path):
-    """Each group's gradient is summed over the micro-batches before DOT sees it: accumulation = one big batch."""
-    args = ["stages.teacher.enabled=false", "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}",
-            "stages.distill.epochs=1", "stages.distill.augment=none", "stages.distill.optimizer.name=dot",
-            "stages.distill.optimizer.nesterov=false", "experiment.logger.progress=false"]  # fmt: skip
-    one, acc = tmp_path / "one", tmp_path / "acc"
-    assert run_cli(QUICK, *args, f"experiment.output_dir={one}") == 0
-    assert run_cli(QUICK, *args, "stages.distill.grad_accum=4", f"experiment.output_dir={acc}") == 0
-    a, b = _student(one), _student(acc)
-    for k, v in a.items():
-        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5)
