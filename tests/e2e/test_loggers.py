@@ -27,7 +27,7 @@ def test_wandb_offline_run_is_written(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("precision", ["bf16"])
 def test_mixed_precision_on_cpu(tmp_path, precision):
-    """Autocast through accelerate (fp16 needs a GPU: on CPU it is refused, tests/test_user_errors.py)."""
+    """Autocast through accelerate (fp16 needs a GPU: on CPU it is refused, tests/e2e/test_user_errors.py)."""
     out = tmp_path / precision
     args = ["stages.teacher.epochs=3", "stages.distill.enabled=false", f"experiment.precision={precision}"]
     assert run_cli(CONFIGS / "quickstart.yaml", *args, f"experiment.output_dir={out}") == 0

@@ -46,7 +46,8 @@ def test_dry_run_on_real_cifar10(shared_data, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ each config follows its reference
-# specs/ssl.md §3.3-3.4, written out here rather than read from the _base_ pieces
+# the weak / strong augmentation of TorchSSL@f26e1d4 and megvii-research/FullMatch@c54c0b9 (their datasets/ code),
+# written out here rather than read from the _base_ pieces
 TORCHSSL_AUG = {"weak": {"flip": True, "crop_padding": 4, "pad_mode": "reflect"},
                 "strong": {"num_ops": 3, "op_prob": 1.0, "cutout": 0.5, "cutout_random_size": True,
                            "cutout_fill": [125, 123, 114], "order": "before"}}  # fmt: skip

@@ -100,7 +100,8 @@ def test_bad_arguments_are_rejected():
 
 # ================================================================================================ models
 def test_parameter_counts_match_the_spec():
-    """specs/selfkd.md §4.3: fusion on a 2048-d feature C ~ 6.78M, B ~ 6.62M, A ~ 9.48M; location net ~ 0.59M."""
+    """ylingfeng/DynamicMLP (its fusion module after global pooling): fusion on a 2048-d feature C ~ 6.78M,
+    B ~ 6.62M, A ~ 9.48M; location net ~ 0.59M."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(FusionModule(2048, variant="c")) == 6_775_232
     assert count(FusionModule(2048, variant="b")) == 6_623_680

@@ -86,7 +86,7 @@ def test_small_and_odd_inputs(name: str, size: int) -> None:
 
 
 def test_wrn_param_counts() -> None:
-    # specs/ssl.md §1.4: TorchSSL/FullMatch (biased block convs) and USB (block_bias=False).
+    # TorchSSL@f26e1d4 models/nets/wrn.py and FullMatch@c54c0b9 (biased block convs); USB@1ef4cbe (block_bias=False).
     assert n_params(create_model("wrn_28_2", 10)) == 1_469_642
     assert n_params(create_model("wrn_28_2", 10, block_bias=False)) == 1_467_626
     assert n_params(create_model("wrn_28_8", 100)) == 23_409_092

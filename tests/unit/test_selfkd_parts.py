@@ -361,7 +361,8 @@ def _ce_loop(z, label):
 
 
 def _mixskd_loop(clean, mixed, th, tt, fh, ft, y, perm, lam, temp):
-    """Spec §1.2 term by term with Python loops (not the implementation's tensor code)."""
+    """MixSKD's losses (winycg/Self-KD-Lib main_mixskd_cifar.py) term by term with Python loops (not the
+    implementation's tensor code)."""
     b, k = len(y), len(clean)
     y, perm = y.tolist(), perm.tolist()
     hat = [torch.stack([lam * z[i] + (1 - lam) * z[perm[i]] for i in range(b)]) for z in clean]

@@ -1,5 +1,6 @@
-"""SSL terms: hand-computed values (incl. specs/ssl.md §5.7) and an independent, loop-based transcription of the
-reference formulas on random inputs."""
+"""SSL terms: hand-computed values (incl. a worked example of FullMatch's adaptive k, ANL and EML as coded in
+megvii-research/FullMatch@c54c0b9 models/fullmatch/fullmatch_utils.py) and an independent, loop-based transcription
+of the reference formulas on random inputs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ssl_kd.losses import (
 )
 from ssl_kd.memory import PseudoLabelHistory
 
-# ------------------------------------------------------------------ §5.7 worked example
+# ------------------------------------------------------------------ a worked example (k, ANL, EML)
 PW = torch.tensor([[0.96, 0.02, 0.01, 0.007, 0.003], [0.40, 0.35, 0.15, 0.06, 0.04]])
 PS = torch.tensor([[0.70, 0.05, 0.15, 0.06, 0.04], [0.20, 0.45, 0.25, 0.07, 0.03]])
 ZW, ZS = PW.log(), PS.log()  # logits whose softmax is exactly these probabilities
