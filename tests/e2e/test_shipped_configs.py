@@ -3,8 +3,10 @@ formats) with each model swapped for the small member of its family (helpers.sma
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from helpers import CONFIGS, SSL_TYPES, fit_labels, run_cli, shipped_configs, small_overrides
+from helpers import CONFIGS, SSL_TYPES, fit_labels, run_cli, shipped_configs, small_model, small_overrides
 
 from ssl_kd.config import load_yaml
 from ssl_kd.engine.run_dir import read_metrics
@@ -36,6 +38,33 @@ def test_runs_a_few_steps(path, fake_data_root, tmp_path):
     stages = {r["stage"] for r in read_metrics(out)}
     enabled = [n for n, s in load_yaml(path)["stages"].items() if s.get("enabled", True)]
     assert stages == set(enabled)
+
+
+def test_the_small_stand_ins_are_of_each_models_own_family():
+    """The 2-step runs swap each model for a small one of the same class, so every stage runs its own code path:
+    stage-based backbones for HSAKD's exits, prunable convs, the ViT's distillation token, the same heads."""
+    from ssl_kd.errors import UserError
+    from ssl_kd.models import create_model, is_stage_based
+    from ssl_kd.prune.units import prunable_units
+
+    def units(model):
+        try:
+            return {u.role for u in prunable_units(model)}
+        except UserError:  # an architecture pruning does not support
+            return None
+
+    specs = {json.dumps(m, sort_keys=True): m for p in SHIPPED for m in load_yaml(p)["models"].values()}
+    backbones = [{"arch": m["kwargs"]["backbone"], "kwargs": m["kwargs"].get("backbone_kwargs")}
+                 for m in specs.values() if m["arch"] == "multi_exit"]  # fmt: skip
+    for spec in [*specs.values(), *backbones]:
+        arch, kwargs = small_model(spec)
+        paper = create_model(spec["arch"], 10, head=spec.get("head"), **(spec.get("kwargs") or {}))
+        small = create_model(arch, 10, head=spec.get("head"), **kwargs)
+        assert type(small) is type(paper) and is_stage_based(small) == is_stage_based(paper), spec
+        assert getattr(small, "dist_token", None) is not None or getattr(paper, "dist_token", None) is None, spec
+        assert units(small) == units(paper), spec
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        assert count(small) <= count(paper), spec
 
 
 def test_dry_run_on_real_cifar10(shared_data, tmp_path, capsys):
