@@ -23,8 +23,20 @@ os.environ["OMP_NUM_THREADS"] = THREADS
 torch.set_num_threads(int(THREADS))
 
 
+TIERS = ("unit", "stages", "e2e")  # seconds of pure functions, a stage's step on tiny models, the CLI and whole runs
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `slow` (minutes on a 2-core CPU) run only with SSL_KD_SLOW=1; CI skips them."""
+    """The fast tiers first (a broken loss fails in seconds, not after the end-to-end runs; and user models that
+    e2e runs register stay out of the unit tests' registry checks). Tests marked `slow` (minutes on a 2-core CPU)
+    run only with SSL_KD_SLOW=1; CI skips them."""
+    root = Path(__file__).parent
+
+    def tier(item) -> int:
+        parts = Path(str(item.path)).relative_to(root).parts
+        return TIERS.index(parts[0]) if len(parts) > 1 and parts[0] in TIERS else len(TIERS)
+
+    items.sort(key=tier)  # stable: each file's tests stay together and in order
     if os.environ.get("SSL_KD_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: set SSL_KD_SLOW=1 to run")
