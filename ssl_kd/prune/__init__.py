@@ -1,6 +1,6 @@
 """Filter pruning while a stage trains (SFP, SRFP, ASRFP, GHFP) and its export to a physically smaller network.
 
-Pure functions (`functional.py`, checked against an independent implementation in tests/test_prune.py), the
+Pure functions (`functional.py`, checked against an independent implementation in tests/unit/test_prune_parts.py), the
 per-architecture description of prunable convs (`units.py`), the stage-side component holding one model's masks
 (`FilterPruner`), the `prune:` option block any training stage carries (`PruneConfig`), and the export.
 The callback that runs the masks at the stage's lifecycle points is `ssl_kd.callbacks.prune.Prune`.

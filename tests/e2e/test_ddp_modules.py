@@ -1,0 +1,37 @@
+"""A stage's extra trainable module (CTKD's learned temperature) is DDP-wrapped like the models: 2 processes reach
+the same student and temperature as 1, and the module is saved in the stage's weight file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+from helpers import CONFIGS, ROOT, run_cli
+
+ARGS = [
+    "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}", "stages.teacher.epochs=1",
+    "stages.distill.epochs=1", "stages.teacher.augment=none", "stages.distill.augment=none",
+    "stages.distill.temperature_policy=ctkd_global", "stages.distill.ctkd.ramp_epochs=0",
+    "experiment.logger.log_every=5", "experiment.logger.progress=false",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_learned_temperature_under_ddp_matches_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_cli(CONFIGS / "quickstart.yaml", *ARGS, f"experiment.output_dir={one}") == 0
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29523", "-m", "ssl_kd.run",
+           str(CONFIGS / "quickstart.yaml"), *ARGS, f"experiment.output_dir={two}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = torch.load(one / "checkpoints/distill/last.pt", weights_only=True)
+    b = torch.load(two / "checkpoints/distill/last.pt", weights_only=True)
+    theta_a, theta_b = a["modules"]["temperature"]["net.theta"], b["modules"]["temperature"]["net.theta"]
+    assert theta_a != 1.0  # the temperature trained (adversarially, through the GRL)
+    assert torch.allclose(theta_a, theta_b, atol=1e-5)
+    for k, v in a["models"]["student"].items():
+        assert torch.allclose(v, b["models"]["student"][k], atol=1e-5), k

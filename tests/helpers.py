@@ -1,0 +1,340 @@
+"""What the tests share, importable from every tier (pyproject's pytest `pythonpath`) and by benchmarks/ scripts:
+fake data in the real file formats, the CLI with a simulated crash, the exact-resume check, tiny configs, and the
+shipped configs with their short-run overrides. No pytest import here: benchmarks/config_fingerprints.py uses it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from ssl_kd.engine import Callback
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+
+
+# ------------------------------------------------------------------------------------------------ fake data
+def write_fake_npz(
+    path: Path, num_classes: int, per_class_train: int, per_class_test: int, size: int = 32, unlabeled: int = 0
+) -> Path:
+    """Real-format (uint8 NHWC) stand-ins with class-dependent colour so a few steps can learn something."""
+    rng = np.random.default_rng(num_classes)
+
+    def make(per_class):
+        y = np.repeat(np.arange(num_classes), per_class)
+        x = rng.integers(0, 256, size=(len(y), size, size, 3), dtype=np.uint8)
+        x[..., 0] = (y[:, None, None] * 255 // max(1, num_classes - 1)).astype(np.uint8)
+        return x, y.astype(np.int64)
+
+    x_tr, y_tr = make(per_class_train)
+    x_te, y_te = make(per_class_test)
+    extra = {}
+    if unlabeled:
+        extra["x_unlabeled"] = rng.integers(0, 256, size=(unlabeled, size, size, 3), dtype=np.uint8)
+        extra["y_unlabeled"] = np.full(unlabeled, -1, dtype=np.int64)
+    np.savez(path, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, **extra)
+    return path
+
+
+def write_synthetic_folder(folder: Path, num_classes: int, per_class: int, size: int = 32, seed: int = 0) -> Path:
+    """DM-KD-style generated images: PNGs named class_<c>_seed_<s>_num_<i>.png (class-dependent red channel)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for c in range(num_classes):
+        for i in range(per_class):
+            x = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            x[..., 0] = c * 255 // max(1, num_classes - 1)
+            Image.fromarray(x).save(folder / f"class_{c}_seed_{seed + c}_num_{i}.png")
+    return folder
+
+
+def write_fake_plants(path: Path, num_classes: int = 51, per_class_train: int = 3, per_class_test: int = 1) -> Path:
+    """A stand-in for the UCSC plants file (ucsc_plants32.npz): the same keys (dates as 'YYYY-MM-DD', a constant
+    location)."""
+    write_fake_npz(path, num_classes, per_class_train, per_class_test)
+    with np.load(path) as z:
+        arrays = dict(z)
+    rng = np.random.default_rng(51)
+    for split in ("train", "test"):
+        n = len(arrays[f"y_{split}"])
+        days = rng.integers(0, 365 * 3, n)
+        dates = np.datetime64("2019-01-01") + days.astype("timedelta64[D]")
+        arrays[f"date_{split}"] = np.array([str(d) for d in dates])
+        arrays[f"lat_{split}"] = np.full(n, 36.99)
+        arrays[f"lon_{split}"] = np.full(n, -122.06)
+    arrays["label_names"] = np.array([f"species_{i}" for i in range(num_classes)])
+    np.savez(path, **arrays)
+    return path
+
+
+def write_fake_inat(root: Path, num_classes: int = 4, files_per_class: int = 3, size: int = 8) -> Path:
+    """iNaturalist-format JSONs (train_mini.json, val.json) and tiny PNGs under `root`; one image lacks a location.
+    The train JSON lists 520 entries (the shipped config's batch is 512) that reuse a few image files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for split, file, n in (("train_mini", "train_mini.json", 520), ("val", "val.json", 12)):
+        images, anns = [], []
+        for i in range(n):
+            c = i % num_classes
+            name = f"{split}/{c:05d}_cls/{i % (num_classes * files_per_class)}.png"
+            if not (root / name).exists():
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
+                px = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                px[..., 0] = 60 * c
+                Image.fromarray(px).save(root / name)
+            lat = None if i == 0 else float(10 * c - 20)
+            images.append({"id": i, "file_name": name, "latitude": lat, "longitude": float(30 * c),
+                           "date": f"2020-0{1 + c}-15 10:30:00+00:00"})  # fmt: skip
+            anns.append({"id": i, "image_id": i, "category_id": c})
+        cats = [{"id": c, "name": f"cls{c}"} for c in range(num_classes)]
+        (root / file).write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+def make_fake_data_root(root: Path) -> Path:
+    """A data.root holding tiny cifar10.npz / cifar100.npz and the other shipped configs' datasets (svhn, stl10, the
+    plant photos with dates, an iNaturalist folder, a DM-KD-style synthetic folder), so every shipped config can run
+    offline."""
+    root.mkdir(parents=True, exist_ok=True)
+    write_synthetic_folder(root / "dmkd_cifar100", 100, 2)  # 200 >= the shipped batch size
+    write_fake_npz(root / "cifar10.npz", 10, 52, 10)  # >= 512 train images: the linear probe's batch
+    write_fake_npz(root / "cifar100.npz", 100, 2, 1)
+    write_fake_npz(root / "svhn.npz", 10, 20, 10, unlabeled=40)
+    write_fake_npz(root / "stl10.npz", 10, 4, 2, size=96, unlabeled=40)
+    write_fake_plants(root / "ucsc_plants32.npz")
+    write_fake_inat(root)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def run_cli(*args: Any) -> int:
+    """`python -m ssl_kd.run ARGS` in this process; returns its exit code."""
+    from ssl_kd.run import main
+
+    return main([str(a) for a in args])
+
+
+class Crash(Callback):
+    """Simulates a crash (Ctrl-C) right after global step `at`; the run then resumes from its last checkpoint."""
+
+    order = 1000
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, runner, terms) -> None:
+        if runner.global_step == self.at:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def crash_at(at: int) -> Iterator[None]:
+    """Inside the block every run gets a `Crash(at)` callback after its own; the callbacks are as before after it."""
+    import ssl_kd.callbacks as callbacks_mod
+
+    orig = callbacks_mod.experiment_callbacks
+    callbacks_mod.experiment_callbacks = lambda cfg: [*orig(cfg), Crash(at)]
+    try:
+        yield
+    finally:
+        callbacks_mod.experiment_callbacks = orig
+
+
+def run_crashing(at: int, *args: Any) -> int:
+    """run_cli with a simulated crash after global step `at` (exit 130)."""
+    with crash_at(at):
+        return run_cli(*args)
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+def load_checkpoint(run: Path, rel: str = "checkpoints/last.pt") -> dict:
+    return torch.load(run / rel, weights_only=True)
+
+
+def read_records(run: Path, drop: Sequence[str] = ("it_s",)) -> list[dict]:
+    """metrics.jsonl without its wall-clock field (it/s), the only one that differs between equal runs."""
+    from ssl_kd.engine import read_metrics
+
+    return [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(run)]
+
+
+def assert_same_tree(a: Any, b: Any, where: str = "") -> None:
+    """Nested dicts / lists of tensors and plain values: the same keys and bit-identical tensors."""
+    if isinstance(a, Mapping):
+        assert isinstance(b, Mapping) and a.keys() == b.keys(), f"{where}: keys differ"
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}" if where else str(k))
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _part(run: Path, spec: str) -> Any:
+    """'file.pt' or 'file.pt:key.sub': a run folder's file (relative path), or a part of it."""
+    rel, _, keys = spec.partition(":")
+    obj = load_checkpoint(run, rel)
+    for k in filter(None, keys.split(".")):
+        obj = obj[k]
+    return obj
+
+
+Args = Sequence[Any] | Callable[[Path], Sequence[Any]]
+
+
+def _argv(args: Args, out: Path) -> list[Any]:
+    """`args` is the CLI's arguments (the output folder is appended) or a function of the output folder."""
+    return list(args(out)) if callable(args) else [*args, f"experiment.output_dir={out}"]
+
+
+def assert_resume_exact(
+    args: Args,
+    at: int,
+    tmp: Path,
+    *,
+    full: Path | None = None,
+    compare: Sequence[str] = ("checkpoints/last.pt:models",),
+    metrics: bool = False,
+    after_crash: Callable[[Path], None] | None = None,
+) -> tuple[Path, Path]:
+    """Exact resume: run uninterrupted (into tmp/full, unless `full` names a finished run of the same arguments); run
+    again into tmp/cut with a simulated crash after global step `at` (exit 130), call `after_crash(cut)` (to look at
+    the checkpoint it left), `--resume` it; then every part named in `compare` ('file' or 'file:key.sub', relative
+    to the run folder; default: every model's final weights) is bit-identical, and with `metrics` so is every
+    metrics record (less it/s). Returns (full, cut) for the test's own further checks."""
+    if full is None:
+        full = tmp / "full"
+        assert run_cli(*_argv(args, full)) == 0
+    cut = tmp / "cut"
+    assert run_crashing(at, *_argv(args, cut)) == 130
+    if after_crash is not None:
+        after_crash(cut)
+    assert run_cli(cut / "config.yaml", "--resume") == 0
+    for spec in compare:
+        assert_same_tree(_part(full, spec), _part(cut, spec), spec)
+    if metrics:
+        assert read_records(full) == read_records(cut)
+    return full, cut
+
+
+# ------------------------------------------------------------------------------------------------ tiny configs
+def tiny_config(
+    path: Path,
+    models: dict,
+    stages: dict,
+    *,
+    data: dict | None = None,
+    name: str = "t",
+    seed: int = 0,
+    log_every: int = 1,
+) -> Path:
+    """A YAML of the embedded digits data (8 px, 10 classes, no download) with the given models and stages: a run of
+    seconds, no progress bar, every step logged. `data` adds to (or replaces) the data keys."""
+    cfg = {
+        "experiment": {"name": name, "seed": seed, "logger": {"progress": False, "log_every": log_every}},
+        "data": {"dataset": "digits", "num_workers": 0, **(data or {})},
+        "models": models,
+        "stages": stages,
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+TINY_VIT = {"image_size": 8, "patch_size": 2, "depth": 1, "dim": 32, "heads": 2}  # a `vit` on digits: a 4x4 patch grid
+
+
+# ------------------------------------------------------------------------------------------------ shipped configs
+SSL_TYPES = {"fixmatch", "flexmatch", "fullmatch", "fullflex"}
+ROTATION_TYPES = {"hsakd_teacher", "hsakd", "hssakd_online", "sskd_head", "sskd"}  # 4 rotated rows per image
+
+
+def shipped_configs() -> list[Path]:
+    """Every runnable YAML under configs/ (the `_base_` pieces are not)."""
+    return sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
+
+
+def fit_labels(raw: dict) -> list[str]:
+    """The fake files hold a few images per class: one label per class instead of the paper's count."""
+    if raw.get("data", {}).get("ssl", {}).get("num_labels"):
+        return [f"data.ssl.num_labels={100 if raw['data'].get('dataset') == 'cifar100' else 10}"]
+    return []
+
+
+def tiny_overrides(path: Path, data_root: Path) -> list[str]:
+    """Shrink a config to seconds: 2 steps per stage, small batches, tiny data (and, for SSL, 1 label per class
+    and mu = 1, since the fake files hold a few images per class); the models are the shipped (paper) sizes.
+    benchmarks/config_fingerprints.py hashes the runs these give: change them and its old hashes no longer apply."""
+    from ssl_kd.config import load_yaml
+
+    raw = load_yaml(path)
+    out = [f"data.root={data_root}", "data.num_workers=0", "data.limit_test=50", *fit_labels(raw)]
+    if raw.get("data", {}).get("dataset") == "inat":
+        out.append("data.image_size=32")  # the fake iNat photos are 8 px; 224 px ResNet-50 steps cost a minute
+    for name, st in raw.get("stages", {}).items():
+        batch = 4 if st.get("type") in ROTATION_TYPES else 16  # the same rows per step
+        out += [f"stages.{name}.epochs=None", f"stages.{name}.iters=2", f"stages.{name}.batch_size={batch}",
+                f"stages.{name}.eval.batch_size=25"]  # fmt: skip
+        if st.get("type") in SSL_TYPES:
+            out.append(f"stages.{name}.uratio=1")
+        if "unlabeled_batch_size" in st:
+            out.append(f"stages.{name}.unlabeled_batch_size=16")
+    return out
+
+
+# the smallest member of each shipped model's family: the same class, hence the same code path (stage-based for
+# HSAKD's exits, prunable units, feature maps for PAD / CSKD, the distillation token), at a fraction of the cost
+SMALL_ARCH: dict[str, tuple[str, dict[str, Any]]] = {
+    **{a: ("resnet8", {}) for a in ("resnet20", "resnet32", "resnet56", "resnet32x4", "resnet8x4")},
+    **{a: ("wrn_16_1", {}) for a in ("wrn_40_2", "wrn_16_2")},
+    "wrn_28_8": ("wrn_28_2", {}),
+    "resnet34": ("resnet18", {}),
+    "cifar_resnet18": ("cifar_resnet18", {"width": 8}),
+    "vit_cifar_tiny": ("vit", {"depth": 1, "dim": 32, "heads": 2}),
+}
+
+
+def small_model(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(arch, kwargs) of the small stand-in for a config's model entry (its own kwargs kept, multi_exit's backbone
+    shrunk the same way)."""
+    arch, kwargs = spec["arch"], dict(spec.get("kwargs") or {})
+    if arch == "multi_exit":
+        backbone, extra = SMALL_ARCH.get(kwargs.get("backbone", "cifar_resnet18"), (kwargs.get("backbone"), {}))
+        return arch, {**kwargs, "backbone": backbone, "backbone_kwargs": {**(kwargs.get("backbone_kwargs") or {}),
+                                                                          **extra}}  # fmt: skip
+    small, extra = SMALL_ARCH.get(arch, (arch, {}))
+    return small, {**kwargs, **extra}
+
+
+def small_overrides(path: Path, data_root: Path) -> list[str]:
+    """tiny_overrides with half its batches, and every model swapped for the small member of its family (SMALL_ARCH):
+    every stage still runs its own code, in about a second rather than the minute a paper-size ResNet-32x4 chain
+    takes on a CPU."""
+    from ssl_kd.config import load_yaml
+
+    raw = load_yaml(path)
+    out = [*tiny_overrides(path, data_root), "data.limit_test=20"]  # later overrides win
+    for name, st in raw.get("stages", {}).items():  # half tiny_overrides' batches, 2 evaluation batches
+        batch = 2 if st.get("type") in ROTATION_TYPES else 8
+        out += [f"stages.{name}.batch_size={batch}", f"stages.{name}.eval.batch_size=10"]
+        if "unlabeled_batch_size" in st:
+            out.append(f"stages.{name}.unlabeled_batch_size=8")
+    for name, spec in raw.get("models", {}).items():
+        arch, kwargs = small_model(spec)
+        if (arch, kwargs) != (spec["arch"], spec.get("kwargs") or {}):
+            out += [f"models.{name}.arch={arch}", f"models.{name}.kwargs={json.dumps(kwargs)}"]
+    return out
