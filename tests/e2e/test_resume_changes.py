@@ -43,9 +43,9 @@ def test_changes_to_a_stage_not_started_are_accepted(crashed, tmp_path, capsys):
     capsys.readouterr()
     assert run_cli(run / "config.yaml", "--resume", "stages.distill.temperature=2.0") == 0
     out = capsys.readouterr().out
-    assert "stages that have not started yet changed" in out and "stages.distill.temperature: 4.0 -> 2.0" in out
+    assert "stages that have not started yet changed" in out and "stages.distill.temperature.tau: 4.0 -> 2.0" in out
     assert f"Resuming {run} at stage 'teacher' (1/2) at step 4" in out
-    assert yaml.safe_load((run / "config.yaml").read_text())["stages"]["distill"]["temperature"] == 2.0
+    assert yaml.safe_load((run / "config.yaml").read_text())["stages"]["distill"]["temperature"]["tau"] == 2.0
     a, b = weights(ref), weights(run)
     assert all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])  # exactly the changed run
 

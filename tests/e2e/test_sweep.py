@@ -75,4 +75,4 @@ def test_wandb_config_values_apply_as_overrides(tmp_path, monkeypatch):
     assert extra["stages.distill.temperature"] == 3.0 and extra["experiment.seed"] == 7
     assert extra["experiment.output_dir"] == "runs/quickstart/sweep-abc123"
     cfg2, _ = resolve_config(ROOT / "configs" / "quickstart.yaml", list(extra.items()))
-    assert cfg2.stages["distill"].temperature == 3.0 and cfg2.experiment.logger.wandb is not None
+    assert cfg2.stages["distill"].temperature.tau == 3.0 and cfg2.experiment.logger.wandb is not None

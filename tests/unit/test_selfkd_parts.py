@@ -64,14 +64,17 @@ def _old_cutmix(x, y, alpha, c):
 
 @pytest.mark.parametrize("fn,old,alpha", [("mixup", _old_mixup, 0.0), ("mixup", _old_mixup, 0.4),
                                           ("cutmix", _old_cutmix, 1.0)])  # fmt: skip
-def test_legacy_mixup_and_cutmix_are_bit_identical(fn, old, alpha):
+def test_mixup_and_cutmix_draws_equal_the_transcription(fn, old, alpha):
+    """A mix drawn and applied as a stage does (sample_*, one_hot, mix_tensors) equals the transcription."""
     x, y = torch.randn(6, 3, 7, 9), torch.randint(0, 5, (6,))
     for seed in range(10):
         torch.manual_seed(seed)
         a = old(x, y, alpha, 5)
         torch.manual_seed(seed)
-        b = getattr(mixing, fn)(x, y, alpha, 5)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        n = x.shape[0]
+        mix = mixing.sample_mixup(n, alpha) if fn == "mixup" else mixing.sample_cutmix(n, alpha, x.shape[-2:])
+        b = mixing.mix_tensors({"x": x, "y": mixing.one_hot(y, 5, x.dtype)}, mix)
+        assert torch.equal(a[0], b["x"]) and torch.equal(a[1], b["y"])
 
 
 def test_one_mix_applies_to_every_tensor_of_a_dict():
