@@ -49,7 +49,7 @@ def _run_state(name: str) -> property:
     return property(lambda self: getattr(self.state, name), lambda self, v: setattr(self.state, name, v))
 
 
-class StageContextOf:
+class RunnerStageContext:
     """The Runner's `StageContext` for one stage: the run's models, the stage's data services, its seed and the few
     things a stage may do to the run, and what the runner prepares for its forward passes."""
 
@@ -119,7 +119,7 @@ class Runner:
         self.experiment_callbacks = list(callbacks or [])
         self.make_stage_callbacks = stage_callbacks or (lambda runner, stage: [])
         self.backward = None  # the optimizer's backward strategy for the current stage
-        self.context: StageContextOf | None = None  # the current stage's
+        self.context: RunnerStageContext | None = None  # the current stage's
         self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run, device=self.device)
         self._stage_services: dict[str, DataServices] = {}  # stages with their own `data:`
         self.evaluator = Evaluator(self.services, self.accelerator, cfg.data.num_workers)
@@ -144,13 +144,6 @@ class Runner:
     @property
     def data(self):  # -> DatasetBundle
         return self.stage_services.data
-
-    def transform(self, kind: str):
-        return self.stage_services.transform(kind)
-
-    def ssl_split(self):
-        """Labelled/unlabelled indices: computed once per run, saved in the run folder, reloaded on resume."""
-        return self.stage_services.ssl_split(self.stage.name if self.stage else None)
 
     def one_pass(self, dataset, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over a stream dataset, this rank's share, on the device (see `Stage.one_pass`)."""
@@ -226,7 +219,7 @@ class Runner:
 
     def new_stage(self, index: int, name: str, scfg: StageConfig) -> Stage:
         """Stage `name` of the schedule, with its context (kept as `self.context` for the loop)."""
-        self.context = StageContextOf(self, name, scfg, index)
+        self.context = RunnerStageContext(self, name, scfg, index)
         return stage_types()[scfg.type](name, scfg, self.context)
 
     def plan(self) -> str:
