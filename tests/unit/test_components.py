@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import pytest
 import torch
@@ -162,3 +163,36 @@ def test_temperature_policies():
         build({"policy": "dtdd"})
     with pytest.raises(ValidationError, match="hidden"):  # each policy validates its own options
         build({"policy": "dtd", "hidden": 8})
+
+
+def test_a_new_policy_is_one_class_and_one_register_line(monkeypatch):
+    """What the SSL-breadth work will do five times: register a threshold policy with its own options; a config
+    names it, its options are validated (typos at their YAML path), dumped whole, and the stage builds it."""
+    from ssl_kd.components.threshold import ThresholdOptions
+    from ssl_kd.config import validate_config
+    from ssl_kd.errors import UserError
+
+    monkeypatch.setattr(THRESHOLD, "_table", dict(THRESHOLD._table))  # the registration ends with the test
+
+    @THRESHOLD.register("ramp")
+    class RampThreshold(FixedThreshold):
+        class Options(ThresholdOptions):
+            type: Literal["ramp"] = "ramp"
+            start: float = 0.5
+
+        def __init__(self, opts, **context):
+            super().__init__(opts)
+            self.start = opts.start
+
+    stage = {"type": "fixmatch", "train": ["net"], "threshold": {"type": "ramp", "start": 0.3}}
+    raw = {
+        "models": {"net": {"arch": "mlp"}},
+        "data": {"dataset": "digits", "ssl": {"num_labels": 20}},
+        "stages": {"s": stage},
+    }
+    opts = validate_config(raw).stages["s"].threshold
+    assert opts.model_dump() == {"type": "ramp", "tau": 0.95, "start": 0.3}
+    assert THRESHOLD.build(opts).start == 0.3 and "ramp" in THRESHOLD.names()
+    raw["stages"]["s"]["threshold"] = {"type": "ramp", "strat": 0.3}
+    with pytest.raises(UserError, match=r"stages\.s\.threshold\.strat: unknown key\. Did you mean 'start'\?"):
+        validate_config(raw)
