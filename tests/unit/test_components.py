@@ -196,3 +196,21 @@ def test_a_new_policy_is_one_class_and_one_register_line(monkeypatch):
     raw["stages"]["s"]["threshold"] = {"type": "ramp", "strat": 0.3}
     with pytest.raises(UserError, match=r"stages\.s\.threshold\.strat: unknown key\. Did you mean 'start'\?"):
         validate_config(raw)
+
+
+def test_old_threshold_keys_become_the_block_with_a_note():
+    from ssl_kd.config import validate_config
+
+    stage = {"type": "fixmatch", "train": ["net"], "threshold": "flex", "tau": 0.9, "flex_warmup": False}
+    raw = {
+        "models": {"net": {"arch": "mlp"}},
+        "data": {"dataset": "digits", "ssl": {"num_labels": 20}},
+        "stages": {"s": stage},
+    }
+    cfg = validate_config(raw)
+    assert cfg.stages["s"].threshold.model_dump() == {"type": "flex", "tau": 0.9, "warmup": False}
+    assert cfg._deprecations["s"] == [
+        "`tau, flex_warmup` is now part of the threshold block: `threshold: {tau: 0.9, warmup: False}`"
+    ]
+    preset = validate_config({**raw, "stages": {"s": {"type": "flexmatch", "train": ["net"], "tau": 0.8}}})
+    assert preset.stages["s"].threshold.model_dump() == {"type": "flex", "tau": 0.8, "warmup": True}  # keeps its preset
