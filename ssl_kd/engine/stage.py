@@ -172,7 +172,7 @@ class Stage:
         """Extra things to evaluate besides the models, by name (e.g. an ensemble of the stage's models)."""
         return {}
 
-    # ================================================================ what the runner offers a method
+    # ================================================================ what the engine offers a method
     @property
     def data(self) -> DatasetBundle:
         """The stage's dataset: its own `data:` block when it has one, else the run's."""
