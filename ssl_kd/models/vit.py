@@ -7,7 +7,8 @@ linear heads read them:
 * ``dist_head`` on the DeiT distillation token (``dist_token: true``), in ``aux["dist"]``;
 * ``patch_head`` on every patch token: dense per-patch logits (B, C, h, w) in ``aux["dense"]`` when the forward is
   called with ``return_dense=True`` (the model contract's dense logits; CSKD distils a CNN's spatial responses into
-  them).
+  them). ``dense_head="dist"`` reads the patch tokens with ``dist_head`` instead, as CSKD's official code does
+  (Zzzzz1/CSKD@fa0d8b8, cskd/models/vision_transformer.py ``VisionTransformer.forward``).
 
 ``feats`` are the patch tokens as (B, D, h, w) maps after the embedding and after each encoder block. With a
 distillation token, ``predict`` scores the mean of the two heads (DeiT's test-time rule) as the headline, and each
@@ -17,6 +18,7 @@ head alone as ``cls`` / ``dist``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +65,7 @@ class ViT(ClassifierModel):
             nn.init.zeros_(self.dist_head.bias)
             self.num_prefix = 2
         else:
-            self.dist_token = None
+            self.dist_token, self.dist_head = None, None
         self.feat_dim = dim
         self.feat_channels = (dim,) * (depth + 1)
 
@@ -93,7 +95,12 @@ class ViT(ClassifierModel):
         return t[:, self.num_prefix :].transpose(1, 2).reshape(t.shape[0], -1, self.grid, self.grid)
 
     def forward(
-        self, x: Tensor, return_feats: bool | Sequence[int] = False, return_dense: bool = False, **inputs: Tensor
+        self,
+        x: Tensor,
+        return_feats: bool | Sequence[int] = False,
+        return_dense: bool = False,
+        dense_head: Literal["patch", "dist"] = "patch",
+        **inputs: Tensor,
     ) -> ModelOutput:
         if inputs:
             self._bad_inputs(inputs)
@@ -103,8 +110,15 @@ class ViT(ClassifierModel):
         if self.dist_token is not None:
             aux["dist"] = self.dist_head(t[:, 1])
         if return_dense:
-            aux["dense"] = self._grid(self.patch_head(t))  # (B, C, h, w)
+            aux["dense"] = self._grid(self._dense_head(dense_head)(t))  # (B, C, h, w)
         return ModelOutput(self.fc(feat), feat, select_maps(maps, return_feats), aux)
+
+    def _dense_head(self, which: str) -> nn.Module:
+        if which == "patch":
+            return self.patch_head
+        if which == "dist" and self.dist_head is not None:
+            return self.dist_head
+        raise ValueError(f"dense_head {which!r}: 'patch', or 'dist' for a ViT built with dist_token: true")
 
     def predict(self, batch) -> Prediction:
         out = self(batch["x"])

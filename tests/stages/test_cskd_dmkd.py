@@ -56,44 +56,62 @@ def train_records(out):
     return [r for r in read_metrics(out) if r["kind"] == "train"]
 
 
-def test_cskd_stage_beta_schedule_and_patch_term(tmp_path, teacher_file):
-    """cnn_small's last map on 8 px digits is 2x2; the ViT's patch grid 4x4 is pooled to it."""
-    cfg = write_config(tmp_path / "c.yaml", teacher_file, {"arch": "vit", "kwargs": TINY_VIT}, {"type": "cskd"})
+DIST_VIT = {"arch": "vit", "kwargs": {**TINY_VIT, "dist_token": True}}
+
+
+def test_cskd_official_defaults_beta_per_epoch_prediction_and_resume(tmp_path, teacher_file):
+    """The official code's defaults (Zzzzz1/CSKD@fa0d8b8): beta = epoch / epochs per 0-based epoch, the patch term,
+    and the (cls + dist + dense) / 3 prediction as the headline. cnn_small's last map on 8 px digits is 2x2; the
+    ViT's 4x4 patch grid is pooled to it. Kill mid-run + resume = the same weights."""
+    stage = {"type": "cskd", "iters": None, "epochs": 2, "checkpoint": {"every": 4, "unit": "steps"},
+             "eval": {"every": 2}}  # fmt: skip
+    cfg = write_config(tmp_path / "c.yaml", teacher_file, DIST_VIT, stage, data={"limit_train": 96})
+    full, _ = assert_resume_exact([cfg], 4, tmp_path)
+    recs = train_records(full)
+    assert [r["train/beta"] for r in recs] == pytest.approx([0.0] * 3 + [0.5] * 3)  # 3 steps per epoch
+    assert all(math.isfinite(r["train/patch"]) and r["train/patch"] > 0 for r in recs)
+    last = [r for r in read_metrics(full) if r["kind"] == "eval"][-1]
+    # the headline is the first named prediction (avg3); then DeiT's avg and each output alone
+    assert {"test/student/top1", "test/student/avg/top1", "test/student/dense/top1"} <= set(last)
+
+
+def test_cskd_earlier_reading_as_options(tmp_path, teacher_file):
+    """Our first reading of the paper, one key each: a plain ViT, class token, soft KD, probability fusion averaged
+    over positions, a separate patch head, the model's own prediction, beta per step."""
+    stage = {"type": "cskd", "token": "cls", "token_kd": "soft", "token_reduction": "batch", "patch_kd": "soft_ce",
+             "patch_reduction": "mean", "fusion": "probs", "patch_head": "separate", "predict": "model",
+             "loss_weights": {"ce": 1.0, "kd": 1.0}, "beta": {"shape": "linear", "unit": "step"}}  # fmt: skip
+    cfg = write_config(tmp_path / "c.yaml", teacher_file, {"arch": "vit", "kwargs": TINY_VIT}, stage)
     assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r'}") == 0
     recs = train_records(tmp_path / "r")
     assert [r["train/beta"] for r in recs] == pytest.approx([k / 8 for k in range(8)])  # linear 0 -> 1 per step
     assert all(math.isfinite(r["train/patch"]) and r["train/patch"] > 0 for r in recs)
     evals = [r for r in read_metrics(tmp_path / "r") if r["kind"] == "eval"]
-    assert "test/student/top1" in evals[-1]
-    # a cosine per-epoch beta is one config key away
-    cfg2 = write_config(tmp_path / "c2.yaml", teacher_file, {"arch": "vit", "kwargs": TINY_VIT},
-                        {"type": "cskd", "beta": {"shape": "cosine", "unit": "epoch"}, "iters": None, "epochs": 2,
-                         "eval": {"every": 2}}, data={"limit_train": 96})  # fmt: skip
-    assert run_cli(cfg2, f"experiment.output_dir={tmp_path / 'r2'}") == 0
-    betas = sorted({round(r["train/beta"], 6) for r in train_records(tmp_path / "r2")})
-    assert betas == [0.0, 0.5]  # epochs 0, 1 of 2: (1 - cos(pi f)) / 2 at f = 0, 1/2
+    assert "test/student/top1" in evals[-1] and "test/student/dense/top1" not in evals[-1]
 
 
 def test_cskd_distillation_token_baseline_and_resume(tmp_path, teacher_file):
-    """DeiT-style: distillation token, hard teacher labels, no patch term; kill mid-run + resume = same weights."""
-    student = {"arch": "vit", "kwargs": {**TINY_VIT, "dist_token": True}}
+    """DeiT-style: distillation token, hard teacher labels, no patch term (so no beta, and the model's own
+    (cls + dist) / 2 prediction); kill mid-run + resume = same weights."""
     stage = {
         "type": "cskd", "token": "dist", "token_kd": "hard", "loss_weights": {"ce": 0.5, "kd": 0.5, "patch": 0.0},
         "iters": 10, "checkpoint": {"every": 4, "unit": "steps"}, "eval": {"every": 10, "unit": "steps"},
     }  # fmt: skip
-    cfg = write_config(tmp_path / "d.yaml", teacher_file, student, stage)
+    cfg = write_config(tmp_path / "d.yaml", teacher_file, DIST_VIT, stage)
     full, _ = assert_resume_exact([cfg], 6, tmp_path)
-    assert "train/patch" not in train_records(full)[0]
-    assert "test/student/dist/top1" in [r for r in read_metrics(full) if r["kind"] == "eval"][-1]
+    assert "train/patch" not in train_records(full)[0] and "train/beta" not in train_records(full)[0]
+    last = [r for r in read_metrics(full) if r["kind"] == "eval"][-1]
+    assert "test/student/dist/top1" in last and "test/student/dense/top1" not in last
 
 
 def test_cskd_bad_configs(tmp_path, teacher_file, capsys):
-    cfg = write_config(tmp_path / "e.yaml", teacher_file, {"arch": "vit", "kwargs": TINY_VIT},
-                       {"type": "cskd", "token": "dist"})  # fmt: skip
-    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r'}") == 2
-    assert "dist_token: true" in capsys.readouterr().err
-    cfg = write_config(tmp_path / "f.yaml", teacher_file, {"arch": "vit", "kwargs": TINY_VIT},
-                       {"type": "cskd", "loss_weights": {"patches": 1.0}})  # fmt: skip
+    for i, extra in enumerate([{}, {"token": "cls", "patch_head": "separate"}]):  # the defaults need a dist token
+        cfg = write_config(tmp_path / f"e{i}.yaml", teacher_file, {"arch": "vit", "kwargs": TINY_VIT},
+                           {"type": "cskd", **extra})  # fmt: skip
+        assert run_cli(cfg, f"experiment.output_dir={tmp_path / f'r{i}'}") == 2
+        err = capsys.readouterr().err
+        assert "dist_token: true" in err and ("predict: official" in err if extra else "token: dist" in err)
+    cfg = write_config(tmp_path / "f.yaml", teacher_file, DIST_VIT, {"type": "cskd", "loss_weights": {"patches": 1.0}})
     assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r2'}") == 2
     assert "stages.distill.loss_weights" in capsys.readouterr().err
 
