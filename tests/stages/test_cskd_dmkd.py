@@ -61,10 +61,11 @@ DIST_VIT = {"arch": "vit", "kwargs": {**TINY_VIT, "dist_token": True}}
 
 def test_cskd_official_defaults_beta_per_epoch_prediction_and_resume(tmp_path, teacher_file):
     """The official code's defaults (Zzzzz1/CSKD@fa0d8b8): beta = epoch / epochs per 0-based epoch, the patch term,
-    and the (cls + dist + dense) / 3 prediction as the headline. cnn_small's last map on 8 px digits is 2x2; the
-    ViT's 4x4 patch grid is pooled to it. Kill mid-run + resume = the same weights."""
+    and the (cls + dist + dense) / 3 prediction as the headline, of the EMA model too (the code keeps one).
+    cnn_small's last map on 8 px digits is 2x2; the ViT's 4x4 patch grid is pooled to it. Kill mid-run + resume =
+    the same weights."""
     stage = {"type": "cskd", "iters": None, "epochs": 2, "checkpoint": {"every": 4, "unit": "steps"},
-             "eval": {"every": 2}}  # fmt: skip
+             "eval": {"every": 2}, "ema": {"enabled": True, "decay": 0.9}}  # fmt: skip
     cfg = write_config(tmp_path / "c.yaml", teacher_file, DIST_VIT, stage, data={"limit_train": 96})
     full, _ = assert_resume_exact([cfg], 4, tmp_path)
     recs = train_records(full)
@@ -73,6 +74,7 @@ def test_cskd_official_defaults_beta_per_epoch_prediction_and_resume(tmp_path, t
     last = [r for r in read_metrics(full) if r["kind"] == "eval"][-1]
     # the headline is the first named prediction (avg3); then DeiT's avg and each output alone
     assert {"test/student/top1", "test/student/avg/top1", "test/student/dense/top1"} <= set(last)
+    assert "test/student/raw_dense/top1" in last  # the live model beside the EMA one
 
 
 def test_cskd_earlier_reading_as_options(tmp_path, teacher_file):
