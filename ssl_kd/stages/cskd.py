@@ -10,7 +10,7 @@ ICCV 2023, arXiv 2307.08500). The defaults follow the authors' code, Zzzzz1/CSKD
     prediction = (z_cls + z_dist + mean_i S_i) / 3
 
 i.e. (1 - alpha) base + alpha L_deit + w L_cskd with alpha = 0.5 and w = 1. Each of our earlier readings of the
-paper is an option: `fusion: probs`, `patch_kd: kl | soft_ce` with `patch_reduction`, `token: cls`, `token_kd: soft`
+paper is an option: `fusion: probs`, `patch_kd: soft_ce` with `patch_reduction: mean`, `token: cls`, `token_kd: soft`
 with `token_reduction`, `patch_head: separate`, `predict: model`, a per-step `beta`. With `loss_weights.patch: 0`
 (no dense forward; `predict` then defaults to the model's own (z_cls + z_dist) / 2) the stage is the DeiT
 distillation baseline for the same pair. The official code's `x2` / `cos` decays are not offered (its default is
