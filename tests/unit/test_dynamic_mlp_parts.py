@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import write_fake_inat, write_fake_npz, write_fake_plants
 
 from ssl_kd.data import load_dataset
@@ -96,6 +97,26 @@ def test_bad_arguments_are_rejected():
         encode_metadata(x, x, x, x + 365, use=("where",))
     with pytest.raises(ValueError, match="equal length"):
         encode_metadata(x, x, torch.zeros(3), x + 365)
+
+
+# ================================================================================================ label smoothing
+def test_label_smoothing_conventions_by_hand():
+    """C = 4, z = [0, 0, 0, ln 5] (p = [1, 1, 1, 5] / 8), y = 3, eps = 0.3. off_target (DynamicMLP's
+    LabelSmoothingLoss): t = [0.1, 0.1, 0.1, 0.7], CE = ln 8 - 0.7 ln 5; uniform: t = [.075, .075, .075, .775],
+    CE = ln 8 - 0.775 ln 5 (= F.cross_entropy(label_smoothing=0.3))."""
+    from ssl_kd.losses import smooth_targets, soft_cross_entropy
+
+    z, q = torch.tensor([[0.0, 0.0, 0.0, math.log(5)]]), torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    off, uni = smooth_targets(q, 0.3, "off_target"), smooth_targets(q, 0.3, "uniform")
+    assert torch.allclose(off, torch.tensor([[0.1, 0.1, 0.1, 0.7]])) and torch.allclose(uni[0, :3], torch.tensor(0.075))
+    assert soft_cross_entropy(z, off).item() == pytest.approx(math.log(8) - 0.7 * math.log(5), abs=1e-6)
+    assert soft_cross_entropy(z, uni).item() == pytest.approx(math.log(8) - 0.775 * math.log(5), abs=1e-6)
+    assert torch.allclose(soft_cross_entropy(z, uni), F.cross_entropy(z, torch.tensor([3]), label_smoothing=0.3))
+    # a lam-mix of one-hots: lam t(y_a) + (1 - lam) t(y_b), entry by entry, in both conventions
+    mixed = torch.tensor([[0.25, 0.0, 0.0, 0.75]])
+    assert torch.allclose(smooth_targets(mixed, 0.3, "off_target"), torch.tensor([[0.25, 0.1, 0.1, 0.55]]))
+    assert torch.allclose(smooth_targets(mixed, 0.3, "uniform"), torch.tensor([[0.25, 0.075, 0.075, 0.6]]))
+    assert smooth_targets(q, 0.0, "off_target") is q
 
 
 # ================================================================================================ models
