@@ -1,6 +1,6 @@
 """Pure loss functions: no state, no config; stages compose them."""
 
-from ssl_kd.losses.ce import accuracy, soft_cross_entropy
+from ssl_kd.losses.ce import SmoothingConvention, accuracy, smooth_targets, soft_cross_entropy
 from ssl_kd.losses.contrastive import (
     contrast_exp_scores,
     crd_nce_loss,
@@ -84,6 +84,8 @@ __all__ = [
     "mixskd_losses",
     "mixup_ce",
     "nce_normaliser",
+    "smooth_targets",
+    "SmoothingConvention",
     "soft_cross_entropy",
     "topk_rank",
     # SSKD

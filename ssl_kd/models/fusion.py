@@ -1,10 +1,11 @@
 """Metadata heads on the pooled image feature: DynamicMLP (variants A/B/C) and the concatenation baseline.
 
-DynamicMLP (Yang et al., CVPR 2022; ylingfeng/DynamicMLP@773197c5 models/dynamic_mlp.py): the
-encoded location/date ``meta`` goes through the location net (FCNet) to a 256-d embedding ``loc``; the pooled image
-feature ``img`` is projected to ``mlp_d``, passed through ``mlp_n`` dynamic blocks whose per-sample weights are
-generated from ``loc`` (A), from ``loc`` with a separate image branch (B) or from concat[h, loc] (C, default),
-projected back to the feature width with a LayerNorm, and added to ``img``; the backbone's ``fc`` reads the sum.
+DynamicMLP (Yang et al., CVPR 2022; ylingfeng/DynamicMLP@773197c5 models/dynamic_mlp.py): the encoded
+location/date ``meta`` goes through the location net (FCNet, 256 wide) to an ``mlp_d``-d embedding ``loc`` (FCNet's
+``num_classes=mlp_d`` in models/resnet_dynamic_mlp.py, every block's ``loc_planes=planes``); the pooled image feature
+``img`` is projected to ``mlp_d``, passed through ``mlp_n`` dynamic blocks whose per-sample weights are generated
+from ``loc`` (A), from ``loc`` with a separate image branch (B) or from concat[h, loc] (C, default), projected back
+to the feature width with a LayerNorm, and added to ``img``; the backbone's ``fc`` reads the sum.
 
 Any registered model carries it: ``create_model("resnet50", C, head={"type": "dynamic_mlp", "variant": "c"})`` or
 in YAML ``models.net: {arch: resnet50, head: {type: dynamic_mlp, variant: c}}``. The model then declares the
@@ -97,14 +98,13 @@ class DynamicBlock(nn.Module):
 
 class FusionModule(nn.Module):
     """img (B, D) -> Linear(D -> d) -> N dynamic blocks (d -> h -> ... -> d; N = 1: d -> d) -> LN(Linear(d -> D))
-    + img. ``loc`` (B, loc_dim) is the same for every block."""
+    + img. ``loc`` (B, d) is the same for every block: the reference's ``loc_planes`` is ``planes`` = d."""
 
-    def __init__(self, feat_dim: int, loc_dim: int = 256, d: int = 256, h: int = 64, n: int = 2,
-                 variant: Variant = "c") -> None:  # fmt: skip
+    def __init__(self, feat_dim: int, d: int = 256, h: int = 64, n: int = 2, variant: Variant = "c") -> None:
         super().__init__()
         dims = [d, d] if n == 1 else [d] + [h] * (n - 1) + [d]
         self.proj_in = nn.Linear(feat_dim, d)
-        self.blocks = nn.ModuleList(DynamicBlock(a, b, loc_dim, variant) for a, b in zip(dims[:-1], dims[1:]))
+        self.blocks = nn.ModuleList(DynamicBlock(a, b, d, variant) for a, b in zip(dims[:-1], dims[1:]))
         self.proj_out = nn.Linear(d, feat_dim)
         self.norm = nn.LayerNorm(feat_dim)
 
@@ -116,14 +116,15 @@ class FusionModule(nn.Module):
 
 
 class DynamicMLPHead(nn.Module):
-    """The location net + fusion module: ``head(img, meta) -> fused feature`` of the image feature's width."""
+    """The location net + fusion module: ``head(img, meta) -> fused feature`` of the image feature's width.
+    The location embedding is ``mlp_d`` wide (FCNet 256 wide inside, as the reference)."""
 
     def __init__(self, feat_dim: int, meta_dim: int, variant: Variant = "c", mlp_d: int = 256, mlp_h: int = 64,
-                 mlp_n: int = 2, loc_dim: int = 256) -> None:  # fmt: skip
+                 mlp_n: int = 2) -> None:  # fmt: skip
         super().__init__()
         self.meta_dim = meta_dim
-        self.loc_net = FCNet(meta_dim, loc_dim)
-        self.fusion = FusionModule(feat_dim, loc_dim, mlp_d, mlp_h, mlp_n, variant)
+        self.loc_net = FCNet(meta_dim, out=mlp_d)
+        self.fusion = FusionModule(feat_dim, mlp_d, mlp_h, mlp_n, variant)
         self.out_dim = feat_dim
 
     def forward(self, feat: Tensor, meta: Tensor) -> Tensor:

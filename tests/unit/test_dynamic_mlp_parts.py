@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import write_fake_inat, write_fake_npz, write_fake_plants
 
 from ssl_kd.data import load_dataset
@@ -98,6 +99,26 @@ def test_bad_arguments_are_rejected():
         encode_metadata(x, x, torch.zeros(3), x + 365)
 
 
+# ================================================================================================ label smoothing
+def test_label_smoothing_conventions_by_hand():
+    """C = 4, z = [0, 0, 0, ln 5] (p = [1, 1, 1, 5] / 8), y = 3, eps = 0.3. off_target (DynamicMLP's
+    LabelSmoothingLoss): t = [0.1, 0.1, 0.1, 0.7], CE = ln 8 - 0.7 ln 5; uniform: t = [.075, .075, .075, .775],
+    CE = ln 8 - 0.775 ln 5 (= F.cross_entropy(label_smoothing=0.3))."""
+    from ssl_kd.losses import smooth_targets, soft_cross_entropy
+
+    z, q = torch.tensor([[0.0, 0.0, 0.0, math.log(5)]]), torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    off, uni = smooth_targets(q, 0.3, "off_target"), smooth_targets(q, 0.3, "uniform")
+    assert torch.allclose(off, torch.tensor([[0.1, 0.1, 0.1, 0.7]])) and torch.allclose(uni[0, :3], torch.tensor(0.075))
+    assert soft_cross_entropy(z, off).item() == pytest.approx(math.log(8) - 0.7 * math.log(5), abs=1e-6)
+    assert soft_cross_entropy(z, uni).item() == pytest.approx(math.log(8) - 0.775 * math.log(5), abs=1e-6)
+    assert torch.allclose(soft_cross_entropy(z, uni), F.cross_entropy(z, torch.tensor([3]), label_smoothing=0.3))
+    # a lam-mix of one-hots: lam t(y_a) + (1 - lam) t(y_b), entry by entry, in both conventions
+    mixed = torch.tensor([[0.25, 0.0, 0.0, 0.75]])
+    assert torch.allclose(smooth_targets(mixed, 0.3, "off_target"), torch.tensor([[0.25, 0.1, 0.1, 0.55]]))
+    assert torch.allclose(smooth_targets(mixed, 0.3, "uniform"), torch.tensor([[0.25, 0.075, 0.075, 0.6]]))
+    assert smooth_targets(q, 0.0, "off_target") is q
+
+
 # ================================================================================================ models
 def test_parameter_counts_match_the_spec():
     """ylingfeng/DynamicMLP (its fusion module after global pooling): fusion on a 2048-d feature C ~ 6.78M,
@@ -109,12 +130,57 @@ def test_parameter_counts_match_the_spec():
     assert count(FCNet(6)) == 593_664
 
 
+def reference_head_params(variant: str, feat: int, cin: int, d: int, h: int, n: int) -> int:
+    """Parameters of the reference's loc_net + loc_att, transcribed from the layer shapes of
+    ylingfeng/DynamicMLP@773197c5: FCNet(num_inputs=cin, num_classes=d, num_filts=256) and
+    FusionModule(inplanes=feat, planes=d, hidden=h, num_layers=n) whose blocks all get loc_planes=planes=d."""
+    lin = lambda i, o, bias=True: i * o + (o if bias else 0)  # noqa: E731
+    ln = lambda c: 2 * c  # noqa: E731
+    fcnet = lin(cin, 256) + 4 * (lin(256, 256) + lin(256, 256)) + lin(256, d, bias=False)
+    loc = d  # loc_planes
+
+    def block(i: int, o: int) -> int:
+        if variant == "a":  # get_weight, norm
+            return lin(loc, i * o) + ln(o)
+        src = i if variant == "b" else i + loc  # conv11's input
+        conv11, conv12 = lin(src, i), lin(i, i)
+        conv21 = lin(loc if variant == "b" else i + loc, i)
+        conv22 = lin(i, i * o)
+        br, conv3 = ln(o), lin(o, o, bias=False) + ln(o)  # Basic1d(bias=False): Linear + LayerNorm
+        return conv11 + conv12 + conv21 + conv22 + br + conv3
+
+    widths = [(d, d)] if n == 1 else [(d, h)] + [(h, h)] * (n - 2) + [(h, d)]
+    fusion = lin(feat, d) + sum(block(i, o) for i, o in widths) + lin(d, feat) + ln(feat)
+    return fcnet + fusion
+
+
+@pytest.mark.parametrize("variant", ["a", "b", "c"])
+@pytest.mark.parametrize("mlp_d", [64, 128, 256])
+@pytest.mark.parametrize("mlp_n", [1, 2, 3])
+def test_head_parameter_counts_follow_the_reference_at_any_mlp_d(variant, mlp_d, mlp_n):
+    """The location embedding is mlp_d wide (FCNet's output and every block's loc_planes), not a fixed 256."""
+    m = create_model("resnet8", 7, head={"type": "dynamic_mlp", "variant": variant, "meta_dim": 6, "mlp_d": mlp_d,
+                                         "mlp_h": 32, "mlp_n": mlp_n})  # fmt: skip
+    assert m.feat_dim == 64 and m.fusion.loc_net.out.out_features == mlp_d
+    got = sum(p.numel() for p in m.fusion.parameters())
+    assert got == reference_head_params(variant, 64, 6, mlp_d, 32, mlp_n)
+
+
+def test_head_parameter_counts_at_d128_by_hand():
+    """The reference's counts at d 128, h 32, N 2 on a 64-d feature with 6-d metadata (the fixed 256-d location
+    embedding gave A 2,716,032, B 1,368,224, C 1,426,592)."""
+    for variant, want in (("a", 1_634_688), ("b", 1_314_976), ("c", 1_352_864)):
+        m = create_model("resnet8", 7, head={"type": "dynamic_mlp", "variant": variant, "meta_dim": 6, "mlp_d": 128,
+                                             "mlp_h": 32, "mlp_n": 2})  # fmt: skip
+        assert sum(p.numel() for p in m.fusion.parameters()) == want
+
+
 @pytest.mark.parametrize("variant", ["a", "b", "c"])
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_fusion_shapes_and_residual(variant, n):
     torch.manual_seed(0)
-    f = FusionModule(48, loc_dim=16, d=32, h=8, n=n, variant=variant).eval()
-    img, loc = torch.randn(5, 48), torch.randn(5, 16)
+    f = FusionModule(48, d=32, h=8, n=n, variant=variant).eval()
+    img, loc = torch.randn(5, 48), torch.randn(5, 32)  # the location embedding is d wide
     out = f(img, loc)
     assert out.shape == (5, 48)
     widths = [(b.c_in, b.c_out) for b in f.blocks]
