@@ -99,7 +99,7 @@ def test_recursivemix_history_resets_each_epoch_or_never(tmp_path, fake_data_roo
 def test_recursivemix_step_pastes_the_previous_mixed_batch(tmp_path, fake_data_root, monkeypatch):
     """The stage's history chain, read from the calls it makes (on the device data path, which gives the stage its
     batches as whole tensors): step t pastes step t-1's *mixed* images and labels, the RoI target is softmax of step
-    t-1's logits, the CE target is the mixed label, and the RoI pools the reference's transposed box."""
+    t-1's logits, the CE target is the mixed label, and the RoI pools the pasted box (the default, as ed381bf2)."""
     import ssl_kd.stages.recursivemix as rm_mod
 
     calls: list[tuple] = []
@@ -139,8 +139,7 @@ def test_recursivemix_step_pastes_the_previous_mixed_batch(tmp_path, fake_data_r
         torch.testing.assert_close(hist_y, prev_target)  # and its mixed (or one-hot) labels
         torch.testing.assert_close(st["roi"][1], F.softmax(prev_logits, 1))  # RoI target: softmax(z_{t-1})
         torch.testing.assert_close(st["ce"][0][1], ym)  # CE target: the mixed label
-        x1, y1, x2, y2 = box
-        assert st["roi_features"][1] == (y1, x1, y2, x2)  # the reference's axis swap (roi_box: transposed)
+        assert st["roi_features"][1] == box  # roi_box: pasted (6364e11's transposed box is an option)
         assert mode == "nearest" and lam == box_lam(box, (32, 32))
 
 

@@ -164,14 +164,61 @@ def test_recursive_mix_against_a_loop_and_by_hand(shape, box):
 
 
 def _ref_box(size, cut_rat, rng):
-    """The reference ``rand_bbox`` (CutMix / RecursiveMix utils.py), transcribed with numpy: it calls the first
-    image axis W and the second H; the box spans rows x1:x2 and columns y1:y2."""
+    """The reference ``rand_bbox`` (CutMix; RecursiveMix utils.py before ed381bf2), transcribed with numpy: it calls
+    the first image axis W and the second H; the box spans rows x1:x2 and columns y1:y2 (the area is the same)."""
     w, h = size
     cut_w, cut_h = int(w * cut_rat), int(h * cut_rat)
     cx, cy = rng.integers(w), rng.integers(h)
     x1, y1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cy - cut_h // 2, 0, h)
     x2, y2 = np.clip(cx + cut_w // 2, 0, w), np.clip(cy + cut_h // 2, 0, h)
     return (x2 - x1) * (y2 - y1) / (w * h)
+
+
+def _rm_reference(x, old_x, cut_rat, first, second, commit):
+    """implus/RecursiveMix-pytorch utils.py ``recursive_mix`` with its two random draws given (``first`` =
+    randint(W), ``second`` = randint(H)), transcribed with numpy at the current HEAD ed381bf2 (H = size[2], W =
+    size[3]) and the superseded 6364e11 (W = size[2], H = size[3]: it pastes into rows bbx1:bbx2). Returns the
+    mixed images and the box handed to ``roi_align`` (x = column axis), one per sample."""
+    h, w = (x.shape[2], x.shape[3]) if commit == "ed381bf" else (x.shape[3], x.shape[2])
+    cut_w, cut_h = int(w * cut_rat), int(h * cut_rat)
+    cx, cy = first, second
+    bbx1, bby1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cy - cut_h // 2, 0, h)
+    bbx2, bby2 = np.clip(cx + cut_w // 2, 0, w), np.clip(cy + cut_h // 2, 0, h)
+    x = x.clone()
+    if commit == "ed381bf":
+        size = (int(bby2 - bby1), int(bbx2 - bbx1))
+        if size != (0, 0):
+            x[:, :, bby1:bby2, bbx1:bbx2] = F.interpolate(old_x[: x.shape[0]], size=size, mode="nearest")
+    else:
+        size = (int(bbx2 - bbx1), int(bby2 - bby1))
+        if size != (0, 0):
+            x[:, :, bbx1:bbx2, bby1:bby2] = F.interpolate(old_x[: x.shape[0]], size=size, mode="nearest")
+    return x, tuple(int(v) for v in (bbx1, bby1, bbx2, bby2))
+
+
+@pytest.mark.parametrize("commit,kind", [("ed381bf", "pasted"), ("6364e11", "transposed")])
+def test_recursive_mix_paste_and_roi_box_follow_the_reference_commits(commit, kind):
+    """On a non-square image, for fixed draws: ed381bf2 (HEAD) pastes where ssl_kd pastes and pools that box
+    (`roi_box: pasted`, the default); 6364e11 pastes into the same region (its axes are renamed consistently) but hands
+    roi_align the swapped coordinates (`roi_box: transposed`)."""
+    from ssl_kd.stages.recursivemix import RecursiveMixConfig, roi_box
+
+    assert RecursiveMixConfig.model_fields["roi_box"].default == "pasted"
+    torch.manual_seed(0)
+    size = (6, 10)
+    x, old = torch.randn(2, 3, *size), torch.randn(3, 3, *size)
+    y = torch.eye(2, 4)
+    for cut_rat in (0.4, 0.5, 0.71, 0.05):  # (0.3 gives a 0 x 2 box: the reference's interpolate raises there)
+        for first, second in ((0, 0), (3, 2), (5, 5), (9, 1) if commit == "ed381bf" else (1, 9)):
+            want_x, want_roi = _rm_reference(x, old, cut_rat, first, second, commit)
+            if commit == "ed381bf":  # first draw: the column centre, second: the row centre
+                box = cutmix_box(size, cut_rat, second, first)
+            else:  # first draw: the row centre
+                box = cutmix_box(size, cut_rat, first, second)
+            got_x, _, _ = recursive_mix(x, y, old, torch.eye(3, 4), box)
+            assert torch.equal(got_x, want_x), (cut_rat, first, second)
+            if box[2] > box[0]:  # the reference calls the RoI head only when something is pasted (lam < 1)
+                assert roi_box(box, kind) == want_roi
 
 
 @pytest.mark.parametrize("kind,size", [("cutmix", (32, 32)), ("paste", (32, 32)), ("paste", (13, 9))])
