@@ -68,13 +68,13 @@ def methods(args: argparse.Namespace, steps: int) -> dict[str, tuple[dict, dict]
         "RecursiveMix": (plain, stage("recursivemix", steps, args, alpha=0.5, loss_weights={"ce": 1.0, "roi": 0.5})),
         "MixSKD": (multi, stage("mixskd", steps, args, alpha=0.4, temperature=3.0)),
         # ablations, only with --only: RecursiveMix without its RoI term (omega 0: the paste and mixed labels alone),
-        # and with the RoI over the pasted box instead of the reference's transposed one
+        # and with the RoI over the transposed box of the superseded commit 6364e11 instead of the pasted one (ed381bf2)
         "RM-omega0": (plain, stage("recursivemix", steps, args, alpha=0.5, loss_weights={"ce": 1.0, "roi": 0.0})),
-        "RM-pastedroi": (plain, stage("recursivemix", steps, args, alpha=0.5, roi_box="pasted")),
+        "RM-transposedroi": (plain, stage("recursivemix", steps, args, alpha=0.5, roi_box="transposed")),
     }
 
 
-ABLATIONS = ("RM-omega0", "RM-pastedroi")
+ABLATIONS = ("RM-omega0", "RM-transposedroi")
 
 
 class Clock(Callback):
@@ -147,7 +147,8 @@ def main() -> int:
     ap.add_argument(
         "--only",
         default=None,
-        help="comma-separated subset of CE,Mixup,CutMix,RecursiveMix,MixSKD and the ablations RM-omega0,RM-pastedroi",
+        help="comma-separated subset of CE,Mixup,CutMix,RecursiveMix,MixSKD and the ablations "
+        "RM-omega0,RM-transposedroi",
     )
     ap.add_argument("--tp-widths", default=None, help="widths for the throughput ratio (default: --width; none)")
     ap.add_argument("--tp-steps", type=int, default=30)

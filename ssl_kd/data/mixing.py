@@ -35,11 +35,16 @@ class MixConfig(Strict):
     mixup: x' = lam x + (1-lam) x[perm], lam ~ Beta(alpha, alpha) (Zhang et al.; Self-KD-Lib alpha 0.4).
     cutmix: a box of area ~ (1-lam) from x[perm] pasted into x, lam corrected to the clipped area (Yun et al.;
     Self-KD-Lib alpha 1.0). Labels (and every other non-spatial tensor) are mixed with the same lam and perm.
+    box (cutmix only; ignored otherwise): `cutmix` = CutMix's ``rand_bbox`` (integer centre, integer side, half
+    extents rounded down: `cutmix_box`); `dmkd` = DM-KD's box (zhengli97/DM-KD@bbab9ce8 helper/loops.py ``cutmix``:
+    continuous centre, edges rounded: `dmkd_box`), which pastes more (at alpha 0.25 on 32 x 32: mean area 0.30 vs
+    0.28, no paste 7.7 % vs 13.5 % of batches).
     """
 
     kind: Literal["none", "mixup", "cutmix"] = "none"
     alpha: float = Field(1.0, gt=0, description="Beta(alpha, alpha) for lambda")
     prob: float = Field(1.0, ge=0, le=1, description="chance that a batch is mixed")
+    box: Literal["cutmix", "dmkd"] = "cutmix"  # the CutMix box's rounding (see above)
 
 
 @dataclass(frozen=True)
@@ -83,19 +88,40 @@ def cutmix_box(size: tuple[int, int], cut: float, cy: int, cx: int) -> Box:
     return max(cx - cw // 2, 0), max(cy - ch // 2, 0), min(cx + cw // 2, w), min(cy + ch // 2, h)
 
 
+def dmkd_box(size: tuple[int, int], cut: float, cy: float, cx: float) -> Box:
+    """DM-KD's box: side ``cut`` x (H, W) (not rounded) around a continuous centre (cy, cx), each edge clipped to
+    the image and then rounded to the nearest pixel, halves to even (``np.round``; Python's ``round`` alike)."""
+    h, w = size
+    bh, bw = h * cut, w * cut
+    return (
+        round(max(cx - bw / 2, 0.0)),
+        round(max(cy - bh / 2, 0.0)),
+        round(min(cx + bw / 2, float(w))),
+        round(min(cy + bh / 2, float(h))),
+    )
+
+
 def box_lam(box: Box, size: tuple[int, int]) -> float:
     """1 - (clipped box area) / (H W)."""
     x1, y1, x2, y2 = box
     return 1.0 - max(0, x2 - x1) * max(0, y2 - y1) / float(size[0] * size[1])
 
 
-def sample_cutmix(batch: int, alpha: float, size: tuple[int, int]) -> MixParams:
-    """lam ~ Beta(alpha, alpha), perm, centre uniform over the pixels; box side sqrt(1 - lam); lam = clipped area."""
+def sample_cutmix(
+    batch: int, alpha: float, size: tuple[int, int], box: Literal["cutmix", "dmkd"] = "cutmix"
+) -> MixParams:
+    """lam ~ Beta(alpha, alpha), perm, box side sqrt(1 - lam); lam = 1 - the clipped box's area. ``box``: `cutmix`
+    (centre uniform over the pixels, `cutmix_box`) or `dmkd` (centre uniform over [0, W) x [0, H), `dmkd_box`)."""
     lam = _lam(alpha, 1.0)
     perm = torch.randperm(batch)
-    cy, cx = int(torch.randint(size[0], (1,))), int(torch.randint(size[1], (1,)))
-    box = cutmix_box(size, math.sqrt(1.0 - lam), cy, cx)
-    return MixParams(box_lam(box, size), perm, box)
+    cut = math.sqrt(1.0 - lam)
+    if box == "dmkd":  # the reference draws cx first, then cy (np.random.uniform)
+        cx, cy = (float(v) * n for v, n in zip(torch.rand(2, dtype=torch.float64), (size[1], size[0])))
+        drawn = dmkd_box(size, cut, cy, cx)
+    else:
+        cy, cx = int(torch.randint(size[0], (1,))), int(torch.randint(size[1], (1,)))
+        drawn = cutmix_box(size, cut, cy, cx)
+    return MixParams(box_lam(drawn, size), perm, drawn)
 
 
 def sample_paste_box(size: tuple[int, int], alpha: float) -> Box:
@@ -111,7 +137,7 @@ def sample_mix(cfg: MixConfig, batch: int, size: tuple[int, int]) -> MixParams |
         return None
     if cfg.kind == "mixup":
         return sample_mixup(batch, cfg.alpha)
-    return sample_cutmix(batch, cfg.alpha, size)
+    return sample_cutmix(batch, cfg.alpha, size, cfg.box)
 
 
 # ------------------------------------------------------------------------------------------------ applying

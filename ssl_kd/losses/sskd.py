@@ -18,10 +18,15 @@ and classes (columns) divided by the number of kept rows. The teacher side (logi
 gradient; A_s carries gradient through both the rotated and the original rows of the student's head.
 
 Reference quirks, and where this port differs:
-- Ties. The reference ranks with `torch.argsort` (unstable): a row whose target ties another entry gets an
-  unspecified position, and rows of equal rank at the keep/drop boundary are cut in an unspecified order. Here
-  `true_rank` counts the entries strictly greater than the target (ties in the target's favour) and the cut keeps
-  the lower row index first (a stable sort). With continuous scores neither case occurs.
+- Ties at the cut. The ranks are small integers (0 .. C-1, or 0 .. B-1 for L_ss), so wrong rows of equal rank at
+  the keep/drop boundary are common (with B = 2 images every wrong similarity row has rank 1). The reference orders
+  the rows with `torch.argsort(rank)`, which is not stable: which of the tied rows it keeps depends on the device and
+  the sort kernel (not reproducible). Here the cut keeps the lower row index first (a stable sort), so the kept rows
+  are the same on every device; it changes which rows are kept, not how many. With `ratio_tf` 1.0 (the default)
+  every row is kept and this does not arise; `ratio_ss` 0.75 meets it whenever the cut falls inside a rank.
+- Ties in the scores. The reference finds the target's position with another unstable argsort; here `true_rank`
+  counts the entries strictly greater than the target (ties in the target's favour). With continuous scores such
+  ties are practically absent.
 - Nothing kept (every row wrong and floor(ratio * #wrong) = 0, e.g. ratio 0): the reference's batchmean over zero
   rows is 0/0 = NaN; here the term is 0.
 - Cosine: the reference expands both sides to (3B, d, B) and calls `F.cosine_similarity` (eps 1e-8); here the rows

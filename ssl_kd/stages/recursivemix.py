@@ -9,14 +9,15 @@ implus/RecursiveMix-pytorch@ed381bf2 main.py, utils.py).
     L = CE(z, y') + omega (1 - lam) CE(z_roi, softmax(z_h))           both soft-target CEs; omega = loss_weights.roi
     H <- (x', y', z)
 
-Reference quirks kept (each an option with the reference as default): the history resets every epoch (one
-unmixed step per epoch), z_h is one optimizer step stale, nearest-neighbour resize (`interpolate: bilinear` uses
-align_corners), the consistency term scales with the pasted area (`roi_area_weight`), a separate RoI classifier
-(`share_fc: true` reuses fc), label smoothing eps/(C-1) off target, and the RoI box transposed (`roi_box`: the
-reference's ``rand_bbox`` names the row axis x, pastes into rows x1:x2 and columns y1:y2, then hands the same four
-numbers to ``roi_align``, which reads x as the column axis; so it pools the pasted box mirrored across the image
-diagonal, same size, centre (cy, cx) instead of (cx, cy); `roi_box: pasted` pools the pasted box itself). The RoI
-head is trained but never evaluated.
+Reference quirks kept (each an option with the reference's current code, ed381bf2, as default): the history
+resets every epoch (one unmixed step per epoch), z_h is one optimizer step stale, nearest-neighbour resize
+(`interpolate: bilinear` uses align_corners), the consistency term scales with the pasted area (`roi_area_weight`),
+a separate RoI classifier (`share_fc: true` reuses fc) and label smoothing eps/(C-1) off target. `roi_box: pasted`
+(default) pools the pasted box, as ed381bf2 ("Update utils.py", 2023-04-24) does; `roi_box: transposed` reproduces
+the superseded commit 6364e11, whose ``rand_bbox`` named the row axis x, pasted into rows x1:x2 and columns y1:y2,
+then handed the same four numbers to ``roi_align``, which reads x as the column axis: it pooled the pasted box
+mirrored across the image diagonal (same size, centre (cy, cx) instead of (cx, cy)). The RoI head is trained but
+never evaluated.
 On steps without a pasted box the RoI head still runs (times 0) so that DDP sees every parameter used; its
 gradient is then 0, as the reference's zeroed (not None) gradient is.
 """
@@ -32,6 +33,7 @@ from torch import nn
 
 from ssl_kd.config.schema import StageConfig
 from ssl_kd.data import MixParams, mix_tensors, recursive_mix, sample_paste_box
+from ssl_kd.data.mixing import Box
 from ssl_kd.engine import Plot, Stage, register_stage
 from ssl_kd.losses import accuracy, soft_cross_entropy
 from ssl_kd.memory import BatchHistory
@@ -49,7 +51,7 @@ class RecursiveMixConfig(StageConfig):
     history_reset: Literal["epoch", "never"] = "epoch"
     roi_area_weight: bool = True  # omega (1 - lam) CE_roi (reference); false: omega CE_roi
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # RecursiveMix's smooth_one_hot: 1 - eps, eps / (C - 1)
-    roi_box: Literal["transposed", "pasted"] = "transposed"  # transposed: the reference's axis swap (module doc)
+    roi_box: Literal["pasted", "transposed"] = "pasted"  # pasted: ed381bf2; transposed: 6364e11's swap (module doc)
     augment: Augment = "weak"
 
 
@@ -92,9 +94,7 @@ class RecursiveMix(Stage):
         z = out.logits
         head = raw.fc if c.share_fc else self.module("roi_head")
         if lam < 1.0:
-            x1, y1, x2, y2 = box
-            roi_box = box if c.roi_box == "pasted" else (y1, x1, y2, x2)
-            z_roi = head(roi_features(out.feats[0], roi_box, size))
+            z_roi = head(roi_features(out.feats[0], roi_box(box, c.roi_box), size))
             roi_ce = soft_cross_entropy(z_roi, F.softmax(hist["z"][:n].float(), dim=1))
             roi = (1.0 - lam) * roi_ce if c.roi_area_weight else roi_ce
         else:
@@ -107,6 +107,12 @@ class RecursiveMix(Stage):
             "acc": accuracy(z, y),
         }
         return {"ce": soft_cross_entropy(z, soft), "roi": roi}, diagnostics
+
+
+def roi_box(box: Box, kind: Literal["pasted", "transposed"]) -> Box:
+    """The box the RoI head pools: the pasted (x1, y1, x2, y2) itself (ed381bf2), or 6364e11's (y1, x1, y2, x2)."""
+    x1, y1, x2, y2 = box
+    return box if kind == "pasted" else (y1, x1, y2, x2)
 
 
 def _smooth_one_hot(y: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:

@@ -17,8 +17,11 @@ student.py, cifar.py, wrapper.py). Two stage types after a trained teacher:
           + 2.7 tau2^2 KL(z_t^rot || z_s^rot) on rows kept by error-level ranking (ratio_tf 1.0)   tau2 = 4
           + 10  tau3^2 KL(row-softmax A_t || A_s) on rows kept by ranking A_t (ratio_ss 0.75)      tau3 = 0.5
 
-The loss functions and the reference's conventions (batchmean over kept rows, ties, detach points) are documented in
-`ssl_kd/losses/sskd.py`. Evaluation scores the student's plain logits on the clean test set, as the reference.
+The loss functions and the reference's conventions (batchmean over kept rows, detach points) are documented in
+`ssl_kd/losses/sskd.py`, with where they differ; the one that changes which rows are distilled: rows of equal rank
+at the keep/drop cut (common: ranks are integers) are kept by row index, where the reference's unstable
+`torch.argsort` keeps a device-dependent subset. Evaluation scores the student's plain logits on the clean test
+set, as the reference.
 
 Data: each image yields four crop-only views of the weak transform (the dataset's `data.augment.weak` padding and
 pad mode, flip off); the stage flips all four copies of an image together (a per-image bit hashed from the stage

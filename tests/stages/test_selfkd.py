@@ -96,10 +96,12 @@ def test_recursivemix_history_resets_each_epoch_or_never(tmp_path, fake_data_roo
         assert set(saved) == (set() if extra else {"roi_head"})
 
 
-def test_recursivemix_step_pastes_the_previous_mixed_batch(tmp_path, fake_data_root, monkeypatch):
+@pytest.mark.parametrize("roi_box", [None, "transposed"])
+def test_recursivemix_step_pastes_the_previous_mixed_batch(tmp_path, fake_data_root, monkeypatch, roi_box):
     """The stage's history chain, read from the calls it makes (on the device data path, which gives the stage its
     batches as whole tensors): step t pastes step t-1's *mixed* images and labels, the RoI target is softmax of step
-    t-1's logits, the CE target is the mixed label, and the RoI pools the reference's transposed box."""
+    t-1's logits, the CE target is the mixed label, and the RoI pools the pasted box (the default, as ed381bf2) or,
+    with `roi_box: transposed`, 6364e11's (y1, x1, y2, x2)."""
     import ssl_kd.stages.recursivemix as rm_mod
 
     calls: list[tuple] = []
@@ -115,7 +117,11 @@ def test_recursivemix_step_pastes_the_previous_mixed_batch(tmp_path, fake_data_r
     for name in ("recursive_mix", "roi_features", "soft_cross_entropy"):
         spy(name, getattr(rm_mod, name))
     cfg = _config(tmp_path, fake_data_root, "recursivemix", PLAIN)
-    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'o'}", "stages.s.epochs=1", "data.pipeline=device") == 0
+    extra = [] if roi_box is None else [f"stages.s.roi_box={roi_box}"]
+    assert (
+        run_cli(cfg, f"experiment.output_dir={tmp_path / 'o'}", "stages.s.epochs=1", "data.pipeline=device", *extra)
+        == 0
+    )
     steps: list[dict] = []  # per step: [recursive_mix], [roi_features, soft_cross_entropy (RoI)], soft_cross_entropy
     cur: dict = {}
     for name, args, out in calls:
@@ -140,7 +146,7 @@ def test_recursivemix_step_pastes_the_previous_mixed_batch(tmp_path, fake_data_r
         torch.testing.assert_close(st["roi"][1], F.softmax(prev_logits, 1))  # RoI target: softmax(z_{t-1})
         torch.testing.assert_close(st["ce"][0][1], ym)  # CE target: the mixed label
         x1, y1, x2, y2 = box
-        assert st["roi_features"][1] == (y1, x1, y2, x2)  # the reference's axis swap (roi_box: transposed)
+        assert st["roi_features"][1] == (box if roi_box is None else (y1, x1, y2, x2))
         assert mode == "nearest" and lam == box_lam(box, (32, 32))
 
 

@@ -164,14 +164,61 @@ def test_recursive_mix_against_a_loop_and_by_hand(shape, box):
 
 
 def _ref_box(size, cut_rat, rng):
-    """The reference ``rand_bbox`` (CutMix / RecursiveMix utils.py), transcribed with numpy: it calls the first
-    image axis W and the second H; the box spans rows x1:x2 and columns y1:y2."""
+    """The reference ``rand_bbox`` (CutMix; RecursiveMix utils.py before ed381bf2), transcribed with numpy: it calls
+    the first image axis W and the second H; the box spans rows x1:x2 and columns y1:y2 (the area is the same)."""
     w, h = size
     cut_w, cut_h = int(w * cut_rat), int(h * cut_rat)
     cx, cy = rng.integers(w), rng.integers(h)
     x1, y1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cy - cut_h // 2, 0, h)
     x2, y2 = np.clip(cx + cut_w // 2, 0, w), np.clip(cy + cut_h // 2, 0, h)
     return (x2 - x1) * (y2 - y1) / (w * h)
+
+
+def _rm_reference(x, old_x, cut_rat, first, second, commit):
+    """implus/RecursiveMix-pytorch utils.py ``recursive_mix`` with its two random draws given (``first`` =
+    randint(W), ``second`` = randint(H)), transcribed with numpy at the current HEAD ed381bf2 (H = size[2], W =
+    size[3]) and the superseded 6364e11 (W = size[2], H = size[3]: it pastes into rows bbx1:bbx2). Returns the
+    mixed images and the box handed to ``roi_align`` (x = column axis), one per sample."""
+    h, w = (x.shape[2], x.shape[3]) if commit == "ed381bf" else (x.shape[3], x.shape[2])
+    cut_w, cut_h = int(w * cut_rat), int(h * cut_rat)
+    cx, cy = first, second
+    bbx1, bby1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cy - cut_h // 2, 0, h)
+    bbx2, bby2 = np.clip(cx + cut_w // 2, 0, w), np.clip(cy + cut_h // 2, 0, h)
+    x = x.clone()
+    if commit == "ed381bf":
+        size = (int(bby2 - bby1), int(bbx2 - bbx1))
+        if size != (0, 0):
+            x[:, :, bby1:bby2, bbx1:bbx2] = F.interpolate(old_x[: x.shape[0]], size=size, mode="nearest")
+    else:
+        size = (int(bbx2 - bbx1), int(bby2 - bby1))
+        if size != (0, 0):
+            x[:, :, bbx1:bbx2, bby1:bby2] = F.interpolate(old_x[: x.shape[0]], size=size, mode="nearest")
+    return x, tuple(int(v) for v in (bbx1, bby1, bbx2, bby2))
+
+
+@pytest.mark.parametrize("commit,kind", [("ed381bf", "pasted"), ("6364e11", "transposed")])
+def test_recursive_mix_paste_and_roi_box_follow_the_reference_commits(commit, kind):
+    """On a non-square image, for fixed draws: ed381bf2 (HEAD) pastes where ssl_kd pastes and pools that box
+    (`roi_box: pasted`, the default); 6364e11 pastes into the same region (its axes are renamed consistently) but hands
+    roi_align the swapped coordinates (`roi_box: transposed`)."""
+    from ssl_kd.stages.recursivemix import RecursiveMixConfig, roi_box
+
+    assert RecursiveMixConfig.model_fields["roi_box"].default == "pasted"
+    torch.manual_seed(0)
+    size = (6, 10)
+    x, old = torch.randn(2, 3, *size), torch.randn(3, 3, *size)
+    y = torch.eye(2, 4)
+    for cut_rat in (0.4, 0.5, 0.71, 0.05):  # (0.3 gives a 0 x 2 box: the reference's interpolate raises there)
+        for first, second in ((0, 0), (3, 2), (5, 5), (9, 1) if commit == "ed381bf" else (1, 9)):
+            want_x, want_roi = _rm_reference(x, old, cut_rat, first, second, commit)
+            if commit == "ed381bf":  # first draw: the column centre, second: the row centre
+                box = cutmix_box(size, cut_rat, second, first)
+            else:  # first draw: the row centre
+                box = cutmix_box(size, cut_rat, first, second)
+            got_x, _, _ = recursive_mix(x, y, old, torch.eye(3, 4), box)
+            assert torch.equal(got_x, want_x), (cut_rat, first, second)
+            if box[2] > box[0]:  # the reference calls the RoI head only when something is pasted (lam < 1)
+                assert roi_box(box, kind) == want_roi
 
 
 @pytest.mark.parametrize("kind,size", [("cutmix", (32, 32)), ("paste", (32, 32)), ("paste", (13, 9))])
@@ -192,6 +239,71 @@ def test_box_areas_follow_the_reference_sampler(kind, size):
     assert abs(np.mean(ours) - np.mean(ref)) < 0.01
     # for scale: the mean share of a batch that CutMix (alpha 1) and RecursiveMix (alpha 0.5) give to the partner
     assert (0.25 < np.mean(ours) < 0.33) if kind == "cutmix" else (0.12 < np.mean(ours) < 0.2)
+
+
+def _dmkd_reference(data, shuffled, lam, cx, cy):
+    """zhengli97/DM-KD@bbab9ce8 helper/loops.py ``cutmix`` with its draws given (lam ~ Beta, cx ~ U(0, W),
+    cy ~ U(0, H)), transcribed with numpy: returns the mixed batch and (x0, y0, x1, y1)."""
+    image_h, image_w = data.shape[2:]
+    w = image_w * np.sqrt(1 - lam)
+    h = image_h * np.sqrt(1 - lam)
+    x0 = int(np.round(max(cx - w / 2, 0)))
+    x1 = int(np.round(min(cx + w / 2, image_w)))
+    y0 = int(np.round(max(cy - h / 2, 0)))
+    y1 = int(np.round(min(cy + h / 2, image_h)))
+    data = data.clone()
+    data[:, :, y0:y1, x0:x1] = shuffled[:, :, y0:y1, x0:x1]
+    return data, (x0, y0, x1, y1)
+
+
+@pytest.mark.parametrize(
+    "size,lam,cx,cy",
+    [
+        ((32, 32), 1 - (5 / 32) ** 2, 10.0, 20.25),  # side 5: edges 7.5 -> 8 and 12.5 -> 12 (halves to even)
+        ((32, 32), 1 - (5 / 32) ** 2, 10.25, 3.5),  # 7.75 -> 8, 12.75 -> 13; rows 1.0 .. 6.0
+        ((24, 40), 0.3, 0.3, 23.9),  # non-square, clipped at the left and bottom edges
+        ((24, 40), 0.93, 39.99, 0.01),  # clipped at the right and top edges
+        ((32, 32), 1.0, 16.6, 16.4),  # side 0: x0 = x1 = 17, y0 = y1 = 16: nothing pasted
+        ((32, 32), 0.9987, 7.4, 9.1),  # side 1.15: a 1 x 1 box (CutMix's int + halving gives side 0)
+    ],
+)
+def test_dmkd_box_against_dm_kd_cutmix_for_fixed_draws(size, lam, cx, cy):
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, *size)
+    perm = torch.tensor([2, 0, 1])
+    want_x, (x0, y0, x1, y1) = _dmkd_reference(x, x[perm], lam, cx, cy)
+    box = mixing.dmkd_box(size, math.sqrt(1 - lam), cy, cx)
+    assert box == (x0, y0, x1, y1)
+    got = mix_tensors({"x": x}, MixParams(box_lam(box, size), perm, box))["x"]
+    assert torch.equal(got, want_x)
+
+
+def test_dmkd_box_sampler_draws_the_reference_box():
+    """sample_cutmix(box='dmkd') = DM-KD's box at the draws it makes from torch's generator (lam, perm, cx, cy)."""
+    size = (24, 40)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        mix = sample_mix(MixConfig(kind="cutmix", alpha=0.25, box="dmkd"), 4, size)
+        torch.manual_seed(seed)
+        a = torch.tensor(0.25)
+        lam = float(torch.distributions.Beta(a, a).sample())
+        perm = torch.randperm(4)
+        cx, cy = (torch.rand(2, dtype=torch.float64) * torch.tensor([40.0, 24.0], dtype=torch.float64)).tolist()
+        _, (x0, y0, x1, y1) = _dmkd_reference(torch.zeros(1, 1, *size), torch.zeros(1, 1, *size), lam, cx, cy)
+        assert mix.box == (x0, y0, x1, y1) and torch.equal(mix.perm, perm)
+        assert mix.lam == 1 - max(0, x1 - x0) * max(0, y1 - y0) / (24 * 40)
+
+
+@pytest.mark.parametrize("box,area,empty", [("cutmix", 0.281, 0.135), ("dmkd", 0.301, 0.077)])
+def test_cutmix_box_statistics_at_alpha_0_25(box, area, empty):
+    """Over many draws on 32 x 32 at alpha 0.25 (DM-KD's CutMix): the mean pasted area and the share of batches
+    with nothing pasted, against figures measured with numpy transcriptions of each reference sampler (CutMix's
+    rand_bbox: 0.281 and 13.5 %; DM-KD's: 0.301 and 7.7 %). 20000 draws: standard errors about 0.0025 and 0.002."""
+    torch.manual_seed(0)
+    cfg = MixConfig(kind="cutmix", alpha=0.25, box=box)
+    areas = np.array([sample_mix(cfg, 2, (32, 32)).area for _ in range(20000)])
+    assert abs(areas.mean() - area) < 0.01
+    assert abs((areas == 0).mean() - empty) < 0.012
 
 
 @pytest.mark.parametrize("size", [(32, 32), (13, 9), (5, 5)])

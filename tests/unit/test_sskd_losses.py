@@ -106,6 +106,34 @@ def test_error_level_ranking_on_a_hand_made_example():
     assert true_rank(scores, torch.tensor([2, 0])).tolist() == [2, 0]
 
 
+def test_a_tie_at_the_cut_from_continuous_scores_keeps_the_lower_row_index():
+    """Continuous similarities still give tied ranks: with B = 2 images every wrong row has rank 1. Rows 1, 2, 4 are
+    wrong, floor(3 * 0.75) = 2 of them are kept: the stable order keeps rows 1 and 2 and drops 4 (student.py's
+    unstable argsort may keep any two of the three, depending on the device)."""
+    # sources of the 6 rotated rows: 0, 0, 0, 1, 1, 1; a row is right when its own source's column is the larger
+    t = torch.tensor([[0.9, 0.1], [0.2, 0.7], [0.3, 0.35], [0.1, 0.8], [0.6, 0.5], [0.4, 0.45]])
+    assert true_rank(t, torch.tensor([0, 0, 0, 1, 1, 1])).tolist() == [0, 1, 1, 0, 1, 0]
+    s = torch.zeros(6, 2)
+    loss, keep = sskd_similarity_loss(s, t, temperature=1.0, ratio=0.75)
+    assert keep.tolist() == [True, True, True, True, False, True]
+    # the loss averages the kept rows only: KL(softmax(t_r) || (1/2, 1/2)) = sum p ln(2 p), rows 0, 1, 2, 3, 5
+
+    def kl_uniform(a, b):
+        p = 1.0 / (1.0 + math.exp(b - a))
+        return p * math.log(2 * p) + (1 - p) * math.log(2 * (1 - p))
+
+    rows = [kl_uniform(*t[r].tolist()) for r in (0, 1, 2, 3, 5)]
+    assert loss.item() == pytest.approx(sum(rows) / 5, rel=1e-5)
+    # the same cut on the transform term: ranks on the teacher's class probabilities, y of the source image
+    z = torch.tensor(
+        [[2.0, 1.0, 0.0], [1.0, 2.0, 0.0], [1.0, 0.0, 2.0], [0.0, 3.0, 1.0], [3.0, 0.0, 1.0], [0.0, 1.0, 2.0]]
+    )
+    _, keep_tf = sskd_transform_loss(z, z, torch.tensor([0, 1]), temperature=4.0, ratio=0.5)
+    # y per row 0, 0, 0, 1, 1, 1 -> ranks 0, 1, 1, 0, 2, 1: wrong rows 1, 2 (rank 1), 4 (rank 2), 5 (rank 1);
+    # floor(4 * 0.5) = 2 kept: the two lowest-index rank-1 rows 1 and 2; row 5 (same rank) and 4 are dropped
+    assert keep_tf.tolist() == [True, True, True, True, False, False]
+
+
 def test_ranking_and_selection_match_the_loop_on_random_scores():
     torch.manual_seed(1)
     for ratio in (1.0, 0.75, 0.3, 0.0):
