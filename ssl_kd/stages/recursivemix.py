@@ -32,10 +32,10 @@ from pydantic import Field
 from torch import nn
 
 from ssl_kd.config.schema import StageConfig
-from ssl_kd.data import MixParams, mix_tensors, recursive_mix, sample_paste_box
+from ssl_kd.data import MixParams, mix_tensors, one_hot, recursive_mix, sample_paste_box
 from ssl_kd.data.mixing import Box
 from ssl_kd.engine import Plot, Stage, register_stage
-from ssl_kd.losses import accuracy, soft_cross_entropy
+from ssl_kd.losses import accuracy, smooth_targets, soft_cross_entropy
 from ssl_kd.memory import BatchHistory
 from ssl_kd.models import roi_features
 from ssl_kd.stages._common import Augment, labelled_views
@@ -81,7 +81,7 @@ class RecursiveMix(Stage):
         x, y = part["x"], part["y"]
         n, size = len(y), (x.shape[-2], x.shape[-1])
         raw = self.raw_model(self.net)
-        soft = _smooth_one_hot(y, raw.num_classes, c.label_smoothing)
+        soft = smooth_targets(one_hot(y, raw.num_classes), c.label_smoothing, "off_target")  # RecursiveMix's
         extra = self.inputs(self.net, part)
         hist = self.history
         box, lam = None, 1.0
@@ -113,9 +113,3 @@ def roi_box(box: Box, kind: Literal["pasted", "transposed"]) -> Box:
     """The box the RoI head pools: the pasted (x1, y1, x2, y2) itself (ed381bf2), or 6364e11's (y1, x1, y2, x2)."""
     x1, y1, x2, y2 = box
     return box if kind == "pasted" else (y1, x1, y2, x2)
-
-
-def _smooth_one_hot(y: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor:
-    """RecursiveMix's targets: 1 - eps on the class, eps / (C - 1) elsewhere (eps = 0: one-hot)."""
-    out = torch.full((len(y), num_classes), eps / max(1, num_classes - 1), device=y.device)
-    return out.scatter_(1, y[:, None].long(), 1.0 - eps)
