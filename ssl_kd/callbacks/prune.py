@@ -2,7 +2,8 @@
 
 Lifecycle, as the reference (he-y's SFP, PGMPF's soft -> hard masks) runs it:
 
-    stage start         select masks from the starting weights with epoch 0's values and apply them
+    stage start         select masks from the starting weights with epoch 0's values and apply them (with
+                        `keep_ramp: exp` epoch 0 keeps every filter, as PGMPF's ASFP)
     after backward      GHFP: hard filters get no gradient (every loss group of a grouped strategy)
     step end            optional (`hold_hard`): hard filters back to 0 after momentum / weight decay moved them
     end of epoch e      every `every` epochs and at the last: reselect from the weights, apply (before evaluation
@@ -21,7 +22,7 @@ from typing import Any
 
 from ssl_kd.components import Schedule, ramp
 from ssl_kd.engine.callback import Callback, CallbackOrder
-from ssl_kd.prune import DECAY_FLOOR, FilterPruner, PruneConfig
+from ssl_kd.prune import DECAY_FLOOR, FilterPruner, PruneConfig, asfp_keep_ratio
 
 
 def decay_schedule(cfg: PruneConfig, total_epochs: int) -> Schedule:
@@ -82,14 +83,24 @@ class Prune(Callback):
             d = 0.0
         return lam, d
 
+    def keep(self, epoch: int) -> float:
+        """The kept share of the mask step after epoch `epoch`: keep_ratio, or PGMPF's ASFP ramp towards it."""
+        c = self.cfg
+        if c.keep_ramp == "none":
+            return c.keep_ratio
+        return asfp_keep_ratio(epoch, self.total_epochs, c.keep_ratio, c.keep_ramp, c.keep_ramp_end)
+
     def _refresh(self, runner, epoch: int, final: bool) -> None:
         lam, d = self.values(epoch)
+        keep = self.keep(epoch)
         if final and self.cfg.final_zero:  # pruned filters leave the stage at zero: the export removes them
             d = 0.0
         record: dict[str, Any] = {"kind": "prune", "prune/lambda": lam, "prune/decay": d}
+        if self.cfg.keep_ramp != "none":
+            record["prune/keep"] = keep
         for n, p in self.pruners.items():
             ema = runner.stage.ema_models.get(n)
-            p.refresh(self.cfg.keep_ratio, lam, d, [ema.module] if ema is not None else [])
+            p.refresh(keep, lam, d, [ema.module] if ema is not None else [])
             record.update({f"prune/{n}/{k}": v for k, v in p.stats().items()})
         runner.log(record)
 

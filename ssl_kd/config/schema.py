@@ -126,6 +126,9 @@ class StageConfig(Strict):
     iters: int | None = Field(None, ge=0)
     epochs: int | None = Field(None, ge=0)
     steps_per_epoch: int | None = Field(None, ge=1)  # default: len(train data) // batch_size
+    # an epoch's last, partial batch: drop it (len // batch_size steps, e.g. 781 on CIFAR at 64) or keep it as a
+    # smaller step (ceil(len / batch_size), 782: PyTorch's DataLoader default, which mdistiller and most references use)
+    last_batch: Literal["drop", "keep"] = "drop"
     batch_size: int = Field(64, ge=1)  # global: divided across processes and accumulation steps
     grad_accum: int = Field(1, ge=1)
     clip_grad_norm: float | None = Field(None, gt=0)

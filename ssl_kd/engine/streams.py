@@ -2,6 +2,11 @@
 
 Data order and augmentation are a pure function of (seed, position in the stream), so a loader started at any
 step (resume) yields exactly what the uninterrupted run would have, with any number of workers or processes.
+
+`last_batch: drop` (default) cuts each pass over the data to whole batches (len // batch_size steps per epoch);
+`keep` ends each pass with a smaller step of the leftover samples (ceil(len / batch_size) steps: PyTorch's
+`DataLoader(drop_last=False)`, which mdistiller and most KD references use), split evenly over the processes and
+accumulation steps so every micro-batch of that step has the same size and the loss stays the step's mean.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import numpy as np
 import torch
 
 from ssl_kd.data import MPerClassSampler, StreamSampler, mix_seed, stream_labels
+from ssl_kd.data.hashing import mix_seeds
 from ssl_kd.engine.stage import Stage
 from ssl_kd.errors import UserError
 
@@ -36,7 +42,13 @@ def stage_lengths(stage: Stage) -> tuple[int, int]:
     if not stage.streams:
         raise RuntimeError(f"stage type '{stage.type_name}' declared no training stream in setup()")
     first = next(iter(stage.streams.values()))
-    spe = cfg.steps_per_epoch or len(first.dataset) // first.batch_size
+    if cfg.last_batch == "keep" and cfg.steps_per_epoch is not None:
+        raise UserError(
+            f"stages.{stage.name}.last_batch: keep makes an epoch one pass over the data (ceil(len / batch_size) "
+            f"steps), but steps_per_epoch is set to {cfg.steps_per_epoch}; drop one of the two (steps_per_epoch: null)."
+        )
+    n, size = len(first.dataset), first.batch_size
+    spe = cfg.steps_per_epoch or (-(-n // size) if cfg.last_batch == "keep" else n // size)
     if cfg.iters is not None:
         spe = max(1, spe)  # an epoch is only a reporting unit here (40 labels < one batch of 64 is fine)
     if spe < 1:
@@ -59,7 +71,9 @@ def make_iterators(
     for i, (sname, stream) in enumerate(stage.streams.items()):
         micro, stream_seed = micro_batch(stage, sname, world_size), seed * 1000 + 17 * stage_index + i
         start = start_step * stage.cfg.grad_accum
-        if stage.cfg.sampler.kind == "m_per_class" and sname in stage.cfg.sampler.streams:
+        if stage.cfg.last_batch == "keep":
+            sampler = _keep_last_sampler(stage, sname, micro, stream_seed, rank, world_size, start)
+        elif stage.cfg.sampler.kind == "m_per_class" and sname in stage.cfg.sampler.streams:
             sampler = _class_sampler(stage, sname, micro, stream_seed, rank, world_size, start)
         else:
             sampler = StreamSampler(
@@ -106,6 +120,68 @@ def _class_sampler(
         )  # fmt: skip
     except ValueError as e:
         raise UserError(f"{where}.sampler: {e}; lower {where}.batch_size or {where}.sampler.m.") from None
+
+
+class KeepLastSampler(StreamSampler):
+    """`last_batch: keep`: the stream of seeded permutations (StreamSampler's, same seeds), each pass cut into
+    S = ceil(n / B) steps of B = micro · processes · accumulation samples, the last one holding the r = n − (S − 1)·B
+    left over. Micro-batch t is accumulation step a = t mod k of optimizer step t // k; within a step the samples
+    are laid out as StreamSampler lays them out (accumulation step, then rank), r / (processes · k) each in the
+    last step. O(1) in t, so a resume needs no replay; with n divisible by B it is StreamSampler's stream exactly."""
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, grad_accum: int = 1,
+        start_batch: int = 0,
+    ):  # fmt: skip
+        super().__init__(
+            n, batch_size, seed, rank=rank, world_size=world_size, drop_last=False, start_batch=start_batch
+        )
+        self.grad_accum = int(grad_accum)
+        self.step_batch = self.global_batch * self.grad_accum
+        self.steps_per_pass = -(-self.n // self.step_batch)
+        self.last_size = self.n - (self.steps_per_pass - 1) * self.step_batch  # global samples of a pass's last step
+        if self.last_size % (self.world_size * self.grad_accum):
+            raise ValueError(
+                f"the last step's {self.last_size} samples do not split over {self.world_size} x {grad_accum}"
+            )
+
+    def batch_arrays(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        step, a = divmod(t, self.grad_accum)
+        p, j = divmod(step, self.steps_per_pass)
+        last = j == self.steps_per_pass - 1
+        b = self.last_size // (self.world_size * self.grad_accum) if last else self.batch_size
+        offset = j * self.step_batch + (a * self.world_size + self.rank) * b
+        q = np.arange(offset, offset + b, dtype=np.int64)
+        return self.permutation(p)[q], mix_seeds(self.seed, p * self.n + q)
+
+
+def _keep_last_sampler(
+    stage: Stage, sname: str, micro: int, seed: int, rank: int, world_size: int, start: int
+) -> KeepLastSampler:  # fmt: skip
+    """`last_batch: keep`, refused where a kept partial batch cannot be exact: several streams (each would end its
+    pass at another step), class-aware batches, or a leftover that does not split evenly (unequal micro-batches
+    would weight the step's samples unequally)."""
+    cfg, where = stage.cfg, f"stages.{stage.name}.last_batch"
+    if len(stage.streams) > 1:
+        raise UserError(
+            f"{where}: keep needs a stage with one training stream; this '{stage.type_name}' stage draws "
+            f"{sorted(stage.streams)}. Use last_batch: drop."
+        )
+    if cfg.sampler.kind != "random":
+        raise UserError(
+            f"{where}: keep works with `sampler: {{kind: random}}` only (here {cfg.sampler.kind}); use drop."
+        )
+    n, size, per = len(stage.streams[sname].dataset), stage.streams[sname].batch_size, world_size * cfg.grad_accum
+    rest = n - (-(-n // size) - 1) * size
+    if rest % per:
+        raise UserError(
+            f"{where}: keep ends each pass over the {n} samples with a batch of {rest}, which does not divide "
+            f"evenly over {world_size} process(es) x {cfg.grad_accum} accumulation step(s); use last_batch: drop, "
+            f"or a batch size / process count whose leftover divides."
+        )
+    return KeepLastSampler(
+        n, micro, seed, rank=rank, world_size=world_size, grad_accum=cfg.grad_accum, start_batch=start
+    )
 
 
 def _batched(dataset, sampler: StreamSampler | MPerClassSampler) -> Iterator[dict]:

@@ -10,6 +10,7 @@ from ssl_kd.prune.compact import ExportResult, count_flops, count_params, export
 from ssl_kd.prune.config import PruneConfig
 from ssl_kd.prune.functional import (
     DECAY_FLOOR,
+    asfp_keep_ratio,
     asrfp_decay,
     bn_factors,
     filter_norm_mask,
@@ -30,6 +31,7 @@ __all__ = [
     "FilterPruner",
     "PruneConfig",
     "Unit",
+    "asfp_keep_ratio",
     "asrfp_decay",
     "bn_factors",
     "count_flops",

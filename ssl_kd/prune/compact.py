@@ -1,11 +1,11 @@
 """Export a filter-pruned model as the physically smaller network: pruned filters removed, their BN channels sliced,
 the input channels of the conv that read them cut (models/pruned.py describes the shape).
 
-A filter counts as pruned when its weights are all zero: a prune stage ends that way (its last mask step zeroes
-every pruned filter, `prune.final_zero`). A removed channel whose BN was not zeroed with it still outputs a
-constant, BN(0): the export keeps that exactly (added into the residual stream, or folded into the next conv), so
-the small network computes what the trained one did. The check runs both on random inputs in eval mode; FLOPs are
-counted by torch.utils.flop_counter.FlopCounterMode.
+A filter counts as pruned when its weights are all zero: a prune stage ends that way when its last mask step
+zeroes every pruned filter (`prune.final_zero`, or a `decay_off_from` window reaching the last epoch). A removed
+channel whose BN was not zeroed with it still outputs a constant, BN(0): the export keeps that exactly (added into
+the residual stream, or folded into the next conv), so the small network computes what the trained one did. The
+check runs both on random inputs in eval mode; FLOPs are counted by torch.utils.flop_counter.FlopCounterMode.
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@
 | ghfp  | zero, or times d_e when `decay` > 0 (GHFP + ASRFP)          | the λ_e fraction with the smallest norms |
 
 Masks are recomputed from the weights at the stage's start and at the end of every `every`-th epoch and of the
-last one, which (`final_zero`) zeroes every pruned filter so the stage ends exportable. The defaults reproduce
-the reference (PGMPF on top of he-y's SFP), except where a field says otherwise.
+last one. `keep_ramp` (PGMPF's ASFP, `is_asfp`) lowers the kept share from 1 to `keep_ratio` over the stage instead
+of pruning `1 − keep_ratio` from the first step. `final_zero` makes the last mask step zero every pruned filter so
+the stage ends exportable; by default it does so only when the reference has no d = 0 window of its own
+(`decay_off_from` unset). The defaults reproduce the reference (PGMPF on top of he-y's SFP), except where a field
+says otherwise.
 """
 
 from __future__ import annotations
@@ -46,7 +49,14 @@ class PruneConfig(Strict):
     # conv only; a zeroed BN weight would also zero the filter's gradient, so a soft filter could never regrow)
     mask_bn: bool | None = None
     hold_hard: bool = False  # re-zero hard filters after every optimizer step (reference: only the gradient is masked)
-    final_zero: bool = True  # the last mask step zeroes every pruned filter (d = 0): the stage ends exportable
+    # the last mask step zeroes every pruned filter (d = 0): the stage ends exportable. None: true without a
+    # `decay_off_from` window (ours), false with one (the reference: its window decides, so E <= 4 epochs end at
+    # d0·exp(−a·(E−1)) > 0, e.g. with PGMPF's 0.8 window)
+    final_zero: bool | None = None
+    # PGMPF's ASFP (`is_asfp`): the kept share per mask step goes 1 -> keep_ratio. none: keep_ratio from the start
+    # (SFP, the GHFP/ASRFP papers); exp: r + (1 - r)·exp(-k·e), k = ln 4 / (E/8) (PGMPF's script); poly: cubic
+    keep_ramp: Literal["none", "exp", "poly"] = "none"
+    keep_ramp_end: float = Field(0.9, gt=0, le=1)  # keep_ratio itself from this fraction of the epochs on (PGMPF 0.9)
 
     @model_validator(mode="after")
     def _decay(self) -> PruneConfig:
@@ -54,6 +64,8 @@ class PruneConfig(Strict):
             self.decay = DEFAULT_DECAY[self.method]
         if self.mask_bn is None:
             self.mask_bn = self.decay > 0
+        if self.final_zero is None:
+            self.final_zero = self.decay_off_from is None
         if self.method == "sfp" and self.decay != 0:
             raise ValueError("decay: sfp zeroes pruned filters (decay 0); a decay > 0 is srfp or asrfp")
         if self.method in ("srfp", "asrfp") and self.decay == 0:

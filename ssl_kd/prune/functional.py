@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -110,6 +111,20 @@ def asrfp_decay(epoch: int, total_epochs: int, d0: float, sigma: float) -> float
     a = -math.log(sigma / (d0 + 0.01 * sigma)) / total_epochs
     d = d0 * math.exp(-a * epoch)
     return d if d >= DECAY_FLOOR else 0.0
+
+
+def asfp_keep_ratio(epoch: int, total_epochs: int, keep_ratio: float, shape: str = "exp", end: float = 0.9) -> float:
+    """PGMPF's asymptotic keep rate (`is_asfp`, the `comp_rate` of the mask step after epoch e, 0-based): `exp`
+    r + (1 − r)·exp(−k·e), k = ln 4 / (E/8) (1 at e = 0, a quarter of the pruned share left at E/8; the script's
+    `exp_or_poly = 'exp'`), or `poly` 1 − (1 − r)·(1 − (1 − (e+1)/E)³); r itself from e ≥ end·E (reference 0.9).
+    In float64 NumPy as the reference, so ⌊n·(1 − rate)⌋ floors the same numbers; the cubic keeps the reference's
+    E + 1e-7 (it moves the rate by ~1e-8, enough to change a floored count, e.g. n = 20 at E = 4, e = 1)."""
+    if epoch >= end * total_epochs:
+        return keep_ratio
+    if shape == "exp":
+        k = np.log(4) / (1 / 8 * total_epochs)
+        return float(keep_ratio + (1 - keep_ratio) * np.exp(-k * epoch))
+    return float(1.0 - (1 - keep_ratio) * (1.0 - (1.0 - (epoch + 1.0) / (total_epochs + 1e-7)) ** 3))
 
 
 def mask_factors(kept: Tensor, hard: Tensor, decay: float) -> Tensor:

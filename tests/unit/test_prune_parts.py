@@ -15,6 +15,7 @@ from ssl_kd.models import create_model, create_model_from_spec, model_spec
 from ssl_kd.prune import (
     FilterPruner,
     PruneConfig,
+    asfp_keep_ratio,
     asrfp_decay,
     bn_factors,
     count_flops,
@@ -163,6 +164,85 @@ def test_reference_windows():
     cb = _callback(PruneConfig(method="ghfp", decay=1.0, decay_off_from=0.8, hard_full_from=0.9), 10)
     assert [cb.values(e)[1] > 0 for e in range(10)] == [True] * 8 + [False] * 2
     assert cb.values(8)[0] < 1.0 and cb.values(9)[0] == 1.0
+
+
+def ref_comp_rates(rate: float, epochs: int, poly: bool) -> list[float]:
+    """PGMPF `pruning_train_soft_hard_prune_bn.py` (is_asfp = True), the `comp_rate` of each epoch's mask step,
+    transcribed loop for loop (D = 1/8, asymptotic_k = ln 4 / (D E); r itself from 0.9 E)."""
+    import numpy as np
+
+    asymptotic_k = np.log(4) / (1 / 8 * epochs)
+    out = []
+    for epoch in range(epochs):
+        comp_rate = rate + (1 - rate) * np.exp(-asymptotic_k * epoch)
+        if poly:
+            comp_rate = 1.0 - (1 - rate) * (1.0 - (1.0 - (epoch + 1.0) / (epochs + 1e-7)) ** 3)
+        if epoch >= epochs * 9 / 10:
+            comp_rate = rate
+        out.append(float(comp_rate))
+    return out
+
+
+def test_asfp_keep_ratio_by_hand():
+    assert asfp_keep_ratio(0, 8, 0.6) == 1.0  # ASFP starts with every filter kept
+    assert asfp_keep_ratio(1, 8, 0.6) == pytest.approx(0.6 + 0.4 / 4, rel=1e-15)  # k = ln 4 at E = 8
+    assert asfp_keep_ratio(7, 8, 0.6) == pytest.approx(0.6 + 0.4 * 4.0**-7, rel=1e-15)  # 7 < 0.9 * 8
+    assert asfp_keep_ratio(9, 10, 0.6) == 0.6  # 9 >= 0.9 * 10: the target
+    assert asfp_keep_ratio(0, 4, 0.6, "poly") == pytest.approx(1 - 0.4 * (1 - 0.75**3), rel=1e-7)
+    assert int(20 * (1 - asfp_keep_ratio(1, 4, 0.6, "poly"))) == 6  # 1 - 0.65 would floor to 7: E + 1e-7 kept
+
+
+@pytest.mark.parametrize("epochs", [4, 10, 33, 200])
+@pytest.mark.parametrize("rate", [0.6, 0.7])
+@pytest.mark.parametrize("poly", [False, True])
+def test_asfp_keep_ratio_equals_the_reference_loop(epochs, rate, poly):
+    ref = ref_comp_rates(rate, epochs, poly)
+    ours = [asfp_keep_ratio(e, epochs, rate, "poly" if poly else "exp") for e in range(epochs)]
+    assert ours == pytest.approx(ref, rel=1e-13)
+    for n in (16, 20, 32, 64, 512):  # the floored counts the masks use: int(n (1 - comp_rate))
+        assert [int(n * (1 - k)) for k in ours] == [int(n * (1 - k)) for k in ref]
+    cb = _callback(PruneConfig(method="sfp", keep_ratio=rate, keep_ramp="poly" if poly else "exp"), epochs)
+    assert [cb.keep(e) for e in range(epochs)] == ours
+    assert _callback(PruneConfig(method="sfp", keep_ratio=rate), epochs).keep(0) == rate  # ramp off: constant
+
+
+class _Runner:
+    def __init__(self) -> None:
+        self.models = {"net": _random_bn(create_model("resnet8", 10))}
+        self.stage = type("S", (), {"ema_models": {}})()
+        self.records: list[dict] = []
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+
+
+def test_asfp_first_mask_step_keeps_every_filter():
+    runner = _Runner()
+    cb = Prune(runner, _Stage(PruneConfig(method="ghfp", keep_ratio=0.5, keep_ramp="exp"), 8))
+    cb._refresh(runner, 0, final=False)
+    assert all(k.all() for k in cb.pruners["net"].kept.values())
+    cb._refresh(runner, 7, final=True)  # 7 < 0.9 * 8: the reference's last step is still above the target
+    assert runner.records[-1]["prune/keep"] == pytest.approx(0.5 + 0.5 * 4.0**-7)
+
+
+@pytest.mark.parametrize("epochs", [3, 4, 5, 10])
+def test_final_step_decay_follows_the_reference_window(epochs):
+    """PGMPF sets d = 0 only in its window (e >= 0.8 E): with E <= 4 the last step (e = E - 1) keeps
+    d0 exp(-a (E - 1)), a = -ln(sigma / (d0 + 0.01 sigma)) / E. Without a window, final_zero (ours) zeroes it."""
+    sigma = 1e-3
+    by_hand = (sigma / (1 + 0.01 * sigma)) ** ((epochs - 1) / epochs) if epochs - 1 < 0.8 * epochs else 0.0
+    runner = _Runner()
+    cb = Prune(runner, _Stage(PruneConfig(method="asrfp", decay=1.0, sigma=sigma, decay_off_from=0.8), epochs))
+    assert cb.cfg.final_zero is False
+    cb._refresh(runner, epochs - 1, final=True)
+    assert runner.records[-1]["prune/decay"] == pytest.approx(by_hand, rel=1e-12, abs=0)
+    no_window = Prune(runner, _Stage(PruneConfig(method="asrfp", decay=1.0, sigma=sigma), epochs))
+    assert no_window.cfg.final_zero is True
+    no_window._refresh(runner, epochs - 1, final=True)
+    assert runner.records[-1]["prune/decay"] == 0.0
+    forced = Prune(runner, _Stage(PruneConfig(method="asrfp", decay_off_from=0.8, final_zero=True), epochs))
+    forced._refresh(runner, epochs - 1, final=True)
+    assert runner.records[-1]["prune/decay"] == 0.0
 
 
 # ------------------------------------------------------------------ the component on a model

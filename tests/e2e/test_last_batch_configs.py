@@ -1,0 +1,31 @@
+"""The shipped configs keep an epoch's last, partial batch where their reference's train loader does
+(configs/README.md, "Epoch length"), and drop it everywhere else."""
+
+from __future__ import annotations
+
+from helpers import CONFIGS, shipped_configs
+
+from ssl_kd.config import resolve_config
+
+KEEP = {  # config -> its stages that keep the last batch
+    **{f"kd/{m}_{p}": {"teacher", "student"} for m in ("kd", "dkd", "kd_ctkd", "dkd_ctkd", "kd_dot", "kd_dtd", "kd_ka")
+       for p in ("res32x4_res8x4", "wrn40_2_wrn16_2")},
+    "kd/pad_res32x4_res8x4": {"teacher", "student"},
+    "prune/ghfp_kd_res32x4_res8x4": {"teacher", "student"},
+    "kd/hsakd_res32x4_res8x4": {"teacher", "teacher_aux", "student"},
+    "kd/hsakd_wrn40_2_wrn16_2": {"teacher", "teacher_aux", "student"},
+    "kd/cskd_res32x4_vit_cifar100": {"teacher"},
+    "kd/deit_res32x4_vit_cifar100": {"teacher"},
+    **{f"prune/{m}_resnet56_cifar10": {"prune"} for m in ("sfp", "asrfp", "ghfp")},
+}  # fmt: skip
+
+
+def test_shipped_configs_keep_the_last_batch_where_their_reference_does():
+    seen = set()
+    for path in shipped_configs():
+        name = str(path.relative_to(CONFIGS).with_suffix(""))
+        cfg, _ = resolve_config(path, [])
+        keep = {n for n, s in cfg.stages.items() if s.last_batch == "keep"}
+        assert keep == KEEP.get(name, set()), name
+        seen.add(name)
+    assert set(KEEP) <= seen
