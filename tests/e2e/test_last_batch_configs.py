@@ -17,6 +17,14 @@ KEEP = {  # config -> its stages that keep the last batch
     "kd/cskd_res32x4_vit_cifar100": {"teacher"},
     "kd/deit_res32x4_vit_cifar100": {"teacher"},
     **{f"prune/{m}_resnet56_cifar10": {"prune"} for m in ("sfp", "asrfp", "ghfp")},
+    "teacher_student_cifar100": {"teacher", "student"},
+    "kd/sskd_res32x4_res8x4": {"teacher", "teacher_head", "student"},
+    "kd/hssakd_online_wrn40_2": {"online"},
+    **{f"selfkd/{m}_cifar100_resnet18": {"train"} for m in ("ce", "mixup", "cutmix", "ctc_ce_baseline")},
+    "selfkd/mixskd_cifar100_resnet18": {"mixskd"},
+    "selfkd/ctc_cifar100_resnet18": {"instance", "contrast"},
+    **{f"dynamic_mlp/{m}": {"train"} for m in ("inat21_mini_resnet50_c", "plants32_resnet18_c",
+                                                "plants32_resnet18_concat", "plants32_resnet18_image_only")},
 }  # fmt: skip
 
 
