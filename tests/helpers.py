@@ -138,6 +138,14 @@ class Crash(Callback):
             raise KeyboardInterrupt
 
 
+def train_quickstart_teacher(out: Path, epochs: int) -> Path:
+    """The quickstart's digits teacher trained alone for `epochs` (its distill stage off); returns its weight file, for
+    tests that skip the teacher stage the documented way (`init` from a file)."""
+    assert run_cli(CONFIGS / "quickstart.yaml", f"stages.teacher.epochs={epochs}", "stages.distill.enabled=false",
+                   "experiment.logger.progress=false", f"experiment.output_dir={out}") == 0  # fmt: skip
+    return out / "checkpoints" / "teacher" / "last.pt"
+
+
 @contextlib.contextmanager
 def crash_at(at: int) -> Iterator[None]:
     """Inside the block every run gets a `Crash(at)` callback after its own; the callbacks are as before after it."""

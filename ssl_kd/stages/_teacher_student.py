@@ -195,6 +195,6 @@ class LogitDistillation(TeacherStudent):
             diagnostics["acc"] = accuracy(s[:n], y)
         if mix is not None:
             diagnostics["lam"] = torch.tensor(float(mix.lam), device=x.device)
-        if c.temperature.policy != "fixed":
+        if isinstance(tau, torch.Tensor):  # a rule-based or learned temperature (a fixed one is a number)
             diagnostics["tau"] = tau.detach().float().mean()
         return losses, diagnostics

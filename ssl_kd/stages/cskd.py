@@ -99,6 +99,7 @@ class CSKD(TeacherStudent):
                     f"models.{self.student}.kwargs.dist_token: true (a ViT), or {other}"
                 )
         self.dense_kwargs = {"return_dense": True}
+        self.term_opts = c.model_dump(include=_TERM_OPTIONS)  # the loss's options, read once (not per step)
         if c.patch_head == "dist":
             self.dense_kwargs["dense_head"] = "dist"
         self.beta = self.schedule(c.beta)
@@ -108,12 +109,11 @@ class CSKD(TeacherStudent):
         x, y = batch["train"]["x"], batch["train"]["y"]
         out = self.model(self.student)(x, **(self.dense_kwargs if self.dense else {}))
         t_out = self.teacher.output(x, return_dense=self.dense)  # eval mode, no_grad
-        opts = c.model_dump(include=_TERM_OPTIONS)
         dense = (out.aux["dense"], t_out.aux["dense"]) if self.dense else (None, None)
         beta = self.beta.value if self.dense else 0.0
         token = out.aux["dist"] if c.token == "dist" else out.logits
         # the teacher's logits = the mean of its dense logits (a linear head): the code's global logits
-        losses = cskd_terms(out.logits, token, y, t_out.logits, *dense, beta, **opts)
+        losses = cskd_terms(out.logits, token, y, t_out.logits, *dense, beta, **self.term_opts)
         logs = {"acc": accuracy(out.logits, y)}
         if self.dense:
             logs["beta"] = torch.tensor(beta, device=x.device)

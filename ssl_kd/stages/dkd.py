@@ -35,8 +35,8 @@ class DKDConfig(LogitDistillationConfig):
     def migrate(cls, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The options were a `dkd:` block of the kd stage (`type: kd, loss: dkd, dkd: {...}`)."""
         data, notes = super().migrate(data)
-        block = data.pop("dkd", None)
-        if isinstance(block, dict):
+        if isinstance(data.get("dkd"), dict):  # anything else: the schema reports `dkd` as an unknown key
+            block = data.pop("dkd")
             clash = sorted(set(block) & set(data))
             if clash:
                 raise ValueError(f"{clash} given both in `dkd:` and at the stage's top level; keep the top level")
@@ -44,8 +44,6 @@ class DKDConfig(LogitDistillationConfig):
             notes.append(
                 f"the `dkd:` block is now the stage's own keys: {', '.join(f'{k}: {v}' for k, v in block.items())}"
             )
-        elif block is not None:
-            data["dkd"] = block  # not a mapping: the schema reports it as an unknown key
         return data, notes
 
 

@@ -38,9 +38,9 @@ class KDConfig(LogitDistillationConfig):
             data["type"] = "dkd"
             notes.append("`type: kd` with `loss: dkd` is now `type: dkd`")
         elif loss is not None:
-            notes.append(f"`loss: {loss}` is dropped: the stage type says which loss it is")
             if loss != "kd":
                 raise ValueError(f"loss: '{loss}' is not a KD loss; use type: kd or type: dkd")
+            notes.append("`loss: kd` is dropped: the stage type says which loss it is")
         return data, notes
 
 

@@ -19,6 +19,7 @@ from helpers import (
     assert_resume_exact,
     run_cli,
     tiny_config,
+    train_quickstart_teacher,
     write_fake_npz,
     write_synthetic_folder,
 )
@@ -35,10 +36,7 @@ QUICK = CONFIGS / "quickstart.yaml"
 # ------------------------------------------------------------------------------------------------ stages
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    assert run_cli(QUICK, "stages.teacher.epochs=1", "stages.distill.enabled=false",
-                   "experiment.logger.progress=false", f"experiment.output_dir={out}") == 0  # fmt: skip
-    return out / "checkpoints" / "teacher" / "last.pt"
+    return train_quickstart_teacher(tmp_path_factory.mktemp("teacher") / "run", epochs=1)
 
 
 def write_config(path, teacher_file, student: dict, stage: dict, data: dict | None = None):

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from helpers import CONFIGS, assert_resume_exact, run_cli
+from helpers import CONFIGS, assert_resume_exact, run_cli, train_quickstart_teacher
 
 from ssl_kd.components import DTDOptions
 from ssl_kd.config import validate_config
@@ -26,10 +26,7 @@ QUICK = CONFIGS / "quickstart.yaml"
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
     """A trained digits teacher, so the tests below skip the teacher stage the documented way."""
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    assert run_cli(QUICK, "stages.teacher.epochs=2", "stages.distill.enabled=false",
-                   "experiment.logger.progress=false", f"experiment.output_dir={out}") == 0  # fmt: skip
-    return out / "checkpoints" / "teacher" / "last.pt"
+    return train_quickstart_teacher(tmp_path_factory.mktemp("teacher") / "run", epochs=2)
 
 
 def student_args(teacher_file, *extra):
