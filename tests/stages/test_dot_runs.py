@@ -54,14 +54,24 @@ def test_runner_loss_groups_reach_dot(tmp_path):
     assert any(not torch.allclose(runs["dot"][k], v) for k, v in runs["sgd"].items() if v.is_floating_point())
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
-def test_dot_under_ddp_matches_one_process(tmp_path):
-    """Loss groups under DDP: each group's gradient is all-reduced by hand, so 2 processes train like 1."""
-    args = ["stages.teacher.enabled=false", "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}",
+# a DOT student on a fixed MLP teacher, one epoch; both tests below compare against its one-process run
+DOT_ARGS = ["stages.teacher.enabled=false", "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}",
             "stages.distill.epochs=1", "stages.distill.augment=none", "stages.distill.optimizer.name=dot",
             "stages.distill.optimizer.nesterov=false", "experiment.logger.progress=false"]  # fmt: skip
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert run_cli(QUICK, *args, f"experiment.output_dir={one}") == 0
+
+
+@pytest.fixture(scope="module")
+def dot_one_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dot") / "one"
+    assert run_cli(QUICK, *DOT_ARGS, f"experiment.output_dir={out}") == 0
+    return out
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_dot_under_ddp_matches_one_process(tmp_path, dot_one_process):
+    """Loss groups under DDP: each group's gradient is all-reduced by hand, so 2 processes train like 1."""
+    args = DOT_ARGS
+    one, two = dot_one_process, tmp_path / "two"
     cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29521", "-m", "ssl_kd.run", str(QUICK), *args,
            f"experiment.output_dir={two}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -72,13 +82,10 @@ def test_dot_under_ddp_matches_one_process(tmp_path):
         torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-5)
 
 
-def test_dot_with_gradient_accumulation_matches_one_batch(tmp_path):
+def test_dot_with_gradient_accumulation_matches_one_batch(tmp_path, dot_one_process):
     """Each group's gradient is summed over the micro-batches before DOT sees it: accumulation = one big batch."""
-    args = ["stages.teacher.enabled=false", "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}",
-            "stages.distill.epochs=1", "stages.distill.augment=none", "stages.distill.optimizer.name=dot",
-            "stages.distill.optimizer.nesterov=false", "experiment.logger.progress=false"]  # fmt: skip
-    one, acc = tmp_path / "one", tmp_path / "acc"
-    assert run_cli(QUICK, *args, f"experiment.output_dir={one}") == 0
+    args = DOT_ARGS
+    one, acc = dot_one_process, tmp_path / "acc"
     assert run_cli(QUICK, *args, "stages.distill.grad_accum=4", f"experiment.output_dir={acc}") == 0
     a, b = _student(one), _student(acc)
     for k, v in a.items():
