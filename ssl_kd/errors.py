@@ -22,3 +22,11 @@ def suggest(name: str, valid: Iterable[str]) -> str:
 
 def choices(valid: Iterable[str]) -> str:
     return ", ".join(sorted(str(v) for v in valid))
+
+
+class RunInterrupted(Exception):
+    """The run stopped on a signal (SIGTERM, SIGINT) after writing a checkpoint. The CLI exits 128 + the signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

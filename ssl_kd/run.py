@@ -6,10 +6,13 @@ The CLI wins over the YAML. Mistakes in user input print one message and exit 2,
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
+
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
 
 USAGE = """usage: python -m ssl_kd.run CONFIG [key=value | --key=value ...] [--import MODULE] [--resume] [--dry-run]
 
@@ -170,20 +173,53 @@ def _main(argv: list[str]) -> int:
         if accelerator.is_main_process:
             print(runner.plan())
         return 0
-    if args.resume:
-        run_dir.check_resumable()
-    else:
-        run_dir.check_new()
-    run_dir.create()  # every rank: a folder that cannot be made is one clear error on each, not a hang
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and not args.resume:
-        run_dir.write_config(resolved)
-    make_runner(cfg, run_dir, resolved, accelerator, resume=args.resume).run()
+    from_checkpoint = _claim(run_dir, args.resume, accelerator, resolved)
+    try:
+        if accelerator.is_main_process and not from_checkpoint:  # a new run, or one restarted from step 0
+            if args.resume:
+                print(f"--resume: {run_dir.root} stopped before its first checkpoint; starting it again from step 0.")
+                run_dir.truncate_metrics(0)
+            run_dir.write_config(resolved)
+        runner = make_runner(cfg, run_dir, resolved, accelerator, resume=from_checkpoint)
+        with runner.stop_requests:
+            runner.run()
+    finally:
+        run_dir.unlock()
     return 0
 
 
+def _claim(run_dir, resume: bool, accelerator, resolved: dict[str, Any]) -> bool:
+    """Make the run folder this process's: create it, take its lock (every rank learns whether rank 0 got it),
+    remove what killed writers left, and check it may start (or resume) here. Returns whether a checkpoint resumes."""
+    import yaml
+    from accelerate.utils import broadcast_object_list
+
+    from ssl_kd.engine.checkpoint_io import remove_orphans
+    from ssl_kd.engine.resume import check_compatible
+    from ssl_kd.errors import UserError
+
+    # the checks before the folder is touched (a mistake leaves no folder behind) ...
+    from_checkpoint = run_dir.check_resumable() if resume else run_dir.check_new()
+    run_dir.create()  # every rank: a folder that cannot be made is one clear error on each, not a hang
+    refused = [run_dir.lock() if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(refused)
+    if refused[0]:
+        raise UserError(refused[0])
+    if accelerator.is_main_process:
+        left = remove_orphans(run_dir.root)
+        if left:
+            print(f"{run_dir.root}: removed {len(left)} unfinished write(s) of a killed run ({left[0].name}, ...).")
+    # ... and again under the lock: another launch may have begun in between
+    from_checkpoint = run_dir.check_resumable() if resume else run_dir.check_new()
+    if resume and not from_checkpoint and run_dir.config.is_file():  # starting again: under the same config
+        check_compatible(yaml.safe_load(run_dir.config.read_text()), resolved, str(run_dir.config), started=[])
+    accelerator.wait_for_everyone()
+    return bool(from_checkpoint)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from ssl_kd.errors import TrainingStopped, UserError
+    from ssl_kd.errors import RunInterrupted, TrainingStopped, UserError
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -194,6 +230,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrainingStopped as e:
         print(f"ssl_kd: stopped: {e}", file=sys.stderr)
+        return 1
+    except RunInterrupted as e:
+        print(f"ssl_kd: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except OSError as e:  # the disk filled up, a quota, a file-size limit, the folder turned read-only
+        if e.errno not in _STORAGE_ERRORS:
+            raise
+        print(f"ssl_kd: stopped: cannot write {e.filename or 'the run folder'}: {e.strerror}. Nothing already "
+              f"written was changed; fix the cause, then continue with --resume.", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print("ssl_kd: interrupted; continue with --resume (from the last checkpoint).", file=sys.stderr)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import pickletools
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,30 +14,130 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_kd.errors import UserError
+from ssl_kd.errors import TrainingStopped, UserError
 
 # ssl_kd/2: EMA models and registered modules live in the stage state (ssl_kd/1 kept the EMA in callback state)
 FORMAT = "ssl_kd/2"
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same folder, fsync, then os.replace: a crash never leaves a torn file."""
+class CheckpointWriteError(TrainingStopped):
+    """A checkpoint could not be written (disk full, file-size limit, read-only folder): the run stops with one
+    line naming the file and the cause; the previous checkpoint is untouched."""
+
+
+class _Recording:
+    """A file wrapper that keeps the OSError of a failed write: torch turns it into `unexpected pos ...`."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def previous_of(path: Path) -> Path:
+    """Where `save_atomic(..., keep_previous=True)` keeps the file it replaces."""
+    return path.with_name("previous" + path.suffix) if path.stem == "last" else path.with_suffix(".previous.pt")
+
+
+def save_atomic(obj: Any, path: str | Path, *, keep_previous: bool = False) -> None:
+    """Write to a temp file in the same folder, fsync, then os.replace: a crash never leaves a torn file.
+
+    ``keep_previous``: the file replaced stays as `previous.pt`, the fallback of a resume when `last.pt` turns out
+    damaged. A failed write raises CheckpointWriteError naming the file and the OS's reason (ENOSPC, EFBIG, EROFS).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    rec = None
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                rec = _Recording(f)
+                torch.save(obj, rec)
+                f.flush()
+                os.fsync(f.fileno())
+            if keep_previous and path.exists():
+                os.replace(path, previous_of(path))
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except (OSError, RuntimeError) as e:
+            cause = (rec.error if rec is not None else None) or e
+            if not isinstance(cause, OSError):
+                raise
+            why = cause.strerror or str(cause)
+            code = errno.errorcode.get(cause.errno or 0, "")
+            kept = "; the previous checkpoint is intact" if path.exists() else ""
+            raise CheckpointWriteError(
+                f"cannot write {path} ({why}{', ' + code if code else ''}){kept}. Free space or fix the folder "
+                f"{path.parent}, then continue with --resume."
+            ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames durable (a power cut right after must not bring the old file back)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete the temp files of writes that a killed process left (`.last.pt.tmp-<pid>`). Call it only while holding
+    the run lock: then no other process is writing in the folder."""
+    found = sorted(folder.rglob(".*.tmp-*")) if folder.is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def verify(path: Path) -> str | None:
+    """Why `path` fails its stored checksums (torch writes a zip with a CRC-32 per record, which torch's reader
+    never checks), or None when every record matches. A file that is not a zip (an old torch format) has none."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # a damaged header or directory
+        return f"its zip structure is damaged ({e})"
+    return f"the checksum of record {bad!r} does not match: the file changed after it was written" if bad else None
+
+
+def _is_whole_pickle(path: Path) -> bool:
+    """Is the file (or its zip's data.pkl) a complete pickle? Then torch refused it for what it holds, not because
+    it is damaged. Only the opcodes are read (pickletools never runs them)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        return any(op.name == "STOP" for op, _, _ in pickletools.genops(data))
+    except Exception:  # not a pickle: random bytes, a torn write
+        return False
+
+
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
-    """Load a file weights-only (tensors and plain data, never code); every failure is one UserError.
+    """Load a file weights-only (tensors and plain data, never code) after verifying its checksums; every failure
+    is one UserError that says whether the file is damaged or unsafe.
 
     torch's own message for a refused pickle suggests `weights_only=False`, i.e. running whatever code the file
     holds: it is never passed on.
@@ -44,10 +147,16 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any
         raise UserError(f"{what}: {path} is a folder; give a checkpoint file (e.g. {path}/checkpoints/last.pt).")
     if not path.is_file():
         raise UserError(f"{what}: file not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what}: {path} is unreadable: it is empty (0 bytes): not a checkpoint, or damaged.")
+    damaged = verify(path)
+    if damaged:
+        raise UserError(f"{what}: {path} is damaged: {damaged}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or a pickle that holds more than weights
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        text = str(e)
+        if "GLOBAL" in text or "Unsupported global" in text or _is_whole_pickle(path):
             why = "it holds Python objects besides tensors and plain data, which ssl_kd never loads (unsafe)"
         else:
             why = f"not a torch checkpoint, or damaged / truncated ({type(e).__name__})"

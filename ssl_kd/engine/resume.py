@@ -90,18 +90,32 @@ def intact_stage_files(run_dir: RunDir) -> list[Path]:
 
 
 def read_last(run_dir: RunDir) -> dict[str, Any]:
-    """`checkpoints/last.pt`, or a UserError that points to the stage weight files still intact."""
+    """`checkpoints/last.pt`; when it is missing or damaged, the checkpoint before it (`previous.pt`) with a line
+    saying so; else a UserError that points to the stage weight files still intact."""
     try:
         return load_checkpoint(run_dir.last, "--resume")
     except UserError as e:
-        intact = intact_stage_files(run_dir)
-        hint = (
-            f" Intact stage weights: {', '.join(map(str, intact))}; start a new run that initialises from one "
-            f"(stages.<name>.init: {{mode: checkpoint, path: FILE}})."
-            if intact
-            else ""
-        )
-        raise UserError(f"{e}{hint}") from None
+        first = e
+    if run_dir.previous.is_file():
+        try:
+            ckpt = load_checkpoint(run_dir.previous, "--resume")
+        except UserError as e:
+            first = UserError(f"{first} And the checkpoint before it: {e}")
+        else:
+            print(
+                f"{first} Going on from the checkpoint before it, {run_dir.previous} "
+                f"(global step {ckpt.get('global_step')}).",
+                flush=True,
+            )
+            return ckpt
+    intact = intact_stage_files(run_dir)
+    hint = (
+        f" Intact stage weights: {', '.join(map(str, intact))}; start a new run that initialises from one "
+        f"(stages.<name>.init: {{mode: checkpoint, path: FILE}})."
+        if intact
+        else ""
+    )
+    raise UserError(f"{first}{hint}") from None
 
 
 def stages_started(ckpt: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from ssl_kd.engine import resume as ckpt_io
 from ssl_kd.engine.build import apply_init, apply_module_init, build_models, check_stage_files, take_snapshots
 from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.checkpoint_io import save_atomic
+from ssl_kd.engine.interrupt import StopRequests
 from ssl_kd.engine.plan import plan
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
@@ -123,6 +124,7 @@ class Runner:
         self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run, device=self.device)
         self._stage_services: dict[str, DataServices] = {}  # stages with their own `data:`
         self.evaluator = Evaluator(self.services, self.accelerator, cfg.data.num_workers)
+        self.stop_requests = StopRequests(self.world_size)  # signals reach it once the CLI installs it
 
     # ================================================================ services for stages and callbacks
     @property
@@ -197,7 +199,7 @@ class Runner:
         size = self.run_dir.metrics_size() if self.is_main else 0
         state = ckpt_io.checkpoint_state(self.state, in_stage, self.resolved, size, self.accelerator)
         if self.is_main:
-            save_atomic(state, self.run_dir.last)
+            save_atomic(state, self.run_dir.last, keep_previous=True)
         self.accelerator.wait_for_everyone()
 
     def save_stage_weights(self, which: str, weights: dict[str, Any]) -> None:
@@ -250,6 +252,9 @@ class Runner:
             self.stage_index = index
             resume_here = ckpt if (ckpt and ckpt["in_stage"] and ckpt["stage_index"] == index) else None
             self._run_stage(self.new_stage(index, name, scfg), resume_here)
+            signum = self.stop_requests.requested()
+            if signum and index < len(self.cfg.stages) - 1:  # the boundary checkpoint is written
+                raise self.stop_requests.stop(signum, f"after stage '{name}'")
         self.stage = None
         self.context = None
         for cb in self._all_callbacks():
@@ -415,6 +420,11 @@ class Runner:
                 stage.on_epoch_end()
                 for cb in callbacks:
                     cb.on_epoch_end(self)
+            if prog.step < total:  # at the stage's end the runner writes its boundary checkpoint anyway
+                signum = self.stop_requests.requested()
+                if signum:
+                    self.save_checkpoint(in_stage=True)
+                    raise self.stop_requests.stop(signum, f"in stage '{stage.name}' at step {prog.step}/{total}")
 
     @contextlib.contextmanager
     def _no_sync(self, models: list[nn.Module], skip_sync: bool):

@@ -18,6 +18,7 @@ from accelerate.utils import send_to_device
 from torch import nn
 
 from ssl_kd.data import ViewDataset
+from ssl_kd.engine.interrupt import ignore_stop_signals
 from ssl_kd.engine.services import DataServices
 
 Predict = Callable[[Mapping[str, torch.Tensor]], torch.Tensor | dict[str, torch.Tensor]]
@@ -51,6 +52,7 @@ class Evaluator:
             self._loaders[batch_size] = torch.utils.data.DataLoader(
                 ds, batch_sampler=batches, num_workers=self.num_workers,
                 pin_memory=acc.device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                worker_init_fn=ignore_stop_signals,
             )  # fmt: skip
         return self._loaders[batch_size]
 

@@ -19,6 +19,7 @@ import torch
 
 from ssl_kd.data import MPerClassSampler, StreamSampler, mix_seed, stream_labels
 from ssl_kd.data.hashing import mix_seeds
+from ssl_kd.engine.interrupt import ignore_stop_signals
 from ssl_kd.engine.stage import Stage
 from ssl_kd.errors import UserError
 
@@ -86,7 +87,7 @@ def make_iterators(
         loader = torch.utils.data.DataLoader(
             stream.dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
             persistent_workers=False, generator=torch.Generator().manual_seed(0),
-            prefetch_factor=4 if num_workers > 0 else None,
+            prefetch_factor=4 if num_workers > 0 else None, worker_init_fn=ignore_stop_signals,
         )  # fmt: skip
         iters[sname] = iter(loader)
     return iters
@@ -214,6 +215,7 @@ def one_pass(
                 num_workers=num_workers,
                 pin_memory=pin_memory,
                 generator=torch.Generator().manual_seed(0),
+                worker_init_fn=ignore_stop_signals,
             )  # fmt: skip
         )
     for s, batch in zip(cuts, batches):

@@ -116,7 +116,7 @@ def test_interrupted_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.torch, "save", torn_save)
-    with pytest.raises(OSError):
+    with pytest.raises(ck.CheckpointWriteError, match=r"cannot write .*last.pt \(disk full\); the previous"):
         ck.save_atomic({"step": 2, "w": torch.zeros(3)}, path)
     assert ck.load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind

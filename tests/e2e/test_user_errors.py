@@ -165,6 +165,7 @@ def test_corrupt_resume_checkpoint_points_to_intact_stage_weights(finished_run, 
     shutil.copytree(finished_run, run)
     last = run / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated
+    (run / "checkpoints" / "previous.pt").write_bytes(b"")  # and the fallback checkpoint emptied
     before = snapshot(run)
     assert run_cli(run / "config.yaml", "--resume") == 2
     line = one_line_error(capsys, str(last), "unreadable", "checkpoints/teacher/last.pt", "init")
