@@ -198,23 +198,27 @@ def _claim(run_dir, resume: bool, accelerator, resolved: dict[str, Any]) -> bool
     from ssl_kd.engine.resume import check_compatible
     from ssl_kd.errors import UserError
 
-    # the checks before the folder is touched (a mistake leaves no folder behind) ...
-    from_checkpoint = run_dir.check_resumable() if resume else run_dir.check_new()
+    if not run_dir.root.is_dir():  # a mistake (e.g. --resume of nothing) leaves no folder behind
+        run_dir.check_resumable() if resume else run_dir.check_new()
     run_dir.create()  # every rank: a folder that cannot be made is one clear error on each, not a hang
     refused = [run_dir.lock() if accelerator.is_main_process else None]
     if accelerator.num_processes > 1:
         broadcast_object_list(refused)
     if refused[0]:
         raise UserError(refused[0])
-    if accelerator.is_main_process:
-        left = remove_orphans(run_dir.root)
-        if left:
-            print(f"{run_dir.root}: removed {len(left)} unfinished write(s) of a killed run ({left[0].name}, ...).")
-    # ... and again under the lock: another launch may have begun in between
-    from_checkpoint = run_dir.check_resumable() if resume else run_dir.check_new()
-    if resume and not from_checkpoint and run_dir.config.is_file():  # starting again: under the same config
-        check_compatible(yaml.safe_load(run_dir.config.read_text()), resolved, str(run_dir.config), started=[])
-    accelerator.wait_for_everyone()
+    try:
+        if accelerator.is_main_process:
+            left = remove_orphans(run_dir.root)
+            if left:
+                print(f"{run_dir.root}: removed {len(left)} unfinished write(s) of a killed run ({left[0].name}, ...).")
+        # under the lock: what the folder holds cannot change until this process ends
+        from_checkpoint = run_dir.check_resumable() if resume else run_dir.check_new()
+        if resume and not from_checkpoint and run_dir.config.is_file():  # starting again: under the same config
+            check_compatible(yaml.safe_load(run_dir.config.read_text()), resolved, str(run_dir.config), started=[])
+        accelerator.wait_for_everyone()
+    except BaseException:
+        run_dir.unlock()
+        raise
     return bool(from_checkpoint)
 
 
