@@ -13,6 +13,7 @@ import errno
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,3 +264,30 @@ def test_a_file_size_limit_is_named_not_a_torch_traceback(tmp_path):
     assert message.startswith(f"cannot write {path} (File too large, EFBIG); the previous checkpoint is intact")
     assert torch.load(path, weights_only=True)["w"].shape == (10,)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path):
+    """torchrun passes SIGTERM to both ranks (at different moments): they agree on one step, checkpoint and exit;
+    a 2-process --resume then ends with the uninterrupted 2-process run's weights."""
+    ddp = [*ARGS, "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}",
+           "models.student.arch=mlp", "models.student.kwargs={hidden: 16, depth: 1}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*args: str, port: int) -> subprocess.Popen:
+        cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "-m", "ssl_kd.run", *map(str, args)]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert torchrun(*ddp, f"experiment.output_dir={full}", port=29531).wait(timeout=300) == 0
+    proc = torchrun(*ddp, f"experiment.output_dir={cut}", port=29532)
+    _wait_for(proc, lambda: _records(cut) >= 3)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    err = proc.stderr.read().decode()
+    assert err.count("a checkpoint was written") >= 1, err[-3000:]
+    ckpt = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
+    assert len(ckpt["rng"]) == 2 and ckpt["global_step"] > 0
+    assert torchrun(cut / "config.yaml", "--resume", port=29533).wait(timeout=300) == 0
+    assert_same_tree(weights(full), weights(cut))
