@@ -271,6 +271,29 @@ SSL_TYPES = {"fixmatch", "flexmatch", "fullmatch", "fullflex"}
 ROTATION_TYPES = {"hsakd_teacher", "hsakd", "hssakd_online", "sskd_head", "sskd"}  # 4 rotated rows per image
 
 
+# one shipped config per stateful stage type (EMA models, histories, memory banks, snapshots, shape-changing chains):
+# the fault-injection test (tests/e2e/test_faults.py) and its long version (benchmarks/fault_injection.py)
+STATEFUL_CONFIGS = [
+    "fixmatch_cifar10_40", "flexmatch_cifar10_40", "fullmatch_cifar10_40", "selfkd/mixskd_cifar100_resnet18",
+    "selfkd/recursivemix_cifar10_resnet18", "selfkd/ctc_cifar100_resnet18", "kd/sskd_res32x4_res8x4",
+    "kd/mcl_x2_resnet32", "kd/pad_res32x4_res8x4", "kd/kd_ctkd_wrn40_2_wrn16_2", "kd/kd_dot_wrn40_2_wrn16_2",
+    "kd/hsakd_wrn40_2_wrn16_2", "kd/cskd_res32x4_vit_cifar100", "prune/ghfp_resnet56_cifar10",
+    "prune/ghfp_kd_res32x4_res8x4", "dynamic_mlp/plants32_resnet18_c", "fullmatch_then_kd_cifar10_4000",
+]  # fmt: skip
+
+
+def fault_overrides(path: Path, data_root: Path, steps: int) -> list[str]:
+    """small_overrides with `steps` steps per stage, a checkpoint every 2 steps and an evaluation every 4: a run
+    with many points to be killed at, in seconds."""
+    from ssl_kd.config import load_yaml
+
+    out = [*small_overrides(path, data_root), "experiment.logger.progress=false"]
+    for st in load_yaml(path).get("stages", {}):
+        out += [f"stages.{st}.iters={steps}", f"stages.{st}.checkpoint.every=2", f"stages.{st}.checkpoint.unit=steps",
+                f"stages.{st}.eval.every=4", f"stages.{st}.eval.unit=steps"]  # fmt: skip
+    return out
+
+
 def shipped_configs() -> list[Path]:
     """Every runnable YAML under configs/ (the `_base_` pieces are not)."""
     return sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)

@@ -22,7 +22,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, assert_same_tree, run_cli, run_crashing
+from helpers import (
+    CONFIGS,
+    ROOT,
+    STATEFUL_CONFIGS,
+    assert_resume_exact,
+    assert_same_tree,
+    fault_overrides,
+    run_cli,
+    run_crashing,
+)
 
 from ssl_kd.engine import RunDir
 
@@ -291,3 +300,22 @@ def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_exactly(tmp_
     assert len(ckpt["rng"]) == 2 and ckpt["global_step"] > 0
     assert torchrun(cut / "config.yaml", "--resume", port=29533).wait(timeout=300) == 0
     assert_same_tree(weights(full), weights(cut))
+
+
+# ------------------------------------------------------------------------------------------------ every stateful type
+CI_STATEFUL = {"flexmatch_cifar10_40", "selfkd/mixskd_cifar100_resnet18", "prune/ghfp_resnet56_cifar10"}
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in CI_STATEFUL else pytest.param(n, marks=pytest.mark.slow) for n in STATEFUL_CONFIGS]
+)
+def test_a_kill_at_a_random_step_resumes_exactly(name, fake_data_root, tmp_path):
+    """Each stateful stage type (three in CI, all with SSL_KD_SLOW=1) killed at a random step (SSL_KD_FAULT_SEED
+    picks them; the long version with real SIGKILLs is benchmarks/fault_injection.py)."""
+    path = next(CONFIGS.glob(f"{name}.yaml"))
+    args = [path, *fault_overrides(path, fake_data_root, steps=6)]
+    full = tmp_path / "full"
+    assert run_cli(*args, f"experiment.output_dir={full}") == 0
+    steps = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["global_step"]
+    at = random.Random(f"{os.environ.get('SSL_KD_FAULT_SEED', '22')}/{name}").randint(1, steps - 1)
+    assert_resume_exact(args, at, tmp_path, full=full)
