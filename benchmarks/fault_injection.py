@@ -112,8 +112,6 @@ def main() -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from helpers import STATEFUL_CONFIGS, fault_overrides, make_fake_data_root
 
-    from ssl_kd.config import load_yaml
-
     rng = random.Random(args.seed)
     configs = [c for c in STATEFUL_CONFIGS if args.only in c]
     rows = []
@@ -125,7 +123,6 @@ def main() -> None:
                 rows.append((name, "-", "no such config"))
                 continue
             path = matches[0]
-            raw = load_yaml(path)
             over = fault_overrides(path, data, args.steps)
             base = Path(tmp) / path.stem
             full = base / "full"
