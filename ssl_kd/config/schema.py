@@ -56,6 +56,8 @@ class ModelConfig(Strict):
     # true: load only the tensors whose name and shape fit (an ImageNet backbone under a new head/fc); the rest keep
     # their fresh init and the run says how many were skipped
     checkpoint_partial: bool = False
+    # torchvision's ImageNet weights by name (IMAGENET1K_V1, DEFAULT, ...) for the models that carry its layer names
+    pretrained: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     head: dict[str, Any] | None = None  # a head the model carries, e.g. {type: dynamic_mlp, variant: c}
 

@@ -21,13 +21,15 @@ from ssl_kd.engine.checkpoint_io import check_fits, extract_state_dict, load_che
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError, choices
 from ssl_kd.models import create_model, create_model_from_spec, model_spec
+from ssl_kd.models.pretrained import load_pretrained, weights_entry
 
 
 def build_models(
-    cfg: Config, num_classes: int, device: torch.device, fields: Collection[str] | None = None
+    cfg: Config, num_classes: int, device: torch.device, fields: Collection[str] | None = None, *, weights: bool = True
 ) -> dict[str, nn.Module]:
     """Every model of `models:`; with `fields` (the dataset's per-sample fields) a model whose declared extra inputs
-    the data lacks is a UserError here rather than a KeyError at the first step."""
+    the data lacks is a UserError here rather than a KeyError at the first step. `weights=False` (the dry run, a
+    resume) checks `pretrained:` names without downloading or loading them."""
     models: dict[str, nn.Module] = {}
     for name, mcfg in cfg.models.items():
         try:
@@ -36,6 +38,12 @@ def build_models(
             )
         except UserError as e:  # an option value the factory refused: say which YAML entry
             raise UserError(f"models.{name}: {e}") from None
+        if mcfg.pretrained:
+            where = f"models.{name}.pretrained"
+            if weights:
+                load_pretrained(models[name], mcfg.arch, mcfg.pretrained, where)
+            else:
+                weights_entry(mcfg.arch, mcfg.pretrained, where)
         if mcfg.checkpoint:
             where = f"models.{name}.checkpoint"
             if mcfg.checkpoint_partial:

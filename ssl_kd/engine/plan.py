@@ -17,6 +17,7 @@ from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.streams import micro_batch, stage_lengths
+from ssl_kd.models.pretrained import pretrained_source
 
 if TYPE_CHECKING:
     from ssl_kd.data import DatasetBundle
@@ -135,10 +136,12 @@ def plan(
     if d.info.get("metadata"):
         lines.append(f"  {d.info['metadata']}")
     lines.append("Models:")
-    run.models = build_models(cfg, d.num_classes, device, d.train.fields)
+    run.models = build_models(cfg, d.num_classes, device, d.train.fields, weights=False)
     for name, m in run.models.items():
         n = sum(p.numel() for p in m.parameters())
         src = f" <- {cfg.models[name].checkpoint}" if cfg.models[name].checkpoint else ""
+        if cfg.models[name].pretrained:
+            src += f" <- {pretrained_source(cfg.models[name].arch, cfg.models[name].pretrained)}"
         lines.append(f"  {name:<12} {cfg.models[name].arch:<14} {n:>12,} params{src}")
     check_stage_files(run.models, cfg, run_dir, device)
     lines.append("Stages:")

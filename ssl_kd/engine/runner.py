@@ -235,7 +235,9 @@ class Runner:
         if self.is_main:
             self.run_dir.create()
         seed_everything(exp.seed, exp.deterministic)
-        self.models = build_models(self.cfg, self.data.num_classes, self.device, self.data.train.fields)
+        # a resume takes every weight from its checkpoint: no pretrained download
+        fields = self.data.train.fields
+        self.models = build_models(self.cfg, self.data.num_classes, self.device, fields, weights=not self.resume)
         ckpt = None
         if self.resume:  # a resume checks the stages' files itself
             ckpt = ckpt_io.load_resume(self.state, self.cfg, self.resolved, self.run_dir, self.device, self.is_main)

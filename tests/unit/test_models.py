@@ -16,7 +16,7 @@ EXPECTED_MODELS = {
     "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
     "resnet18", "resnet50", "mobilenetv2", "mlp", "cnn_small",
     "vgg8", "vgg13", "shufflenetv1", "shufflenetv2", "cifar_resnet18", "multi_exit",
-    "resnet34", "vit", "vit_cifar_tiny", "vit_cifar_small", "deit_tiny", "deit_small",
+    "resnet34", "vit", "vit_cifar_tiny", "vit_cifar_small", "deit_tiny", "deit_small", "mobilenetv1", "regnet_y_16gf",
 }  # fmt: skip
 # ViTs take one image size (their position embedding): the DeiT shapes are built for 32 px here
 VITS = {"vit", "vit_cifar_tiny", "vit_cifar_small", "deit_tiny", "deit_small"}
@@ -30,6 +30,8 @@ SPATIAL_32 = {
     "resnet56": [32, 32, 16, 8],
     "wrn_40_2": [32, 32, 16, 8],
     "mobilenetv2": [16, 16, 8, 4, 2],  # stem stride 2, RepDistiller's f0..f4
+    "mobilenetv1": [16, 8, 4, 2, 1],  # mdistiller's ImageNet student: stem /2, its four features /4 /8 /16 /32
+    "regnet_y_16gf": [16, 8, 4, 2, 1],
     "resnet18": [8, 8, 4, 2, 1],  # ImageNet stem: /4 then stages /1 /2 /2 /2
     "cifar_resnet18": [32, 32, 16, 8, 4],  # Self-KD-Lib / RecursiveMix: 3x3 stem, stages /1 /2 /2 /2
     "multi_exit": [32, 32, 16, 8, 4],  # its backbone's maps (default cifar_resnet18)
@@ -77,7 +79,9 @@ def test_forward_contract(name: str) -> None:
     assert torch.isfinite(out.logits).all()
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS - {"resnet50", "wrn_28_8", "resnet110"} - VITS))
+@pytest.mark.parametrize(
+    "name", sorted(EXPECTED_MODELS - {"resnet50", "wrn_28_8", "resnet110", "regnet_y_16gf"} - VITS)
+)
 @pytest.mark.parametrize("size", [8, 13])
 def test_small_and_odd_inputs(name: str, size: int) -> None:
     model = create_model(name, 3).train()  # train mode: BN on a batch of 2 must still work
@@ -282,3 +286,20 @@ def test_model_options_and_duplicate_registration() -> None:
     assert "num_classes" not in opts
     with pytest.raises(ValueError, match="already registered"):
         register_model("mlp")(lambda num_classes: nn.Linear(1, num_classes))
+
+
+def test_mobilenetv1_param_count() -> None:
+    # Hand count of mdistiller@fae6658 models/imagenet/mobilenetv1.py: conv 3->32 (3x3, no bias) + BN, then 13
+    # blocks cin->cout of depthwise 3x3 (cin*9) + BN(cin) + pointwise (cin*cout) + BN(cout), then fc 1024->1000.
+    widths = [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024]
+    blocks = sum(i * 9 + 2 * i + i * o + 2 * o for i, o in zip(widths, widths[1:]))
+    assert 3 * 32 * 9 + 2 * 32 + blocks + 1024 * 1000 + 1000 == 4_231_976
+    assert n_params(create_model("mobilenetv1", 1000)) == 4_231_976
+
+
+def test_regnet_y_16gf_is_torchvisions() -> None:
+    import torchvision
+
+    ours, theirs = create_model("regnet_y_16gf", 1000), torchvision.models.regnet_y_16gf()
+    assert ours.state_dict().keys() == theirs.state_dict().keys()  # torchvision's weights load by name
+    assert n_params(ours) == 83_590_140 and ours.feat_channels == (32, 224, 448, 1232, 3024)
