@@ -304,6 +304,10 @@ def build_transform(kind: str, bundle, aug_cfg: AugmentConfig | DataConfig | Non
     if isinstance(aug_cfg, DataConfig):
         aug_cfg = aug_cfg.augment
     aug_cfg = aug_cfg or AugmentConfig()
+    if getattr(bundle, "transform", None) is not None:  # large images: crops decoded per sample
+        from ssl_kd.data.large_image import build_crop_transform
+
+        return build_crop_transform(kind, bundle, bundle.transform, aug_cfg.strong)
     if kind == "test":
         return Transform(bundle.mean, bundle.std)
     if kind == "weak":

@@ -37,7 +37,7 @@ def image_stats(images: ImageSet, max_images: int = 10000) -> Stats:
     if images.images is not None:
         x = np.asarray(images.images[idx], dtype=np.float64).reshape(-1, 3)
     else:
-        x = np.concatenate([images.image(int(i)).reshape(-1, 3) for i in idx]).astype(np.float64)
+        x = np.concatenate([np.asarray(images.image(int(i))).reshape(-1, 3) for i in idx]).astype(np.float64)
     mean = x.mean(0) / 255
     std = np.maximum(x.std(0) / 255, 1e-3)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
