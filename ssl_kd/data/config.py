@@ -150,7 +150,8 @@ class TransformConfig(Strict):
     RandAugment + Cutout after the crop. Resizing is bilinear with antialiasing (torchvision's uint8 kernel), so with
     `fast_decode: false` a crop equals `torchvision.transforms.v2.functional.resized_crop` on the decoded image.
     `fast_decode` decodes a JPEG at 1/2, 1/4 or 1/8 size in the DCT domain (libjpeg's scaled decoding) when the crop
-    box stays at least the output size there: faster, and a few gray levels from the full decode.
+    box stays at least `decode_gap` times the output size there (2 = Pillow's `thumbnail` reducing gap): faster for
+    photos several times the output size, and about 2 gray levels (mean) from the full decode where it applies.
     """
 
     train: Literal["random_resized_crop", "resize_center_crop"] = Field(
@@ -165,6 +166,9 @@ class TransformConfig(Strict):
     crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="eval: centre crop side / resized shorter side")
     flip: bool = Field(True, description="train: horizontal flip with probability 0.5 (after the crop)")
     fast_decode: bool = Field(True, description="JPEG DCT-domain reduced-size decoding where the crop allows it")
+    decode_gap: float = Field(
+        2.0, ge=1.0, description="fast_decode: reduce only while the crop stays >= decode_gap x the output size"
+    )
     strict: bool = Field(False, description="an unreadable image stops the run (false: skipped, counted, logged)")
 
     @field_validator("scale", "ratio")

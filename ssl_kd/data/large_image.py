@@ -14,7 +14,8 @@ Semantics are torchvision's (v0.29, transforms/v2/_geometry.py and functional/_g
   `CenterCrop(size)` (top = int(round((H - size) / 2))).
 
 `fast_decode` decodes JPEGs at 1/2, 1/4 or 1/8 in the DCT domain (libjpeg scaled IDCT, as PIL's `draft`) when the
-box stays at least the output size there; the box is mapped into the reduced image (rounded to its pixel grid).
+box stays at least `decode_gap` (default 2) times the output size there; the box is mapped into the reduced image
+(rounded to its pixel grid).
 Images stay uint8 until the last step, which normalises the output crop into a float tensor.
 """
 
@@ -92,11 +93,12 @@ def _size(img: EncodedImage | np.ndarray) -> tuple[int, int]:
     return img.size if isinstance(img, EncodedImage) else tuple(np.asarray(img).shape[:2])
 
 
-def resized_crop(img: EncodedImage | np.ndarray, box: Box, out: int, fast_decode: bool) -> torch.Tensor:
+def resized_crop(img: EncodedImage | np.ndarray, box: Box, out: int, gap: float | None) -> torch.Tensor:
     """The box (full-resolution pixels) resized to out x out: (3, out, out) uint8. With `fast_decode` a JPEG is
-    decoded at the largest reduction keeping the box >= out, and the box is rounded to the reduced pixel grid."""
+    decoded at the largest reduction keeping the box >= gap * out (None: full decode), and the box is rounded to the
+    reduced pixel grid."""
     top, left, bh, bw = box
-    r = largest_reduction(out, out, bh, bw) if fast_decode and isinstance(img, EncodedImage) else 1
+    r = largest_reduction(gap * out, gap * out, bh, bw) if gap and isinstance(img, EncodedImage) else 1
     x = _decoded(img, r)
     if r > 1:
         rh, rw = x.shape[:2]
@@ -107,20 +109,20 @@ def resized_crop(img: EncodedImage | np.ndarray, box: Box, out: int, fast_decode
     return TF.resize(crop, [out, out], antialias=True)
 
 
-def resize_center_crop(img: EncodedImage | np.ndarray, out: int, crop_pct: float, fast_decode: bool) -> torch.Tensor:
+def resize_center_crop(img: EncodedImage | np.ndarray, out: int, crop_pct: float, gap: float | None) -> torch.Tensor:
     """Shorter side to floor(out / crop_pct), then the centre out x out: (3, out, out) uint8."""
     h, w = _size(img)
     rh, rw = resize_shorter(h, w, int(math.floor(out / crop_pct + 1e-9)))
-    r = largest_reduction(rh, rw, h, w) if fast_decode and isinstance(img, EncodedImage) else 1
+    r = largest_reduction(gap * rh, gap * rw, h, w) if gap and isinstance(img, EncodedImage) else 1
     resized = TF.resize(_chw(_decoded(img, r)), [rh, rw], antialias=True)
     top, left = center_box(rh, rw, out)
     return resized[:, top : top + out, left : left + out]
 
 
-def squash(img: EncodedImage | np.ndarray, out: int, fast_decode: bool) -> torch.Tensor:
+def squash(img: EncodedImage | np.ndarray, out: int, gap: float | None) -> torch.Tensor:
     """The whole image resized to out x out (no crop): (3, out, out) uint8."""
     h, w = _size(img)
-    r = largest_reduction(out, out, h, w) if fast_decode and isinstance(img, EncodedImage) else 1
+    r = largest_reduction(gap * out, gap * out, h, w) if gap and isinstance(img, EncodedImage) else 1
     return TF.resize(_chw(_decoded(img, r)), [out, out], antialias=True)
 
 
@@ -148,7 +150,8 @@ class CropTransform(Transform):
 
     def crop_uint8(self, img: EncodedImage | np.ndarray, seed: int = 0) -> torch.Tensor:
         """The view before normalisation: (3, size, size) uint8."""
-        cfg, fast = self.cfg, self.cfg.fast_decode
+        cfg = self.cfg
+        fast = cfg.decode_gap if cfg.fast_decode else None
         if self.kind == "test":
             if cfg.eval == "resize":
                 return squash(img, self.size, fast)
