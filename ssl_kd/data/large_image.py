@@ -26,7 +26,6 @@ import math
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from ssl_kd.data.augment import StrongTransform, Transform
 from ssl_kd.data.config import StrongAugConfig, TransformConfig, WeakAugConfig
@@ -85,6 +84,13 @@ def _chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img).permute(2, 0, 1)
 
 
+def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3, h, w) uint8 -> (3, *size) uint8, bilinear with antialiasing: torch's uint8 kernel, as
+    `v2.functional.resize(antialias=True)` calls it, fed a channels-last copy (its fast layout; same pixels)."""
+    x = x.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
 def _decoded(img: EncodedImage | np.ndarray, reduce: int) -> np.ndarray:
     return img.decode(reduce) if isinstance(img, EncodedImage) else np.asarray(img)
 
@@ -106,7 +112,7 @@ def resized_crop(img: EncodedImage | np.ndarray, box: Box, out: int, gap: float 
         b, rt = min(max(round((top + bh) / r), t + 1), rh), min(max(round((left + bw) / r), lft + 1), rw)
         top, left, bh, bw = t, lft, b - t, rt - lft
     crop = _chw(x)[:, top : top + bh, left : left + bw]
-    return TF.resize(crop, [out, out], antialias=True)
+    return resize_uint8(crop, (out, out))
 
 
 def resize_center_crop(img: EncodedImage | np.ndarray, out: int, crop_pct: float, gap: float | None) -> torch.Tensor:
@@ -114,7 +120,7 @@ def resize_center_crop(img: EncodedImage | np.ndarray, out: int, crop_pct: float
     h, w = _size(img)
     rh, rw = resize_shorter(h, w, int(math.floor(out / crop_pct + 1e-9)))
     r = largest_reduction(gap * rh, gap * rw, h, w) if gap and isinstance(img, EncodedImage) else 1
-    resized = TF.resize(_chw(_decoded(img, r)), [rh, rw], antialias=True)
+    resized = resize_uint8(_chw(_decoded(img, r)), (rh, rw))
     top, left = center_box(rh, rw, out)
     return resized[:, top : top + out, left : left + out]
 
@@ -123,7 +129,7 @@ def squash(img: EncodedImage | np.ndarray, out: int, gap: float | None) -> torch
     """The whole image resized to out x out (no crop): (3, out, out) uint8."""
     h, w = _size(img)
     r = largest_reduction(gap * out, gap * out, h, w) if gap and isinstance(img, EncodedImage) else 1
-    return TF.resize(_chw(_decoded(img, r)), [out, out], antialias=True)
+    return resize_uint8(_chw(_decoded(img, r)), (out, out))
 
 
 class CropTransform(Transform):
@@ -165,15 +171,14 @@ class CropTransform(Transform):
         if flip:
             out = out.flip(-1)
         if self._ra is not None:
-            hwc = np.ascontiguousarray(out.permute(1, 2, 0).numpy())
+            hwc = np.ascontiguousarray(out.permute(1, 2, 0).numpy())  # no copy from the channels-last resize
             rng = np.random.default_rng(mix_seed(seed, 1))
             out = _chw(self._ra.randaugment(hwc, rng))
         return out
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (3, H, W) -> float32, (x / 255 - mean) / std, in one pass into a contiguous tensor."""
-        out = torch.empty(x.shape, dtype=torch.float32)
-        return torch.addcmul(self._bias, x.to(torch.float32), self._inv, out=out)
+        """uint8 (3, H, W) -> contiguous float32 (x / 255 - mean) / std."""
+        return x.contiguous().to(torch.float32).mul_(self._inv).add_(self._bias)
 
     def __call__(self, img: EncodedImage | np.ndarray, seed: int = 0) -> torch.Tensor:
         return self.normalize(self.crop_uint8(img, seed))
