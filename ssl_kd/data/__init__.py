@@ -29,6 +29,7 @@ from ssl_kd.data.containers import (
 )
 from ssl_kd.data.device_augment import DeviceStrong, DeviceTransform, DeviceWeak, to_device_transform
 from ssl_kd.data.device_dataset import DeviceImages, DeviceViewDataset
+from ssl_kd.data.device_jpeg import DeviceCrops, DeviceJpegViewDataset
 from ssl_kd.data.hashing import hash_keys, mix_seed
 from ssl_kd.data.loading import dataset_info, load_dataset
 from ssl_kd.data.metadata import encode_metadata
@@ -68,7 +69,9 @@ __all__ = [
     "DataConfig",
     "DatasetBundle",
     "EncodedImageSet",
+    "DeviceCrops",
     "DeviceImages",
+    "DeviceJpegViewDataset",
     "DeviceStrong",
     "DeviceTransform",
     "DeviceViewDataset",

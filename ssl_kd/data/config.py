@@ -219,7 +219,8 @@ class DataConfig(Strict):
     pipeline: Literal["host", "device"] = Field(
         "host",
         description="host: per-image augmentation in DataLoader workers (PIL-exact, the reference); device: the "
-        "training images as one tensor on the accelerator, whole batches augmented there (device_augment.py)",
+        "training images as one tensor on the accelerator, whole batches augmented there (device_augment.py); "
+        "with `transform`, JPEGs decoded and cropped on the accelerator per batch (device_jpeg.py)",
     )
     normalize: Literal["dataset", "imagenet", "none"] = Field(
         "dataset", description="dataset = TorchSSL's per-dataset constants (USB uses imagenet for CIFAR)"
@@ -282,8 +283,6 @@ class DataConfig(Strict):
                 "augment.strong.order: 'before' runs RandAugment on the whole image; with `transform` (large images) "
                 "it runs on the crop: set augment.strong.order: after"
             )
-        if self.transform is not None and self.pipeline == "device":
-            raise ValueError("transform: the large-image crops run on the host for now; set pipeline: host")
         if self.metadata is not None and self.metadata.csv and self.dataset != "image_folder":
             raise ValueError("metadata.csv is for `dataset: image_folder`; other datasets carry their own metadata")
         from ssl_kd.data.sources import get_source

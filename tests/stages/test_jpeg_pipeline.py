@@ -55,3 +55,13 @@ def test_rotation_stage_trains_on_crops(tmp_path, plants):
     cfg = write(tmp_path / "c.yaml", plants, stage, models={"net": net})
     assert run_cli(cfg, f"experiment.output_dir={tmp_path / 'r'}") == 0
     assert [r for r in read_metrics(tmp_path / "r") if r["kind"] == "train"]
+
+
+def test_device_pipeline_on_jpegs_resumes_bit_exact_and_runs_ssl(tmp_path, plants):
+    """`data.pipeline: device`: decode + crop per batch on the device (here the CPU), no workers."""
+    stage = {"type": "supervised", "iters": 4, "batch_size": 12, "checkpoint": {"every": 2, "unit": "steps"}}
+    cfg = write(tmp_path / "c.yaml", plants, stage, pipeline="device", num_workers=0)
+    assert_resume_exact([cfg], 3, tmp_path, metrics=True)
+    ssl = {"type": "fixmatch", "iters": 2, "batch_size": 4, "uratio": 2}
+    cfg = write(tmp_path / "s.yaml", plants, ssl, pipeline="device", num_workers=0, ssl={"num_labels": 20})
+    assert run_cli(cfg, f"experiment.output_dir={tmp_path / 's'}") == 0
