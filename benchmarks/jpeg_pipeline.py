@@ -10,6 +10,7 @@ from the first batch on (worker start-up excluded) and reported per worker.
     python benchmarks/jpeg_pipeline.py [--data DIR] [--workers 1] [--rounds 5] [--images 300] [--size 224]
     python benchmarks/jpeg_pipeline.py --uint8      # ssl_kd's crops as uint8: the normalise left to the device
     python benchmarks/jpeg_pipeline.py --index-tree 100000   # index time of a synthetic tree in /tmp, cold / warm
+    python benchmarks/jpeg_pipeline.py --device cuda --batch 256 --images 2560   # the device path
 """
 
 from __future__ import annotations
@@ -108,6 +109,33 @@ def pipelines(args) -> None:
         print(f"| {kind} | {a:.0f} | {b:.0f} | {ratio:.2f}x |")
 
 
+def device_path(args) -> None:
+    """Images/s of the device path (batched decode_jpeg + roi_align crops + flip + normalise) on `args.device`, the
+    file bytes read on the host as in training."""
+    from ssl_kd.data.device_jpeg import DeviceCrops
+    from ssl_kd.data.hashing import mix_seeds
+
+    dev = torch.device(args.device)
+    cfg = DataConfig(dataset="image_folder", path=args.data, normalize="imagenet", transform={"size": args.size})
+    bundle = load_dataset(cfg)
+    crops = DeviceCrops(build_transform("weak", bundle, cfg.augment), dev)
+    n, b = len(bundle.train), args.batch
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rates = []
+    for r in range(args.rounds + 1):  # round 0 warms up
+        sync()
+        t0 = time.perf_counter()
+        for s in range(0, args.images, b):
+            pos = (np.arange(s, s + b) + r * 7) % n
+            crops([bundle.train.image(int(i)) for i in pos], mix_seeds(r, pos).tolist())
+        sync()
+        rates.append(args.images / (time.perf_counter() - t0))
+    print(
+        f"device path on {dev}: {statistics.median(rates[1:]):.0f} img/s (batch {b}, {args.size} px, decode + crop"
+        f" + flip + normalise, median of {args.rounds} rounds of {args.images})"
+    )
+
+
 def index_tree(n: int) -> None:
     """Cold (listing the tree) and warm (cache hit) index times of a synthetic class-folder tree of n empty files."""
     from ssl_kd.data.sources.image_folder import scan_image_folder
@@ -162,9 +190,12 @@ def main() -> None:
     p.add_argument("--full-decode", action="store_true", help="ssl_kd with fast_decode: false")
     p.add_argument("--uint8", action="store_true", help="ssl_kd's crops before normalising (normalise on the device)")
     p.add_argument("--index-tree", type=int, default=0, metavar="N", help="time indexing N synthetic files instead")
+    p.add_argument("--device", default=None, help="time the device path (e.g. cuda) instead")
     args = p.parse_args()
     if args.index_tree:
         index_tree(args.index_tree)
+    elif args.device:
+        device_path(args)
     else:
         pipelines(args)
 
