@@ -15,11 +15,13 @@ from ssl_kd.data.config import (
     SSLSplitConfig,
     StrongAugConfig,
     TrainSourceConfig,
+    TransformConfig,
     WeakAugConfig,
 )
 from ssl_kd.data.containers import (
     ConcatImageSet,
     DatasetBundle,
+    EncodedImageSet,
     FolderImageSet,
     ImageSet,
     SubsetImageSet,
@@ -27,6 +29,7 @@ from ssl_kd.data.containers import (
 )
 from ssl_kd.data.device_augment import DeviceStrong, DeviceTransform, DeviceWeak, to_device_transform
 from ssl_kd.data.device_dataset import DeviceImages, DeviceViewDataset
+from ssl_kd.data.device_jpeg import DeviceCrops, DeviceJpegViewDataset
 from ssl_kd.data.hashing import hash_keys, mix_seed
 from ssl_kd.data.loading import dataset_info, load_dataset
 from ssl_kd.data.metadata import encode_metadata
@@ -57,6 +60,7 @@ __all__ = [
     "unrotated",
     "SYNTHETIC_NAME_REGEX",
     "TrainSourceConfig",
+    "TransformConfig",
     "MixConfig",
     "MixParams",
     "RANDAUGMENT_OPS",
@@ -64,7 +68,10 @@ __all__ = [
     "ConcatImageSet",
     "DataConfig",
     "DatasetBundle",
+    "EncodedImageSet",
+    "DeviceCrops",
     "DeviceImages",
+    "DeviceJpegViewDataset",
     "DeviceStrong",
     "DeviceTransform",
     "DeviceViewDataset",

@@ -297,6 +297,34 @@ class StrongTransform(WeakTransform):
         return self.to_tensor(img)
 
 
+def describe_views(cfg: DataConfig, bundle) -> str:
+    """One line for --dry-run: how the weak / strong / test views are made."""
+    s = cfg.augment.strong
+    size = f"U[0, {s.cutout:g}]" if s.cutout_random_size else f"{s.cutout:g}"
+    ra = f"RandAugment {s.num_ops} op(s) each p={s.op_prob:g} + cutout {size} x width fill {s.cutout_fill}"
+    t = getattr(bundle, "transform", None)
+    if t is not None:
+        train = (
+            f"RandomResizedCrop {bundle.image_size} scale {list(t.scale)} ratio [{t.ratio[0]:.3g}, {t.ratio[1]:.3g}]"
+            if t.train == "random_resized_crop"
+            else f"resize {math.floor(bundle.image_size / t.crop_pct + 1e-9)} + centre crop {bundle.image_size}"
+        )
+        test = (
+            f"resize {math.floor(bundle.image_size / t.crop_pct + 1e-9)} + centre crop {bundle.image_size}"
+            if t.eval == "resize_center_crop"
+            else f"resize to {bundle.image_size}"
+        )
+        decode = f"fast decode (gap {t.decode_gap:g})" if t.fast_decode else "full decode"
+        return (
+            f"large images: weak = {train}{' + flip' if t.flip else ''}; strong = weak + {ra}; test = {test}; {decode}"
+        )
+    w = cfg.augment.weak
+    return (
+        f"augment: weak = {'flip + ' if w.flip else ''}crop pad {w.crop_padding} {w.pad_mode}; strong = {ra}, "
+        f"{s.order} the weak flip + crop"
+    )
+
+
 def build_transform(kind: str, bundle, aug_cfg: AugmentConfig | DataConfig | None = None) -> Transform:
     """The 'weak' | 'strong' | 'test' transform for a dataset bundle (mean/std come from the bundle)."""
     if kind not in KINDS:
@@ -304,6 +332,10 @@ def build_transform(kind: str, bundle, aug_cfg: AugmentConfig | DataConfig | Non
     if isinstance(aug_cfg, DataConfig):
         aug_cfg = aug_cfg.augment
     aug_cfg = aug_cfg or AugmentConfig()
+    if getattr(bundle, "transform", None) is not None:  # large images: crops decoded per sample
+        from ssl_kd.data.large_image import build_crop_transform
+
+        return build_crop_transform(kind, bundle, bundle.transform, aug_cfg.strong)
     if kind == "test":
         return Transform(bundle.mean, bundle.std)
     if kind == "weak":

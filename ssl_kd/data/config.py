@@ -13,6 +13,7 @@ from ssl_kd.errors import choices, suggest
 from ssl_kd.options import Strict
 
 DEFAULT_DATA_ROOT = "~/.cache/ssl_kd/data"
+FILE_SOURCES = ("image_folder", "imagenet", "inat")  # sources whose images are files decoded per sample
 
 
 class WeakAugConfig(Strict):
@@ -140,6 +141,56 @@ class InatConfig(Strict):
     test: str = "val.json"
 
 
+class TransformConfig(Strict):
+    """Large-image transforms (ImageNet-style), for image files decoded per sample (image_folder, imagenet, inat).
+
+    train: torchvision's `RandomResizedCrop(size, scale, ratio)` (its box sampling: 10 tries, then the centre-crop
+    fallback) + horizontal flip; eval: the shorter side resized to floor(size / crop_pct), then a `size` centre crop
+    (torchvision `Resize(256)` + `CenterCrop(224)` at the defaults). The strong view (SSL) adds the `augment.strong`
+    RandAugment + Cutout after the crop. Resizing is bilinear with antialiasing (torchvision's uint8 kernel), so with
+    `fast_decode: false` a crop equals `torchvision.transforms.v2.functional.resized_crop` on the decoded image.
+    `fast_decode` decodes a JPEG at 1/2, 1/4 or 1/8 size in the DCT domain (libjpeg's scaled decoding) when the crop
+    box stays at least `decode_gap` times the output size there (2 = Pillow's `thumbnail` reducing gap): faster for
+    photos several times the output size, and about 2 gray levels (mean) from the full decode where it applies.
+    """
+
+    train: Literal["random_resized_crop", "resize_center_crop"] = Field(
+        "random_resized_crop", description="training views: RandomResizedCrop, or the eval crop (no random box)"
+    )
+    eval: Literal["resize_center_crop", "resize"] = Field(
+        "resize_center_crop", description="test images: shorter side to size / crop_pct + centre crop, or squash"
+    )
+    size: int | None = Field(None, ge=8, description="output side in pixels; null = data.image_size, else 224")
+    scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area fraction range")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect ratio (w / h) range")
+    crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="eval: centre crop side / resized shorter side")
+    flip: bool = Field(True, description="train: horizontal flip with probability 0.5 (after the crop)")
+    fast_decode: bool = Field(True, description="JPEG DCT-domain reduced-size decoding where the crop allows it")
+    decode_gap: float = Field(
+        2.0, ge=1.0, description="fast_decode: reduce only while the crop stays >= decode_gap x the output size"
+    )
+    strict: bool = Field(False, description="an unreadable image stops the run (false: skipped, counted, logged)")
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi:
+            raise ValueError(f"give [low, high] with 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[1] > 1:
+            raise ValueError(f"area fractions are at most 1, got {list(v)}")
+        return v
+
+    def out_size(self, image_size: int | None) -> int:
+        """The output side: `size`, else `data.image_size`, else 224."""
+        return int(self.size or image_size or 224)
+
+
 class DataConfig(Strict):
     """Which dataset, where it lives, how it is normalized and augmented.
 
@@ -168,7 +219,8 @@ class DataConfig(Strict):
     pipeline: Literal["host", "device"] = Field(
         "host",
         description="host: per-image augmentation in DataLoader workers (PIL-exact, the reference); device: the "
-        "training images as one tensor on the accelerator, whole batches augmented there (device_augment.py)",
+        "training images as one tensor on the accelerator, whole batches augmented there (device_augment.py); "
+        "with `transform`, JPEGs decoded and cropped on the accelerator per batch (device_jpeg.py)",
     )
     normalize: Literal["dataset", "imagenet", "none"] = Field(
         "dataset", description="dataset = TorchSSL's per-dataset constants (USB uses imagenet for CIFAR)"
@@ -182,6 +234,12 @@ class DataConfig(Strict):
         None, description="train on other images (DM-KD's synthetic set); test split and classes stay the dataset's"
     )
     metadata: MetadataConfig | None = Field(None, description="location/date metadata as the batch field `meta`")
+    transform: TransformConfig | None = Field(
+        None, description="large-image crops (RandomResizedCrop / resize + centre crop); null = whole image, square"
+    )
+    index_cache: bool = Field(
+        True, description="image folders: keep the file listing in a small file (beside the data, else the cache)"
+    )
     inat: InatConfig = Field(default_factory=InatConfig)
     ssl: SSLSplitConfig = Field(default_factory=SSLSplitConfig)
 
@@ -215,6 +273,16 @@ class DataConfig(Strict):
             raise ValueError("give both `mean` and `std`, or neither")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"`std` must be positive, got {self.std}")
+        if self.transform is not None and self.dataset not in FILE_SOURCES:
+            raise ValueError(
+                f"transform: large-image crops need image files ({', '.join(FILE_SOURCES)}); "
+                f"'{self.dataset}' is held as decoded arrays (remove `transform`)"
+            )
+        if self.transform is not None and self.augment.strong.order == "before":
+            raise ValueError(
+                "augment.strong.order: 'before' runs RandAugment on the whole image; with `transform` (large images) "
+                "it runs on the crop: set augment.strong.order: after"
+            )
         if self.metadata is not None and self.metadata.csv and self.dataset != "image_folder":
             raise ValueError("metadata.csv is for `dataset: image_folder`; other datasets carry their own metadata")
         from ssl_kd.data.sources import get_source

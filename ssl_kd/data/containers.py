@@ -102,6 +102,27 @@ class FolderImageSet(ImageSet):
         )
 
 
+class EncodedImageSet(FolderImageSet):
+    """Image files kept encoded for the large-image transforms (`data.transform`): `image(i)` is an `EncodedImage`
+    handle (header read on demand, decoded at the reduced size the crop allows); `size` is the transforms' output
+    size. `np.asarray(handle)` is the full decode, for code that wants pixels."""
+
+    def __init__(self, files, targets, size, classes=None, fields=None, strict: bool = False):
+        super().__init__(files, targets, size, classes, fields)
+        self.strict = strict  # an unreadable file stops the run (ViewDataset) instead of being skipped
+
+    def image(self, i: int):
+        from ssl_kd.data.image_files import EncodedImage
+
+        return EncodedImage(self.files[i])
+
+    def subset(self, indices: np.ndarray) -> EncodedImageSet:
+        indices = np.asarray(indices, dtype=np.int64)
+        files = [self.files[i] for i in indices]
+        sub = self.targets[indices], self.size, self.classes, self._sub_fields(indices)
+        return EncodedImageSet(files, *sub, strict=self.strict)
+
+
 class ConcatImageSet(ImageSet):
     """Several sets seen as one (e.g. STL-10 train + unlabeled as the unlabelled pool) without copying. Fields
     are kept when every part has them (same names)."""
@@ -165,6 +186,7 @@ class DatasetBundle:
     classes: list[str] | None = None
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    transform: Any = None  # data.transform (TransformConfig) when the splits are EncodedImageSets
 
 
 def as_rgb_batch(x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ssl_kd.data.config import DataConfig
-from ssl_kd.data.containers import DatasetBundle, FolderImageSet, resize_set
+from ssl_kd.data.containers import DatasetBundle, EncodedImageSet, FolderImageSet, resize_set
 from ssl_kd.data.meta_attach import attach_metadata
 from ssl_kd.data.sources import get_source
 from ssl_kd.data.sources.synthetic import load_train_source, train_source_info
@@ -35,6 +35,13 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
     mean, std = pick_stats(cfg, source.stats, train)
     train, test, unlabeled = limit_splits(cfg, train, test, unlabeled)
     h, _ = train.image_shape
+    transform = cfg.transform
+    if transform is None and source.default_transform:
+        from ssl_kd.data.config import TransformConfig
+
+        transform = TransformConfig()
+    if transform is not None and not isinstance(train, EncodedImageSet):
+        transform = None  # e.g. a train_source of arrays: its images are already at their size
     info = {
         "dataset": name, "source": where, "num_train": len(train), "num_test": len(test),
         "num_unlabeled": len(unlabeled) if unlabeled is not None else 0, "num_classes": raw.num_classes,
@@ -44,7 +51,7 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         info["metadata"] = meta_info
     return DatasetBundle(
         name=name, train=train, test=test, num_classes=raw.num_classes, image_size=int(h), mean=mean, std=std,
-        unlabeled=unlabeled, classes=raw.classes, source=where, info=info,
+        unlabeled=unlabeled, classes=raw.classes, source=where, info=info, transform=transform,
     )  # fmt: skip
 
 

@@ -37,7 +37,17 @@ def image_stats(images: ImageSet, max_images: int = 10000) -> Stats:
     if images.images is not None:
         x = np.asarray(images.images[idx], dtype=np.float64).reshape(-1, 3)
     else:
-        x = np.concatenate([images.image(int(i)).reshape(-1, 3) for i in idx]).astype(np.float64)
+        x = np.concatenate([px for i in idx if (px := _pixels(images, int(i))) is not None]).astype(np.float64)
     mean = x.mean(0) / 255
     std = np.maximum(x.std(0) / 255, 1e-3)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _pixels(images: ImageSet, i: int) -> np.ndarray | None:
+    """(H*W, 3) pixels of image i; None for an unreadable file (training skips it too)."""
+    from ssl_kd.data.image_files import UnreadableImage
+
+    try:
+        return np.asarray(images.image(i)).reshape(-1, 3)
+    except UnreadableImage:
+        return None

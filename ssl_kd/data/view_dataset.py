@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -10,8 +12,12 @@ import torch
 from ssl_kd.data.augment import Transform
 from ssl_kd.data.containers import ImageSet
 from ssl_kd.data.hashing import mix_seed
+from ssl_kd.data.image_files import UnreadableImage
+from ssl_kd.errors import UserError
 
 RESERVED_KEYS = ("y", "idx")
+log = logging.getLogger("ssl_kd.data")
+SKIPPED: dict[str, str] = {}  # file -> reason: the unreadable images this process has skipped
 
 
 class ViewDataset(torch.utils.data.Dataset):
@@ -39,7 +45,27 @@ class ViewDataset(torch.utils.data.Dataset):
         return len(self.images) if self.indices is None else len(self.indices)
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, torch.Tensor]:
+        """An unreadable image file (corrupt, truncated) is skipped: the sample at the next position stands in for
+        it with the same seed (a pure function of the position, so resume stays exact), and the file is logged
+        once per process; with `strict` (data.transform.strict) it is an error instead."""
         pos, seed = key if isinstance(key, tuple) else (key, key)
+        err = None
+        for k in range(len(self)):
+            try:
+                return self._sample((int(pos) + k) % len(self), seed)
+            except UnreadableImage as e:
+                err = e
+                if getattr(self.images, "strict", False):
+                    raise UserError(f"{e} (data.transform.strict: true stops on unreadable images).") from None
+                if e.path not in SKIPPED:
+                    SKIPPED[e.path] = e.reason
+                    log.warning(
+                        "skipped unreadable image %s (%s); %d skipped so far in this process (pid %d)",
+                        e.path, e.reason, len(SKIPPED), os.getpid(),
+                    )  # fmt: skip
+        raise UserError(f"no readable image among the {len(self)} samples of this dataset (e.g. {err}).")
+
+    def _sample(self, pos: int, seed: int) -> dict[str, torch.Tensor]:
         idx = int(pos) if self.indices is None else int(self.indices[pos])
         img = self.images.image(idx)
         out = {name: t(img, mix_seed(seed, k)) for k, (name, t) in enumerate(self.views.items())}

@@ -12,6 +12,7 @@ import torch
 from pydantic import BaseModel
 
 from ssl_kd.config.schema import Config, StageConfig
+from ssl_kd.data.augment import describe_views
 from ssl_kd.engine.build import build_models, check_stage_files, take_snapshots
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
@@ -124,14 +125,9 @@ def plan(
         lines.append(f"  WARNING: the run folder cannot be created ({why}); set experiment.output_dir.")
     if exp.imports:
         lines.append(f"  imports: {', '.join(exp.imports)}")
-    w, s = cfg.data.augment.weak, cfg.data.augment.strong
-    size = f"U[0, {s.cutout:g}]" if s.cutout_random_size else f"{s.cutout:g}"
     lines += [
         f"Data: {d.name}: {len(d.train)} train / {len(d.test)} test images, {d.num_classes} classes, {d.image_size}px",
-        f"  {cfg.data.pipeline} pipeline; augment: weak = {'flip + ' if w.flip else ''}crop pad {w.crop_padding} "
-        f"{w.pad_mode}; strong = "
-        f"RandAugment {s.num_ops} op(s) each p={s.op_prob:g} + cutout {size} x width fill {s.cutout_fill}, "
-        f"{s.order} the weak flip + crop",
+        f"  {cfg.data.pipeline} pipeline; {describe_views(cfg.data, d)}",
     ]
     if d.info.get("metadata"):
         lines.append(f"  {d.info['metadata']}")

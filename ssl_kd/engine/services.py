@@ -16,7 +16,9 @@ from ssl_kd.data import (
     DataConfig,
     DatasetBundle,
     DeviceImages,
+    DeviceJpegViewDataset,
     DeviceViewDataset,
+    EncodedImageSet,
     ImageSet,
     Transform,
     ViewDataset,
@@ -61,6 +63,8 @@ class DataServices:
         batches on the device (`device`), with the same views, options and per-sample seeding either way."""
         if self.data_cfg.pipeline == "host":
             return ViewDataset(images, views, indices)
+        if isinstance(images, EncodedImageSet):  # image files: decoded and cropped per batch on the device
+            return DeviceJpegViewDataset(images, views, self.device, indices)
         key = id(images)
         if key not in self._device_images:  # one device copy per image set, shared by its streams
             self._device_images[key] = (images, DeviceImages(images, self.device))

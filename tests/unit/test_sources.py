@@ -14,7 +14,9 @@ from ssl_kd.data import DataConfig, ImageSet, dataset_info, load_dataset
 from ssl_kd.data.sources import Source, SourceInfo, SourceSplits, base, get_source, register_source, source_names
 from ssl_kd.errors import UserError
 
-BUILT_IN = ["cifar10", "cifar100", "digits", "image_folder", "inat", "npz", "stl10", "svhn", "ucsc_plants32"]
+BUILT_IN = [
+    "cifar10", "cifar100", "digits", "image_folder", "imagenet", "inat", "npz", "stl10", "svhn", "ucsc_plants32"
+]  # fmt: skip
 
 
 def test_builtin_sources_are_registered():
@@ -26,9 +28,9 @@ def test_unknown_name_is_one_clear_error():
     with pytest.raises(UserError, match=r"data.dataset: unknown dataset 'cifar11'\. Did you mean 'cifar10'\? Valid: "):
         get_source("cifar11")
     with pytest.raises(UserError) as e:
-        validate_config({"data": {"dataset": "imagenet"}})
+        validate_config({"data": {"dataset": "imagenet22k"}})
     msg = str(e.value)
-    assert f"data.dataset: must be one of {', '.join(BUILT_IN)}" in msg and "got 'imagenet'" in msg
+    assert f"data.dataset: must be one of {', '.join(BUILT_IN)}" in msg and "got 'imagenet22k'" in msg
     with pytest.raises(UserError, match=r"must be one of .*ucsc_plants32 \(did you mean 'cifar10'\?\), got 'cifar11'"):
         validate_config({"data": {"dataset": "cifar11"}})
     with pytest.raises(ValidationError):

@@ -6,8 +6,9 @@ dataset as class attributes (file names, split sizes, classes, image size, `stat
 (`ssl_kd.data.loading.load_dataset`): metadata, `train_source`, resizing, statistics, limits.
 
 Built in: torchvision.py (cifar10, cifar100, svhn, stl10), npz.py (npz, ucsc_plants32; the decode cache is
-npz_cache.py), image_folder.py, inat.py, digits.py. synthetic.py is DM-KD's `data.train_source`, which replaces
-the train split of any source and so is not registered.
+npz_cache.py), image_folder.py and imagenet.py (class folders, their listing cached by folder_index.py), inat.py,
+digits.py. synthetic.py is DM-KD's `data.train_source`, which replaces the train split of any source and so is not
+registered.
 
 Adding a source (e.g. `dataset: imagenet`) is one file here and one line below:
 
@@ -35,6 +36,6 @@ from ssl_kd.data.sources.base import (
 )
 
 # the built-in sources: importing a module registers its classes
-from ssl_kd.data.sources import digits, image_folder, inat, npz, torchvision  # noqa: E402, F401  # isort: skip
+from ssl_kd.data.sources import digits, image_folder, imagenet, inat, npz, torchvision  # noqa: E402, F401  # isort: skip
 
 __all__ = ["Source", "SourceInfo", "SourceSplits", "Stats", "get_source", "register_source", "source_names"]

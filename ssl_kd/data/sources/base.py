@@ -53,6 +53,7 @@ class Source:
     name: str = ""  # set by register_source
     stats: Stats | None = None  # `normalize: dataset` constants; None = computed from the training images
     path_help: str = ""  # non-empty: `data.path` is required and names this ("the .npz file")
+    default_transform: bool = False  # large images: the large-image transforms apply even without `data.transform`
 
     def load(self, cfg: DataConfig) -> SourceSplits:
         raise NotImplementedError

@@ -1,6 +1,7 @@
 """iNaturalist: COCO-style JSONs (`data.inat.train` / `data.inat.test`) under the data root, each listing image files
 (relative to the root) with their location and date, and their species (`annotations[i].category_id`). Images are
-decoded on access and resized to `data.image_size` (default 224); the location/date is the metadata DynamicMLP
+decoded on access and resized to `data.image_size` (default 224), or with `data.transform` cropped as DynamicMLP's
+RandomResizedCrop / CenterCrop protocol does (`large_image.py`); the location/date is the metadata DynamicMLP
 fuses (`data.metadata`), carried here per split.
 
 The reference (ylingfeng/DynamicMLP, dataset.py) reads the JSON with `json.loads(file)`, which fails, and derives
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_kd.data.config import DataConfig
-from ssl_kd.data.containers import FolderImageSet
+from ssl_kd.data.containers import EncodedImageSet, FolderImageSet
 from ssl_kd.data.metadata import RawMetadata, parse_coord, parse_date
 from ssl_kd.data.sources.base import Source, SourceInfo, SourceSplits, register_source
 from ssl_kd.errors import UserError
@@ -28,13 +29,16 @@ IMAGE_SIZE = 224
 class INaturalist(Source):
     def load(self, cfg: DataConfig) -> SourceSplits:
         root = cfg.data_root()
-        size = (cfg.image_size or IMAGE_SIZE,) * 2
+        size = (cfg.transform.out_size(cfg.image_size) if cfg.transform else cfg.image_size or IMAGE_SIZE,) * 2
+        kind = EncodedImageSet if cfg.transform is not None else FolderImageSet  # crops of large images, or whole
         sets, metas, names = {}, {}, None
         for split, file in (("train", cfg.inat.train), ("test", cfg.inat.test)):
             files, labels, meta, classes = read_inat_json(root / file, root)
             if not files:
                 raise UserError(f"{root / file}: the JSON lists no images.")
-            sets[split], metas[split] = FolderImageSet(files, labels, size, classes), meta
+            sets[split], metas[split] = kind(files, labels, size, classes), meta
+            if cfg.transform is not None:
+                sets[split].strict = cfg.transform.strict
             names = names or classes
         num_classes = len(names) if names else int(max(s.targets.max() for s in sets.values()) + 1)
         for s in sets.values():
@@ -45,7 +49,7 @@ class INaturalist(Source):
         splits = self.load(cfg)  # the JSONs are the listing: reading them is the cheapest check
         return SourceInfo(
             num_train=len(splits.train), num_test=len(splits.test), num_unlabeled=0, num_classes=splits.num_classes,
-            image_size=cfg.image_size or IMAGE_SIZE, source=splits.source,
+            image_size=splits.train.image_shape[0], source=splits.source,
         )  # fmt: skip
 
 
