@@ -22,6 +22,7 @@ from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError, choices
 from ssl_kd.models import create_model, create_model_from_spec, model_spec
 from ssl_kd.models.pretrained import load_pretrained, weights_entry
+from ssl_kd.models.pretrained import target as pretrained_target
 
 
 def build_models(
@@ -40,10 +41,11 @@ def build_models(
             raise UserError(f"models.{name}: {e}") from None
         if mcfg.pretrained:
             where = f"models.{name}.pretrained"
+            module, arch = pretrained_target(models[name], mcfg.arch, mcfg.kwargs)
             if weights:
-                load_pretrained(models[name], mcfg.arch, mcfg.pretrained, where)
+                load_pretrained(module, arch, mcfg.pretrained, where)
             else:
-                weights_entry(mcfg.arch, mcfg.pretrained, where)
+                weights_entry(arch, mcfg.pretrained, where)
         if mcfg.checkpoint:
             where = f"models.{name}.checkpoint"
             if mcfg.checkpoint_partial:

@@ -19,6 +19,7 @@ from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.streams import micro_batch, stage_lengths
 from ssl_kd.models.pretrained import pretrained_source
+from ssl_kd.models.pretrained import target as pretrained_target
 
 if TYPE_CHECKING:
     from ssl_kd.data import DatasetBundle
@@ -136,8 +137,9 @@ def plan(
     for name, m in run.models.items():
         n = sum(p.numel() for p in m.parameters())
         src = f" <- {cfg.models[name].checkpoint}" if cfg.models[name].checkpoint else ""
-        if cfg.models[name].pretrained:
-            src += f" <- {pretrained_source(cfg.models[name].arch, cfg.models[name].pretrained)}"
+        mc = cfg.models[name]
+        if mc.pretrained:
+            src += f" <- {pretrained_source(pretrained_target(m, mc.arch, mc.kwargs)[1], mc.pretrained)}"
         lines.append(f"  {name:<12} {cfg.models[name].arch:<14} {n:>12,} params{src}")
     check_stage_files(run.models, cfg, run_dir, device)
     lines.append("Stages:")

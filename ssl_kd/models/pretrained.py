@@ -46,6 +46,14 @@ def cached_file(entry) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(entry.url).path).name
 
 
+def target(model: nn.Module, arch: str, kwargs: dict | None = None) -> tuple[nn.Module, str]:
+    """The module the weights go into and its arch: the model itself, or a `multi_exit` model's backbone (its exits
+    are fresh copies of later stages and keep their init, as HSAKD's ImageNet teacher starts)."""
+    if arch == "multi_exit":
+        return model.backbone, (kwargs or {}).get("backbone", "cifar_resnet18")
+    return model, arch
+
+
 def load_pretrained(model: nn.Module, arch: str, name: str, where: str) -> None:
     """Load torchvision's `name` weights of `arch` into `model` (all but `fc` when the class count differs)."""
     entry = weights_entry(arch, name, where)

@@ -71,3 +71,13 @@ def test_dry_run_checks_the_name_without_downloading(capsys, monkeypatch):
     assert "<- torchvision IMAGENET1K_V1" in capsys.readouterr().out
     assert run_cli(*args, "models.teacher.pretrained=IMAGENET_V1", "--dry-run") == 2
     assert "models.teacher.pretrained: 'IMAGENET_V1' is not a weight set of resnet18" in capsys.readouterr().err
+
+
+def test_a_multi_exit_model_loads_them_into_its_backbone(torchvision_file):
+    from ssl_kd.models.pretrained import target
+
+    model = create_model("multi_exit", 1000, backbone="resnet18", exits=[1, 2, 3], exit_label_factor=4)
+    module, arch = target(model, "multi_exit", {"backbone": "resnet18"})
+    assert module is model.backbone and arch == "resnet18"
+    load_pretrained(module, arch, "IMAGENET1K_V1", "models.teacher.pretrained")
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, torchvision_file["layer4.1.conv2.weight"])
