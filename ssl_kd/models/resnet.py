@@ -37,6 +37,7 @@ class ResNet(ClassifierModel):
         self.feat_dim = net.fc.in_features
         exp = block.expansion
         self.feat_channels = (64, 64 * exp, 128 * exp, 256 * exp, 512 * exp)
+        self._block, self._layers = block, list(layers)
 
     # stage-based (ClassifierModel.forward_features) under torchvision's attribute names
     def stem(self, x: Tensor) -> Tensor:
@@ -45,6 +46,26 @@ class ResNet(ClassifierModel):
     @property
     def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def build_stage(self, index: int, in_channels: int, stride: int) -> nn.Module:
+        """A fresh stage shaped like stage `index` (its blocks and width) reading `in_channels` at `stride`, with
+        torchvision's initialisation: HSAKD's extra stride-1 branch after the last stage (winycg/HSAKD@c4be450
+        models/resnet_imagenet.py `block_extractor4`)."""
+        block, planes = self._block, 64 * 2**index
+        width = planes * block.expansion
+        down = None
+        if stride != 1 or in_channels != width:
+            down = nn.Sequential(nn.Conv2d(in_channels, width, 1, stride, bias=False), nn.BatchNorm2d(width))
+        blocks = [block(in_channels, planes, stride, down)]
+        blocks += [block(width, planes) for _ in range(1, self._layers[index])]
+        stage = nn.Sequential(*blocks)
+        for m in stage.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        return stage
 
 
 @register_model("resnet18")

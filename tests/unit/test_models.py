@@ -303,3 +303,14 @@ def test_regnet_y_16gf_is_torchvisions() -> None:
     ours, theirs = create_model("regnet_y_16gf", 1000), torchvision.models.regnet_y_16gf()
     assert ours.state_dict().keys() == theirs.state_dict().keys()  # torchvision's weights load by name
     assert n_params(ours) == 83_590_140 and ours.feat_channels == (32, 224, 448, 1232, 3024)
+
+
+def test_torchvision_resnet_builds_hsakds_stride_1_copy_of_its_last_stage() -> None:
+    # HSAKD's ImageNet heads (winycg/HSAKD@c4be450 models/resnet_imagenet.py): after layer1..3 the later stages, and a
+    # fourth branch that is layer4's shape at stride 1 on layer4's output (no downsample: 512 in, 512 out)
+    model = create_model("multi_exit", 10, backbone="resnet18", exits=[1, 2, 3, 4], exit_label_factor=4)
+    last = model.branches[3].stages[0]
+    assert len(last) == 2 and last[0].downsample is None and last[0].conv1.stride == (1, 1)
+    assert n_params(last) == 2 * 2 * (512 * 512 * 9 + 2 * 512)
+    out = model(torch.randn(2, 3, 64, 64))
+    assert out.aux["exit4"].shape == (2, 40) and out.aux["exit4_map"].shape[-1] == out.aux["backbone_map"].shape[-1]
