@@ -254,3 +254,29 @@ def test_imagenet_layouts(tmp_path):
     assert data.test.targets.tolist() == [1, 0, 1] and data.image_size == 32 and data.classes == wnids
     assert data.mean == (0.485, 0.456, 0.406) and data.transform is not None  # large-image crops by default
     assert build_transform("test", data, None)(data.test.image(0)).shape == (3, 32, 32)
+
+
+def test_color_jitter_and_lighting_follow_torchvision_and_alexnet():
+    """Colour jitter = torchvision v2 ColorJitter's kernels with make_params' law (a random order of the four
+    adjustments, factors uniform in [1 - s, 1 + s]) on hash draws; lighting = AlexNet's PCA noise, alpha ~ N(0, 0.1²).
+    """
+    from torchvision.transforms import v2
+
+    from ssl_kd.data.large_image import EIGVAL, EIGVEC, JITTER, LIGHT, jitter_params, lighting_shift
+
+    cfg = DataConfig(dataset="image_folder", path=".", transform={"color_jitter": [0.4, 0.3, 0.2, 0.1]})
+    for seed in range(200):
+        p = jitter_params(hash_uniforms(seed, JITTER + 8)[JITTER:], cfg.transform.color_jitter)
+        assert sorted(p["fn_idx"].tolist()) == [0, 1, 2, 3]
+        assert 0.6 <= p["brightness_factor"] <= 1.4 and 0.7 <= p["contrast_factor"] <= 1.3
+        assert 0.8 <= p["saturation_factor"] <= 1.2 and -0.1 <= p["hue_factor"] <= 0.1
+    x = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    want = x
+    for i in p["fn_idx"].tolist():  # torchvision's functional kernels, one by one in the drawn order
+        f = [v2.functional.adjust_brightness, v2.functional.adjust_contrast, v2.functional.adjust_saturation,
+             v2.functional.adjust_hue][i]  # fmt: skip
+        want = f(want, list(p.values())[1 + i])
+    assert torch.equal(v2.ColorJitter().transform(x, p), want)
+    shifts = torch.stack([lighting_shift(hash_uniforms(s, LIGHT + 6)[LIGHT:], 0.1) for s in range(4000)])
+    alpha = torch.linalg.solve(EIGVEC, shifts.T).T / EIGVAL  # back to the per-eigenvector draws
+    assert alpha.mean(0).abs().max() < 0.01 and (alpha.std(0) - 0.1).abs().max() < 0.01
