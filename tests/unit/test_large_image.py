@@ -280,3 +280,18 @@ def test_color_jitter_and_lighting_follow_torchvision_and_alexnet():
     shifts = torch.stack([lighting_shift(hash_uniforms(s, LIGHT + 6)[LIGHT:], 0.1) for s in range(4000)])
     alpha = torch.linalg.solve(EIGVEC, shifts.T).T / EIGVAL  # back to the per-eigenvector draws
     assert alpha.mean(0).abs().max() < 0.01 and (alpha.std(0) - 0.1).abs().max() < 0.01
+
+
+def test_inat_takes_the_large_image_crops(tmp_path):
+    """DynamicMLP's protocol on iNat (ylingfeng/DynamicMLP@773197c5 dataset.py): RandomResizedCrop(224) + flip for
+    training, Resize(256) + CenterCrop(224) for evaluation; here at 16 px on the fake iNat JSONs, metadata kept."""
+    from helpers import write_fake_inat
+
+    from ssl_kd.data.containers import EncodedImageSet
+
+    write_fake_inat(tmp_path)
+    cfg = DataConfig(dataset="inat", root=str(tmp_path), transform={"size": 16}, metadata={"use": ["geo"]})
+    data = load_dataset(cfg)
+    assert isinstance(data.train, EncodedImageSet) and data.image_size == 16 and "meta" in data.train.fields
+    out = ViewDataset(data.train, {"x": build_transform("weak", data, cfg)})[(0, 1)]
+    assert out["x"].shape == (3, 16, 16) and out["meta"].shape[0] > 0
