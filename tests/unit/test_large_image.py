@@ -174,6 +174,9 @@ def test_unreadable_and_unusual_files(tmp_path):
     for mode in ("L", "CMYK"):  # grayscale and CMYK JPEGs come out RGB
         x = EncodedImage(str(write_jpeg(tmp_path / f"{mode}.jpg", 64, 48, mode))).decode(1)
         assert x.shape == (48, 64, 3) and x.dtype == np.uint8
+    prog = tmp_path / "progressive.jpg"
+    Image.open(tmp_path / "a.jpg").save(prog, "JPEG", progressive=True)
+    assert EncodedImage(str(prog)).size == (90, 120) and EncodedImage(str(prog)).decode(2).shape == (45, 60, 3)
     buf = io.BytesIO()
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(buf, "PNG")
     png = np.frombuffer(buf.getvalue(), np.uint8)
