@@ -98,7 +98,10 @@ def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _decoded(img: EncodedImage | np.ndarray, reduce: int) -> np.ndarray:
-    return img.decode(reduce) if isinstance(img, EncodedImage) else np.asarray(img)
+    if isinstance(img, EncodedImage):
+        return img.decode(reduce)
+    img = np.asarray(img)  # an array image (a train_source's, a memmap): torch wants a writable buffer
+    return img if img.flags.writeable else img.copy()
 
 
 def _size(img: EncodedImage | np.ndarray) -> tuple[int, int]:

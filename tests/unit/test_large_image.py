@@ -298,3 +298,17 @@ def test_inat_takes_the_large_image_crops(tmp_path):
     assert isinstance(data.train, EncodedImageSet) and data.image_size == 16 and "meta" in data.train.fields
     out = ViewDataset(data.train, {"x": build_transform("weak", data, cfg)})[(0, 1)]
     assert out["x"].shape == (3, 16, 16) and out["meta"].shape[0] > 0
+
+
+def test_a_train_source_of_arrays_takes_the_crops_too(tmp_path):
+    """DM-KD's generated images (`train_source`) with the real test split as image files: both take the crops."""
+    from helpers import write_synthetic_folder
+
+    write_synthetic_folder(tmp_path / "syn", 2, 2, size=24)
+    root = write_tree(tmp_path / "data")
+    cfg = DataConfig(dataset="image_folder", path=str(root), transform={"size": 16},
+                     train_source={"path": str(tmp_path / "syn"), "kind": "filenames"})  # fmt: skip
+    data = load_dataset(cfg)
+    assert data.transform is not None and data.image_size == 16
+    assert ViewDataset(data.train, {"x": build_transform("weak", data, cfg)})[(0, 3)]["x"].shape == (3, 16, 16)
+    assert ViewDataset(data.test, {"x": build_transform("test", data, cfg)})[0]["x"].shape == (3, 16, 16)
