@@ -315,9 +315,9 @@ def describe_views(cfg: DataConfig, bundle) -> str:
             else f"resize to {bundle.image_size}"
         )
         decode = f"fast decode (gap {t.decode_gap:g})" if t.fast_decode else "full decode"
-        return (
-            f"large images: weak = {train}{' + flip' if t.flip else ''}; strong = weak + {ra}; test = {test}; {decode}"
-        )
+        extra = (" + flip" if t.flip else "") + (f" + color jitter {t.color_jitter}" if any(t.color_jitter) else "")
+        extra += f" + lighting {t.lighting:g}" if t.lighting else ""
+        return f"large images: weak = {train}{extra}; strong = weak + {ra}; test = {test}; {decode}"
     w = cfg.augment.weak
     return (
         f"augment: weak = {'flip + ' if w.flip else ''}crop pad {w.crop_padding} {w.pad_mode}; strong = {ra}, "

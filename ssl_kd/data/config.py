@@ -165,6 +165,14 @@ class TransformConfig(Strict):
     ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect ratio (w / h) range")
     crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="eval: centre crop side / resized shorter side")
     flip: bool = Field(True, description="train: horizontal flip with probability 0.5 (after the crop)")
+    color_jitter: list[float] = Field(
+        default_factory=lambda: [0.0] * 4,
+        description="train: torchvision ColorJitter strengths, one value (brightness = contrast = saturation, as "
+        "timm's color_jitter) or [brightness, contrast, saturation(, hue)]; 0 = off",
+    )
+    lighting: float = Field(
+        0.0, ge=0.0, description="train: AlexNet PCA lighting noise std (fb.resnet.torch's 0.1); 0 = off"
+    )
     fast_decode: bool = Field(True, description="JPEG DCT-domain reduced-size decoding where the crop allows it")
     decode_gap: float = Field(
         2.0, ge=1.0, description="fast_decode: reduce only while the crop stays >= decode_gap x the output size"
@@ -177,6 +185,14 @@ class TransformConfig(Strict):
         lo, hi = v
         if not 0 < lo <= hi:
             raise ValueError(f"give [low, high] with 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("color_jitter", mode="before")
+    @classmethod
+    def _jitter(cls, v: float | list[float]) -> list[float]:
+        v = [float(v)] * 3 + [0.0] if isinstance(v, (int, float)) else [float(x) for x in v] + [0.0] * (4 - len(v))
+        if len(v) != 4 or min(v) < 0 or v[3] > 0.5:
+            raise ValueError(f"give one strength or [brightness, contrast, saturation(, hue <= 0.5)], >= 0; got {v}")
         return v
 
     @field_validator("scale")

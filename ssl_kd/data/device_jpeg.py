@@ -95,6 +95,11 @@ class DeviceCrops:
     path's own random stream, as for CIFAR)."""
 
     def __init__(self, host: CropTransform, device: torch.device) -> None:
+        if host.kind != "test" and (any(host.cfg.color_jitter) or host.cfg.lighting):
+            raise UserError(
+                "data.transform: color_jitter / lighting run on the host path only; set data.pipeline: host or "
+                "drop them."
+            )
         self.host, self.device = host, device
         self._ra = None
         if host.kind == "strong":

@@ -74,21 +74,11 @@ def header_size(buf: np.ndarray, path: str) -> tuple[int, int]:
 def decode(buf: np.ndarray, path: str, reduce: int = 1) -> np.ndarray:
     """HWC uint8 RGB; a JPEG at 1/`reduce` (ceil of each side, libjpeg's scaled decoding), other formats at full
     size whatever `reduce` is (OpenCV would resize them, which is not DCT scaling)."""
-    jpeg = is_jpeg(buf)
-    if jpeg and _truncated(buf):
-        raise UnreadableImage(path, "truncated JPEG (no end-of-image marker)")
-    flags = _RGB | (_REDUCE[reduce] if jpeg else 0)
-    img = cv2.imdecode(buf, flags)
+    flags = _RGB | (_REDUCE[reduce] if is_jpeg(buf) else 0)
+    img = cv2.imdecode(buf, flags)  # None on a corrupt or truncated file (OpenCV >= 4 turns libjpeg's warnings fatal)
     if img is None:
-        raise UnreadableImage(path, "corrupt or unsupported image (the decoder gave up)")
+        raise UnreadableImage(path, "corrupt or truncated image (the decoder gave up)")
     return img
-
-
-def _truncated(buf: np.ndarray) -> bool:
-    """No EOI marker (FF D9) in the last 4 KiB: the file was cut short (libjpeg would pad it with gray)."""
-    tail = buf[-4096:]
-    hits = np.flatnonzero(tail[:-1] == 0xFF)
-    return not bool((tail[hits + 1] == 0xD9).any())
 
 
 def read_file(path: str) -> np.ndarray:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torchvision.transforms.v2 import ColorJitter
 
 from ssl_kd.data.augment import StrongTransform, Transform
 from ssl_kd.data.config import StrongAugConfig, TransformConfig, WeakAugConfig
@@ -34,6 +36,10 @@ from ssl_kd.data.image_files import EncodedImage, largest_reduction
 
 Box = tuple[int, int, int, int]  # top, left, height, width (torchvision's order), full-resolution pixels
 TRIES = 10
+JITTER, LIGHT = 2 * TRIES + 3, 2 * TRIES + 11  # first draw of the colour jitter (8) and of the lighting (6)
+# AlexNet's PCA lighting (fb.resnet.torch datasets/imagenet.lua; pytorch-classification's Lighting): RGB eigen-pairs
+EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 _U53 = 2.0**-53
 log = logging.getLogger("ssl_kd.data")
 
@@ -92,7 +98,10 @@ def resize_uint8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _decoded(img: EncodedImage | np.ndarray, reduce: int) -> np.ndarray:
-    return img.decode(reduce) if isinstance(img, EncodedImage) else np.asarray(img)
+    if isinstance(img, EncodedImage):
+        return img.decode(reduce)
+    img = np.asarray(img)  # an array image (a train_source's, a memmap): torch wants a writable buffer
+    return img if img.flags.writeable else img.copy()
 
 
 def _size(img: EncodedImage | np.ndarray) -> tuple[int, int]:
@@ -132,6 +141,26 @@ def squash(img: EncodedImage | np.ndarray, out: int, gap: float | None) -> torch
     return resize_uint8(_chw(_decoded(img, r)), (out, out))
 
 
+def jitter_params(u: np.ndarray, strengths: Sequence[float]) -> dict:
+    """torchvision v2 `ColorJitter.make_params` from 8 uniforms: the order of the four adjustments (a uniformly random
+    permutation, as `torch.randperm(4)`) and each factor uniform in [max(0, 1 - s), 1 + s] (hue: [-s, s])."""
+    b, c, s, h = strengths
+    factor = lambda x, v: None if x == 0 else max(0.0, 1 - x) + (1 + x - max(0.0, 1 - x)) * v  # noqa: E731
+    return dict(
+        fn_idx=torch.as_tensor(np.argsort(u[:4], kind="stable")), brightness_factor=factor(b, u[4]),
+        contrast_factor=factor(c, u[5]), saturation_factor=factor(s, u[6]),
+        hue_factor=None if h == 0 else -h + 2 * h * u[7],
+    )  # fmt: skip
+
+
+def lighting_shift(u: np.ndarray, alphastd: float) -> torch.Tensor:
+    """The RGB offset (0..1 scale) of AlexNet's lighting noise: alpha ~ N(0, alphastd^2) per eigenvector (Box-Muller
+    on 6 uniforms), offset = eigvec @ (alpha * eigval)."""
+    r = np.sqrt(-2.0 * np.log1p(-u[:3])) * np.cos(2 * np.pi * u[3:6])
+    alpha = torch.tensor(r * alphastd, dtype=torch.float32)
+    return EIGVEC @ (alpha * EIGVAL)
+
+
 class CropTransform(Transform):
     """`t(image, seed) -> (3, size, size)` normalised float tensor, for `EncodedImage`s (or decoded HWC arrays).
 
@@ -148,6 +177,7 @@ class CropTransform(Transform):
         self._inv = (1.0 / (255.0 * torch.tensor(self.std, dtype=torch.float32))).view(3, 1, 1)
         self._bias = -self._mean / torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         self._ra = StrongTransform(mean, std, WeakAugConfig(), strong) if kind == "strong" else None
+        self._jitter = ColorJitter()  # its `transform(x, params)` applies given factors in the given order
 
     def box(self, h: int, w: int, seed: int) -> tuple[Box, bool]:
         """(train box, flip) of a view seed: a pure function of (seed, H, W)."""
@@ -155,7 +185,7 @@ class CropTransform(Transform):
         return rrc_box(u, h, w, self.cfg.scale, self.cfg.ratio), bool(self.cfg.flip and u[2 * TRIES + 2] < 0.5)
 
     def crop_uint8(self, img: EncodedImage | np.ndarray, seed: int = 0) -> torch.Tensor:
-        """The view before normalisation: (3, size, size) uint8."""
+        """The view before normalisation (and lighting): (3, size, size) uint8."""
         cfg = self.cfg
         fast = cfg.decode_gap if cfg.fast_decode else None
         if self.kind == "test":
@@ -170,6 +200,8 @@ class CropTransform(Transform):
             flip = bool(cfg.flip and hash_uniforms(seed, 2 * TRIES + 3)[2 * TRIES + 2] < 0.5)
         if flip:
             out = out.flip(-1)
+        if any(cfg.color_jitter):
+            out = self._jitter.transform(out, jitter_params(hash_uniforms(seed, JITTER + 8)[JITTER:], cfg.color_jitter))
         if self._ra is not None:
             hwc = np.ascontiguousarray(out.permute(1, 2, 0).numpy())  # no copy from the channels-last resize
             rng = np.random.default_rng(mix_seed(seed, 1))
@@ -181,7 +213,11 @@ class CropTransform(Transform):
         return x.contiguous().to(torch.float32).mul_(self._inv).add_(self._bias)
 
     def __call__(self, img: EncodedImage | np.ndarray, seed: int = 0) -> torch.Tensor:
-        return self.normalize(self.crop_uint8(img, seed))
+        x = self.normalize(self.crop_uint8(img, seed))
+        if self.kind != "test" and self.cfg.lighting > 0:  # on the 0..1 scale before the normalisation
+            shift = lighting_shift(hash_uniforms(seed, LIGHT + 6)[LIGHT:], self.cfg.lighting)
+            x += (shift / torch.tensor(self.std)).view(3, 1, 1)
+        return x
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -40,8 +40,8 @@ def load_dataset(cfg: DataConfig) -> DatasetBundle:
         from ssl_kd.data.config import TransformConfig
 
         transform = TransformConfig()
-    if transform is not None and not isinstance(train, EncodedImageSet):
-        transform = None  # e.g. a train_source of arrays: its images are already at their size
+    if transform is not None and not isinstance(train, EncodedImageSet) and not isinstance(test, EncodedImageSet):
+        transform = None  # no split holds image files (the crops also take arrays, e.g. a train_source's)
     info = {
         "dataset": name, "source": where, "num_train": len(train), "num_test": len(test),
         "num_unlabeled": len(unlabeled) if unlabeled is not None else 0, "num_classes": raw.num_classes,

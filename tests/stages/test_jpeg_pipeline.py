@@ -1,6 +1,7 @@
 """Training on real JPEG photos through the large-image path (`data.transform`): plants_jpeg (train/ + val/ class
 folders of 265-500 px photos) at a reduced output size with 2 DataLoader workers: a supervised run resumes bit-exact,
-and an SSL stage (weak + strong views) and a rotation stage train. Skipped when plants_jpeg is not under $SSL_KD_DATA or ../shared/data."""
+and an SSL stage (weak + strong views) and a rotation stage train; the device pipeline (on the CPU) resumes
+bit-exact too. Skipped when plants_jpeg is not under $SSL_KD_DATA or ../shared/data."""
 
 from __future__ import annotations
 

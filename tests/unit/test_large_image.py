@@ -164,9 +164,9 @@ def test_fast_decode_stays_within_its_stated_tolerance():
 # ---------------------------------------------------------------- bad input
 def test_unreadable_and_unusual_files(tmp_path):
     good = write_jpeg(tmp_path / "a.jpg").read_bytes()
-    (tmp_path / "trunc.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "trunc.jpg").write_bytes(good[:-2])  # only the end-of-image marker missing
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all" * 20)
-    for name, why in (("trunc.jpg", "truncated JPEG"), ("junk.jpg", "not a readable image")):
+    for name, why in (("trunc.jpg", "corrupt or truncated"), ("junk.jpg", "not a readable image")):
         with pytest.raises(UnreadableImage, match=why) as e:
             img = EncodedImage(str(tmp_path / name))
             img.decode(img.size and 1)
@@ -174,6 +174,9 @@ def test_unreadable_and_unusual_files(tmp_path):
     for mode in ("L", "CMYK"):  # grayscale and CMYK JPEGs come out RGB
         x = EncodedImage(str(write_jpeg(tmp_path / f"{mode}.jpg", 64, 48, mode))).decode(1)
         assert x.shape == (48, 64, 3) and x.dtype == np.uint8
+    prog = tmp_path / "progressive.jpg"
+    Image.open(tmp_path / "a.jpg").save(prog, "JPEG", progressive=True)
+    assert EncodedImage(str(prog)).size == (90, 120) and EncodedImage(str(prog)).decode(2).shape == (45, 60, 3)
     buf = io.BytesIO()
     Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(buf, "PNG")
     png = np.frombuffer(buf.getvalue(), np.uint8)
@@ -254,3 +257,58 @@ def test_imagenet_layouts(tmp_path):
     assert data.test.targets.tolist() == [1, 0, 1] and data.image_size == 32 and data.classes == wnids
     assert data.mean == (0.485, 0.456, 0.406) and data.transform is not None  # large-image crops by default
     assert build_transform("test", data, None)(data.test.image(0)).shape == (3, 32, 32)
+
+
+def test_color_jitter_and_lighting_follow_torchvision_and_alexnet():
+    """Colour jitter = torchvision v2 ColorJitter's kernels with make_params' law (a random order of the four
+    adjustments, factors uniform in [1 - s, 1 + s]) on hash draws; lighting = AlexNet's PCA noise, alpha ~ N(0, 0.1²).
+    """
+    from torchvision.transforms import v2
+
+    from ssl_kd.data.large_image import EIGVAL, EIGVEC, JITTER, LIGHT, jitter_params, lighting_shift
+
+    cfg = DataConfig(dataset="image_folder", path=".", transform={"color_jitter": [0.4, 0.3, 0.2, 0.1]})
+    for seed in range(200):
+        p = jitter_params(hash_uniforms(seed, JITTER + 8)[JITTER:], cfg.transform.color_jitter)
+        assert sorted(p["fn_idx"].tolist()) == [0, 1, 2, 3]
+        assert 0.6 <= p["brightness_factor"] <= 1.4 and 0.7 <= p["contrast_factor"] <= 1.3
+        assert 0.8 <= p["saturation_factor"] <= 1.2 and -0.1 <= p["hue_factor"] <= 0.1
+    x = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    want = x
+    for i in p["fn_idx"].tolist():  # torchvision's functional kernels, one by one in the drawn order
+        f = [v2.functional.adjust_brightness, v2.functional.adjust_contrast, v2.functional.adjust_saturation,
+             v2.functional.adjust_hue][i]  # fmt: skip
+        want = f(want, list(p.values())[1 + i])
+    assert torch.equal(v2.ColorJitter().transform(x, p), want)
+    shifts = torch.stack([lighting_shift(hash_uniforms(s, LIGHT + 6)[LIGHT:], 0.1) for s in range(4000)])
+    alpha = torch.linalg.solve(EIGVEC, shifts.T).T / EIGVAL  # back to the per-eigenvector draws
+    assert alpha.mean(0).abs().max() < 0.01 and (alpha.std(0) - 0.1).abs().max() < 0.01
+
+
+def test_inat_takes_the_large_image_crops(tmp_path):
+    """DynamicMLP's protocol on iNat (ylingfeng/DynamicMLP@773197c5 dataset.py): RandomResizedCrop(224) + flip for
+    training, Resize(256) + CenterCrop(224) for evaluation; here at 16 px on the fake iNat JSONs, metadata kept."""
+    from helpers import write_fake_inat
+
+    from ssl_kd.data.containers import EncodedImageSet
+
+    write_fake_inat(tmp_path)
+    cfg = DataConfig(dataset="inat", root=str(tmp_path), transform={"size": 16}, metadata={"use": ["geo"]})
+    data = load_dataset(cfg)
+    assert isinstance(data.train, EncodedImageSet) and data.image_size == 16 and "meta" in data.train.fields
+    out = ViewDataset(data.train, {"x": build_transform("weak", data, cfg)})[(0, 1)]
+    assert out["x"].shape == (3, 16, 16) and out["meta"].shape[0] > 0
+
+
+def test_a_train_source_of_arrays_takes_the_crops_too(tmp_path):
+    """DM-KD's generated images (`train_source`) with the real test split as image files: both take the crops."""
+    from helpers import write_synthetic_folder
+
+    write_synthetic_folder(tmp_path / "syn", 2, 2, size=24)
+    root = write_tree(tmp_path / "data")
+    cfg = DataConfig(dataset="image_folder", path=str(root), transform={"size": 16},
+                     train_source={"path": str(tmp_path / "syn"), "kind": "filenames"})  # fmt: skip
+    data = load_dataset(cfg)
+    assert data.transform is not None and data.image_size == 16
+    assert ViewDataset(data.train, {"x": build_transform("weak", data, cfg)})[(0, 3)]["x"].shape == (3, 16, 16)
+    assert ViewDataset(data.test, {"x": build_transform("test", data, cfg)})[0]["x"].shape == (3, 16, 16)
