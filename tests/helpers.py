@@ -102,6 +102,24 @@ def write_fake_inat(root: Path, num_classes: int = 4, files_per_class: int = 3, 
     return root
 
 
+def write_fake_imagenet(root: Path, num_classes: int = 10, train_per_class: int = 52, val_per_class: int = 2) -> Path:
+    """ILSVRC2012's extracted layout (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) with small JPEGs of varied shapes and
+    class-dependent colour: 520 training images, as many as the recipes' global batch (512) needs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1000)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(num_classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
+                px = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                px[..., 0] = c * 255 // max(1, num_classes - 1)
+                Image.fromarray(px).save(folder / f"{split}_{c}_{i}.JPEG", quality=90)
+    return root
+
+
 def make_fake_data_root(root: Path) -> Path:
     """A data.root holding tiny cifar10.npz / cifar100.npz and the other shipped configs' datasets (svhn, stl10, the
     plant photos with dates, an iNaturalist folder, a DM-KD-style synthetic folder), so every shipped config can run
@@ -114,6 +132,8 @@ def make_fake_data_root(root: Path) -> Path:
     write_fake_npz(root / "stl10.npz", 10, 4, 2, size=96, unlabeled=40)
     write_fake_plants(root / "ucsc_plants32.npz")
     write_fake_inat(root)
+    write_fake_imagenet(root / "imagenet")
+    write_synthetic_folder(root / "dmkd_imagenet", 10, 26)  # DM-KD's generated ImageNet images, its 10 fake classes
     return root
 
 
@@ -314,8 +334,9 @@ def tiny_overrides(path: Path, data_root: Path) -> list[str]:
 
     raw = load_yaml(path)
     out = [f"data.root={data_root}", "data.num_workers=0", "data.limit_test=50", *fit_labels(raw)]
-    if raw.get("data", {}).get("dataset") == "inat":
-        out.append("data.image_size=32")  # the fake iNat photos are 8 px; 224 px ResNet-50 steps cost a minute
+    if raw.get("data", {}).get("dataset") in ("inat", "imagenet"):
+        out.append("data.image_size=32")  # the fake photos are small; 224 px ResNet-50 steps cost a minute
+    out += [f"models.{n}.pretrained=null" for n, m in raw.get("models", {}).items() if m.get("pretrained")]  # offline
     for name, st in raw.get("stages", {}).items():
         batch = 4 if st.get("type") in ROTATION_TYPES else 16  # the same rows per step
         out += [f"stages.{name}.epochs=None", f"stages.{name}.iters=2", f"stages.{name}.batch_size={batch}",
@@ -334,6 +355,12 @@ SMALL_ARCH: dict[str, tuple[str, dict[str, Any]]] = {
     **{a: ("wrn_16_1", {}) for a in ("wrn_40_2", "wrn_16_2")},
     "wrn_28_8": ("wrn_28_2", {}),
     "resnet34": ("resnet18", {}),
+    "resnet50": ("resnet18", {}),  # torchvision's ResNet class (Bottleneck -> BasicBlock, the same contract)
+    "regnet_y_16gf": ("regnet_y_400mf", {}),
+    **{
+        a: ("vit", {"image_size": 32, "patch_size": 8, "depth": 1, "dim": 32, "heads": 2})
+        for a in ("deit_tiny", "deit_small")
+    },
     "cifar_resnet18": ("cifar_resnet18", {"width": 8}),
     "vit_cifar_tiny": ("vit", {"depth": 1, "dim": 32, "heads": 2}),
 }

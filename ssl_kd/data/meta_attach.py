@@ -14,6 +14,18 @@ from ssl_kd.data.sources import SourceSplits
 from ssl_kd.errors import UserError
 
 
+def split_csvs(root: Path, csv_name: Path) -> dict[str, tuple[Path, Path]] | None:
+    """`data.metadata.csv: metadata.csv` naming a file in each split folder of a train/ + val/ (or test/) tree, each
+    listing its own images relative to that folder (the iNaturalist-export layout of e.g. plants_jpeg); None when
+    the CSV is one file for the whole folder."""
+    if csv_name.is_absolute() or csv_name.is_file():
+        return None
+    test_dir = next((root / d for d in ("val", "test") if (root / d / csv_name).is_file()), None)
+    if test_dir is None or not (root / "train" / csv_name).is_file():
+        return None
+    return {"train": (root / "train" / csv_name, root / "train"), "test": (test_dir / csv_name, test_dir)}
+
+
 def attach_metadata(cfg: DataConfig, splits: SourceSplits) -> str:
     """Set `fields["meta"]` on every split when `data.metadata` is given. Returns a one-line description ('' without
     metadata)."""
@@ -23,7 +35,10 @@ def attach_metadata(cfg: DataConfig, splits: SourceSplits) -> str:
     arrays = splits.arrays
     where = {"npz": f"data.path ({cfg.path})"}.get(cfg.dataset, f"data.dataset={cfg.dataset}")
     metas = dict(splits.metadata or {})
-    if m.csv:
+    if m.csv and (per_split := split_csvs(Path(cfg.path).expanduser(), Path(m.csv).expanduser())):
+        for split, (file, folder) in per_split.items():  # one CSV in each split's folder
+            metas[split] = read_metadata_csv(file, getattr(splits, split).files, folder)
+    elif m.csv:
         train, test = splits.train, splits.test
         rm = read_metadata_csv(Path(m.csv).expanduser(), train.files + test.files, Path(cfg.path).expanduser())
         n = len(train)

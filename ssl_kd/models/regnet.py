@@ -3,7 +3,7 @@ RegNetY-16GF into DeiT-Ti / DeiT-S; Zzzzz1/CSKD@fa0d8b8 follows DeiT's ``--teach
 
 The modules keep torchvision's names (``stem``, ``trunk_output.block1..4``, ``fc``), so
 ``pretrained: IMAGENET1K_V1`` (or V2, SWAG) loads torchvision's weights directly. The stem and the four blocks are
-the contract's stages (32, 224, 448, 1232, 3024 channels).
+the contract's stages (RegNetY-16GF: 32, 224, 448, 1232, 3024 channels).
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ class RegNet(ClassifierModel):
     @property
     def stages(self) -> list[nn.Module]:
         return list(self.trunk_output)
+
+
+@register_model("regnet_y_400mf")
+def regnet_y_400mf(num_classes: int) -> RegNet:
+    """RegNetY-400MF (4.3 M parameters at 1000 classes): the small member of the family, for tests and quick runs."""
+    return RegNet(tv.regnet_y_400mf(num_classes=num_classes))
 
 
 @register_model("regnet_y_16gf")

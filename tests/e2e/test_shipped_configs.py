@@ -12,6 +12,12 @@ from ssl_kd.config import load_yaml
 from ssl_kd.engine.run_dir import read_metrics
 
 SHIPPED = shipped_configs()
+# ImageNet recipes whose stage types their CIFAR configs already run here: their few steps are in the slow tier
+SLOW_RUNS = {"imagenet/hsakd_r34_r18", "imagenet/pad_l2_r34_r18", "imagenet/mixskd_r50"}
+
+
+def _name(p):
+    return p.relative_to(CONFIGS).with_suffix("").as_posix()
 
 
 def test_configs_exist():
@@ -31,7 +37,9 @@ def test_dry_run(path, fake_data_root, tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(CONFIGS).with_suffix("").as_posix())
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, marks=pytest.mark.slow) if _name(p) in SLOW_RUNS else p for p in SHIPPED], ids=_name
+)
 def test_runs_a_few_steps(path, fake_data_root, tmp_path):
     out = tmp_path / "r"
     assert run_cli(path, *small_overrides(path, fake_data_root), f"experiment.output_dir={out}") == 0

@@ -16,7 +16,8 @@ EXPECTED_MODELS = {
     "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
     "resnet18", "resnet50", "mobilenetv2", "mlp", "cnn_small",
     "vgg8", "vgg13", "shufflenetv1", "shufflenetv2", "cifar_resnet18", "multi_exit",
-    "resnet34", "vit", "vit_cifar_tiny", "vit_cifar_small", "deit_tiny", "deit_small", "mobilenetv1", "regnet_y_16gf",
+    "resnet34", "vit", "vit_cifar_tiny", "vit_cifar_small", "deit_tiny", "deit_small",
+    "mobilenetv1", "regnet_y_16gf", "regnet_y_400mf",
 }  # fmt: skip
 # ViTs take one image size (their position embedding): the DeiT shapes are built for 32 px here
 VITS = {"vit", "vit_cifar_tiny", "vit_cifar_small", "deit_tiny", "deit_small"}
