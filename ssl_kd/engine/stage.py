@@ -97,7 +97,7 @@ class Prepared:
 
     models: dict[str, nn.Module] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
-    frozen: list[Any] = field(default_factory=list)  # hook handles keeping `freeze:` parts in eval mode
+    frozen: list[Any] = field(default_factory=list)  # the `freeze:` parts held frozen (engine/freeze.py)
 
 
 class StageContext(Protocol):
