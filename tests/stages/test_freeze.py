@@ -12,7 +12,6 @@ import subprocess
 import pytest
 import torch
 from helpers import ROOT, TINY_VIT, assert_resume_exact, run_cli, tiny_config
-from torch import nn
 
 import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.engine import Callback
