@@ -7,6 +7,7 @@ import sys
 from tqdm.auto import tqdm
 
 from ssl_kd.engine.callback import Callback, CallbackOrder
+from ssl_kd.engine.resources import launch_mismatch
 
 
 def _pct(v: float | None) -> str:
@@ -25,6 +26,19 @@ class ProgressLogger(Callback):
             self.bar.write(text)
         else:
             print(text, flush=True)
+
+    def on_experiment_start(self, runner) -> None:
+        """The run header: the processes that run, and the workers and threads each uses; a warning when the
+        launcher asked for more processes than run."""
+        if not runner.is_main:
+            return
+        n = runner.world_size
+        resources = getattr(runner, "resources", None)
+        machine = f"; {resources.describe()}" if resources is not None else ""
+        self._print(f"Experiment '{runner.cfg.experiment.name}': {n} process(es) on {runner.device.type}{machine}")
+        warning = launch_mismatch(n)
+        if warning is not None:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
 
     def on_stage_start(self, runner) -> None:
         if not runner.is_main:

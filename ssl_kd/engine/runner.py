@@ -28,6 +28,7 @@ from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.checkpoint_io import save_atomic
 from ssl_kd.engine.freeze import check_freeze_parts, freeze_part
 from ssl_kd.engine.plan import plan
+from ssl_kd.engine.resources import apply_threads, choose_resources, local_processes
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.scoring import Evaluator, Predict, eval_mode
@@ -123,7 +124,12 @@ class Runner:
         self.context: RunnerStageContext | None = None  # the current stage's
         self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run, device=self.device)
         self._stage_services: dict[str, DataServices] = {}  # stages with their own `data:`
-        self.evaluator = Evaluator(self.services, self.accelerator, cfg.data.num_workers)
+        # DataLoader workers and intra-op threads from the machine (`data.num_workers: auto`); the run header says so
+        self.resources = choose_resources(
+            cfg.data.num_workers, cfg.data.pipeline, local_processes(self.world_size), self.device.type
+        )
+        self.num_workers = self.resources.workers
+        self.evaluator = Evaluator(self.services, self.accelerator, self.num_workers)
 
     # ================================================================ services for stages and callbacks
     @property
@@ -150,7 +156,7 @@ class Runner:
         """One pass over a stream dataset, this rank's share, on the device (see `Stage.one_pass`)."""
         for batch in one_pass(
             dataset, batch_size, seed=seed, rank=self.accelerator.process_index, world_size=self.world_size,
-            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         ):  # fmt: skip
             yield send_to_device(batch, self.device, non_blocking=True)
 
@@ -236,6 +242,7 @@ class Runner:
         if self.is_main:
             self.run_dir.create()
         seed_everything(exp.seed, exp.deterministic)
+        apply_threads(self.resources)
         self.models = build_models(self.cfg, self.data.num_classes, self.device, self.data.train.fields)
         ckpt = None
         if self.resume:  # a resume checks the stages' files itself
@@ -367,7 +374,7 @@ class Runner:
     def _make_iterators(self, stage: Stage) -> dict[str, Iterator]:
         return make_iterators(
             stage, stage.progress.step, seed=self.cfg.experiment.seed, stage_index=self.stage_index,
-            rank=self.accelerator.process_index, world_size=self.world_size, num_workers=self.cfg.data.num_workers,
+            rank=self.accelerator.process_index, world_size=self.world_size, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
 
