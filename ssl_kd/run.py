@@ -110,8 +110,9 @@ def sweep_overrides(cfg) -> list[tuple[str, Any]]:
     out = _flatten({k: v for k, v in dict(run.config).items() if not k.startswith("_")})
     if cfg.experiment.logger.wandb is None:
         out.insert(0, ("experiment.logger.wandb", {}))
-    if cfg.experiment.output_dir is None:  # one folder per sweep run, never on top of another
-        out.insert(0, ("experiment.output_dir", f"runs/{cfg.experiment.name}/sweep-{run.id}"))
+    if cfg.experiment.output_dir is None:  # one folder per sweep run, beside runs/<name> (never inside a run folder)
+        sweep = os.environ["WANDB_SWEEP_ID"]
+        out.insert(0, ("experiment.output_dir", f"runs/{cfg.experiment.name}-sweep-{sweep}/{run.id}"))
     return out
 
 
