@@ -234,7 +234,8 @@ class Runner:
             self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, new_stage=self.new_stage
         )
         check_freeze_parts(self.models, self.cfg.stages)  # a `freeze:` part no model has fails the dry run too
-        return text
+        head, _, rest = text.partition("\n")
+        return f"{head}\n  machine: {self.resources.describe()}\n{rest}"
 
     # ================================================================ the loop
     def run(self) -> dict[str, dict[str, Any]]:
