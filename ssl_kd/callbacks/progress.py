@@ -25,8 +25,11 @@ def write_stage_status(root, stage: str, total_steps: int, finished: bool) -> No
         status = {}
     status[stage] = {"total_steps": total_steps, "finished": finished}
     tmp = path.with_name(f".{STATUS_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(status, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:  # best effort: a folder that cannot be written is reported by the checkpoint that follows
+        tmp.write_text(json.dumps(status, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def bar_keys(stage_type: type, cfg) -> list[str]:
