@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from ssl_kd.components import PolicyOptions
 from ssl_kd.config.loader import apply_overrides, deep_merge, load_yaml, resolve_references
-from ssl_kd.config.registry import import_modules, resolve_import, stage_types
+from ssl_kd.config.registry import import_modules, not_imported, resolve_import, stage_types
 from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.data.config import DataConfig
 from ssl_kd.errors import UserError, choices, suggest
@@ -218,12 +220,16 @@ def _check_override_targets(raw: dict[str, Any], overrides: list[tuple[str, Any]
 
 
 def resolve_config(
-    path: str | Path, overrides: list[tuple[str, Any]], imports: list[str] | tuple[str, ...] = ()
-) -> tuple[Config, dict[str, Any]]:
+    path: str | Path, overrides: list[tuple[str, Any]], imports: list[str] | tuple[str, ...] = (),
+    *, yaml_imports: bool = True,
+) -> tuple[Config, dict[str, Any]]:  # fmt: skip
     """YAML (+ `_base_`) then CLI overrides (CLI wins) -> (typed config, raw resolved dict).
 
     `experiment.imports` (plus `imports`, from `--import`) are imported before validation, so the models and stage
     types they register are valid names; `.py` entries are stored as absolute paths, for resume from anywhere.
+    With `yaml_imports=False` (`--resume`: a run folder's config.yaml, which may come from anyone) only what the
+    user passes with `--import` is imported; the others are named in one line, and in the error if the config
+    cannot be validated without them.
     """
     path = Path(path)
     raw = load_yaml(path)
@@ -233,16 +239,28 @@ def resolve_config(
     raw["experiment"] = exp
     if isinstance(exp, dict) and not exp.get("name"):
         exp["name"] = path.stem if path.name != "config.yaml" else path.parent.name
+    hint = ""
     if isinstance(exp, dict) and (exp.get("imports") or imports):
         given = exp.get("imports") or []
         given = [given] if isinstance(given, str) else given
         if not isinstance(given, list):
             raise UserError(f"{path}: experiment.imports: expected a list of modules or .py files, got {given!r}.")
         entries = [resolve_import(e, path.parent) if isinstance(e, str) else e for e in given]
-        entries += [resolve_import(e, Path.cwd()) for e in imports]  # --import: relative to where it runs
-        exp["imports"] = list(dict.fromkeys(entries))
-        import_modules(exp["imports"])
-    cfg = validate_config(raw, str(path))
+        cli = [resolve_import(e, Path.cwd()) for e in imports]  # --import: relative to where it runs
+        exp["imports"] = list(dict.fromkeys(entries + cli))
+        skipped = [] if yaml_imports else [e for e in not_imported(exp["imports"]) if e not in cli]
+        if skipped:
+            hint = (f"{path} lists experiment.imports {skipped}, which --resume does not import; if you trust that "
+                    f"code, pass it: --import {skipped[0]}")  # fmt: skip
+            if os.environ.get("RANK", "0") == "0":
+                print(f"ssl_kd: note: {hint}.", file=sys.stderr)
+        import_modules([e for e in exp["imports"] if e not in skipped])
+    try:
+        cfg = validate_config(raw, str(path))
+    except UserError as e:
+        if hint:
+            raise UserError(f"{e} ({hint}.)") from None
+        raise
     check_precision(cfg, str(path))
     return cfg, raw
 
