@@ -170,6 +170,7 @@ def _main(argv: list[str]) -> int:
         if accelerator.is_main_process:
             print(runner.plan())
         return 0
+    make_runner(cfg, run_dir, resolved, accelerator, dry_run=True).preflight()  # every check, before any write
     if args.resume:
         run_dir.check_resumable()
     else:

@@ -125,6 +125,17 @@ def run_cli(*args: Any) -> int:
     return main([str(a) for a in args])
 
 
+def one_line_error(capsys: Any, *needles: str) -> str:
+    """The CLI's stderr (read from pytest's `capsys`) is one `ssl_kd: error:` line, no traceback, holding `needles`."""
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert lines[0].startswith("ssl_kd: error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+    return lines[0]
+
+
 class Crash(Callback):
     """Simulates a crash (Ctrl-C) right after global step `at`; the run then resumes from its last checkpoint."""
 

@@ -26,7 +26,7 @@ from ssl_kd.engine import resume as ckpt_io
 from ssl_kd.engine.build import apply_init, apply_module_init, build_models, check_stage_files, take_snapshots
 from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.checkpoint_io import save_atomic
-from ssl_kd.engine.plan import plan
+from ssl_kd.engine.plan import plan, preflight
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.scoring import Evaluator, Predict, eval_mode
@@ -226,6 +226,11 @@ class Runner:
         return plan(
             self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, new_stage=self.new_stage
         )
+
+    def preflight(self) -> None:
+        """Every check the config, its files and the data decide (engine/plan.py: preflight), before any work;
+        on a dry-run runner (nothing written): the CLI calls it before it writes the run folder."""
+        preflight(self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, self.new_stage)
 
     # ================================================================ the loop
     def run(self) -> dict[str, dict[str, Any]]:
