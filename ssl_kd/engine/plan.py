@@ -140,8 +140,9 @@ def preflight(
     run folder is written, `--dry-run` before it prints the plan. It walks `run` through the schedule as a real run
     would, without training or writing anything: the models are built (`models.<name>.checkpoint` loaded), every
     file a stage loads at its start is checked (`check_stage_files`), and each enabled stage takes its snapshots,
-    is set up (its streams, modules and registered option blocks built), sized per process, and has its
-    `init.modules` (`check_module_init`) and `prune:` support (`check_prunable`) checked."""
+    is set up (its streams, modules and registered option blocks built), has its `init.modules`
+    (`check_module_init`) and `prune:` support (`check_prunable`) checked, and its streams' batches and samplers
+    (`last_batch`, `sampler:`) sized per process and built (`check_streams`)."""
     seed_everything(cfg.experiment.seed)
     out = Preflight()
     run.models = build_models(cfg, d.num_classes, device, d.train.fields)
