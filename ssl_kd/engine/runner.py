@@ -10,7 +10,6 @@ only through the Stage hooks and the callbacks it is given.
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -230,14 +229,13 @@ class Runner:
 
     def preflight(self) -> None:
         """Every check the config, its files and the data decide (engine/plan.py: preflight), before any work;
-        on a dry-run runner (nothing written): the CLI calls it before it writes the run folder. Nothing the walk
-        built (models, stages, their device copies of the data) outlives it."""
+        on a dry-run runner (nothing written): the CLI calls it before it writes the run folder. The runner lets go
+        of what the walk built (models, stages, their device copies of the data)."""
         try:
             preflight(self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, self.new_stage)
         finally:
             self.state, self.context = RunState(), None
             self._stage_services.clear()
-            gc.collect()
 
     # ================================================================ the loop
     def run(self) -> dict[str, dict[str, Any]]:

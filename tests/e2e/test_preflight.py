@@ -167,3 +167,20 @@ def test_dry_run_shows_the_prune_block(tmp_path, capsys):
     plan = " ".join(capsys.readouterr().out.split())  # the line wraps
     assert "prune: ['net']: method=ghfp, keep_ratio=0.5, scope=layer," in plan
     assert "decay=0.5," in plan and "hard_ramp=cubic," in plan and "keep_ramp=none" in plan
+
+
+def test_fp16_with_a_loss_group_optimizer_is_refused_at_validation():
+    """DOT backpropagates its loss groups separately, which fp16 loss scaling cannot: refused from the config (it
+    used to wait for the stage's optimizer; fp16 needs a GPU, so this checks the validation itself)."""
+    from ssl_kd.config.validate import validate_config
+    from ssl_kd.errors import UserError
+
+    raw = yaml.safe_load(QUICK.read_text())
+    raw.pop("_base_")
+    raw["data"] = {"dataset": "digits"}
+    raw["experiment"]["precision"] = "fp16"
+    raw["stages"]["distill"]["optimizer"] = {"name": "dot", "lr": 0.05, "momentum": 0.9}
+    with pytest.raises(UserError, match=r"stages\.distill\.optimizer\.name: 'dot' backpropagates its loss groups"):
+        validate_config(raw)
+    raw["experiment"]["precision"] = "bf16"
+    validate_config(raw)
