@@ -86,6 +86,7 @@ MALFORMED = [
     ("stages.teacher.optimizer={name: adamw, lr: 0.001, betas: [-0.1, 0.999]}",
      ["stages.teacher.optimizer.betas", "[0, 1)"]),
     ("stages.teacher.optimizer.momentum=0", ["stages.teacher.optimizer.nesterov", "momentum > 0"]),  # nesterov: true
+    ("stages.teacher.epochs=true", ["stages.teacher.epochs", "a boolean where a number is expected"]),
     ("stages.teacher.iters=true", ["stages.teacher.iters", "a boolean where a number is expected"]),
     ("stages.distill.batch_size=false", ["stages.distill.batch_size", "a boolean where a number is expected"]),
     ("stages.teacher.scheduler={name: multistep, milestones: [4, true]}",
