@@ -176,6 +176,7 @@ def _main(argv: list[str]) -> int:
         if accelerator.is_main_process:
             print(runner.plan())
         return 0
+    make_runner(cfg, run_dir, resolved, accelerator, dry_run=True).preflight()  # every check, before any write
     from_checkpoint = _claim(run_dir, args.resume, accelerator, resolved)
     try:
         if accelerator.is_main_process and not from_checkpoint:  # a new run, or one restarted from step 0

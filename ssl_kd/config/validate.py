@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.data.config import DataConfig
 from ssl_kd.errors import UserError, choices, suggest
 from ssl_kd.models import list_models, model_options
+from ssl_kd.optim.groups import loss_groups
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...], raw: Any = None) -> type[BaseModel] | None:
@@ -72,9 +74,26 @@ def _validate(model: type[BaseModel], raw: Any, prefix: tuple[Any, ...], source:
         raise UserError(f"{source}: " + format_validation_error(e, model, prefix, raw)) from None
 
 
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_name(name: Any, where: str, what: str) -> None:
+    """Stage and model names become folder and file names (`checkpoints/<stage>/best.pt`) and dotted paths
+    (`freeze: [teacher.backbone]`): a plain identifier only, so `../../x` cannot write outside the run folder."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UserError(
+            f"{where}: {what} name {name!r} is not a plain identifier; use letters, digits and _ (not starting with "
+            f"a digit), e.g. 'teacher' or 'stage_2'."
+        )
+
+
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate every block; stage blocks by the schema of their `type`."""
     cfg = _validate(Config, raw, (), source)
+    for name in cfg.models:
+        check_name(name, f"{source}: models", "model")
+    for name in cfg.stages or {}:
+        check_name(name, f"{source}: stages", "stage")
     cfg.data = _validate(DataConfig, cfg.data or {}, ("data",), source)
     types = stage_types()
     typed: dict[str, StageConfig] = {}
@@ -145,6 +164,7 @@ def _check_references(cfg: Config, source: str) -> None:
     for i, (name, st) in enumerate(cfg.stages.items()):
         where = f"{source}: stages.{name}"
         for snap in st.snapshot:
+            check_name(snap.as_, f"{where}.snapshot.as", "model")
             if snap.of not in known:
                 raise UserError(
                     f"{where}.snapshot.of: model '{snap.of}' is not defined.{suggest(snap.of, known)} "
@@ -187,6 +207,11 @@ def _check_references(cfg: Config, source: str) -> None:
             raise UserError(
                 f"{where}.{key}: 0 trains nothing: {st.train} would stay untrained for every stage after it. Give "
                 f"a positive length, or skip the stage with stages.{name}.enabled=false."
+            )
+        if cfg.experiment.precision == "fp16" and st.enabled and loss_groups(st.optimizer, st.loss_weights):
+            raise UserError(
+                f"{where}.optimizer.name: '{st.optimizer.name}' backpropagates its loss groups separately, which "
+                f"fp16 loss scaling does not support; use experiment.precision=bf16 or no."
             )
         for m in st.eval.models or []:
             if m not in known:

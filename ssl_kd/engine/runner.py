@@ -28,7 +28,7 @@ from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.checkpoint_io import save_atomic
 from ssl_kd.engine.freeze import check_freeze_parts, freeze_part
 from ssl_kd.engine.interrupt import StopRequests
-from ssl_kd.engine.plan import plan
+from ssl_kd.engine.plan import plan, preflight
 from ssl_kd.engine.resources import apply_threads, choose_resources, local_processes
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
@@ -235,9 +235,18 @@ class Runner:
         text = plan(
             self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, new_stage=self.new_stage
         )
-        check_freeze_parts(self.models, self.cfg.stages)  # a `freeze:` part no model has fails the dry run too
         head, _, rest = text.partition("\n")
         return f"{head}\n  machine: {self.resources.describe()}\n{rest}"
+
+    def preflight(self) -> None:
+        """Every check the config, its files and the data decide (engine/plan.py: preflight), before any work;
+        on a dry-run runner (nothing written): the CLI calls it before it writes the run folder. The runner lets go
+        of what the walk built (models, stages, their device copies of the data)."""
+        try:
+            preflight(self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, self.new_stage)
+        finally:
+            self.state, self.context = RunState(), None
+            self._stage_services.clear()
 
     # ================================================================ the loop
     def run(self) -> dict[str, dict[str, Any]]:
