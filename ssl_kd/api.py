@@ -6,12 +6,15 @@
     logits = model(x).logits                                         # or model.predict({"x": x})
 
 Every file ssl_kd writes records each model's constructor spec, so the model is rebuilt with the shape it was
-trained with (also after a stage changed it). A model of the user's own (`experiment.imports`) is found through
-the run's config.yaml, or `imports=[...]`. A bare state_dict of another tool needs `arch=` and `num_classes=`.
+trained with (also after a stage changed it). A model of the user's own needs its module: `imports=[...]` (the
+evaluate CLI's `--import`). Loading weights never runs code a run folder names: the `experiment.imports` of the
+run's config.yaml are not imported, only named (one line, and in the error when the model cannot be built without
+them), since a folder may come from anyone. A bare state_dict of another tool needs `arch=` and `num_classes=`.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +23,7 @@ import torch
 import yaml
 from torch import nn
 
-from ssl_kd.config.registry import import_modules
+from ssl_kd.config.registry import import_modules, not_imported, resolve_import
 from ssl_kd.engine.checkpoint_io import extract_state_dict, load_checkpoint, load_weights
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError, choices
@@ -102,7 +105,17 @@ def load_model(
     the file.
     """
     path = model_file(source, name, stage, which)
-    import_modules([*_run_imports(_run_root(path.parent)), *imports], "imports")
+    given = [resolve_import(e, Path.cwd()) if isinstance(e, str) else e for e in imports]
+    import_modules(given, "imports")
+    root = _run_root(path.parent)
+    skipped = [e for e in not_imported(_run_imports(root)) if e not in given]  # never imported from a folder
+    hint = ""
+    if skipped:
+        hint = (
+            f"{root / 'config.yaml'} lists experiment.imports {skipped}, which loading weights does not import; "
+            f"if you trust that code, pass it: --import {skipped[0]} (load_model(..., imports=[...]))"
+        )
+        print(f"ssl_kd: note: {hint}.", file=sys.stderr)
     obj = load_checkpoint(path, "load_model")
     models = obj.get("models") if isinstance(obj.get("models"), dict) else None
     if name is None:
@@ -130,6 +143,6 @@ def load_model(
     try:
         model = create_model_from_spec(spec) if arch is None else create_model(arch, spec["num_classes"], **kwargs)
     except UserError as e:
-        raise UserError(f"{path}: model '{name}': {e}") from None
+        raise UserError(f"{path}: model '{name}': {e}" + (f" {hint[0].upper()}{hint[1:]}." if hint else "")) from None
     load_weights(model, state, True, f"{path} (model '{name}')")
     return model.to(device).eval()

@@ -13,6 +13,7 @@ training-terms grid. Plots whose data is absent are skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -43,6 +44,7 @@ class Run:
     name: str
     stages: dict[str, dict[str, Any]]  # stage name -> its config (empty when config.yaml lacks it), in run order
     records: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)  # stages.json: each stage's length, finished
 
     def of(self, stage: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r["stage"] == stage]
@@ -50,6 +52,15 @@ class Run:
     def stop(self, stage: str) -> dict[str, Any] | None:
         """The `stop` record (NaN guard) of a stage, if training stopped there."""
         return next((r for r in self.of(stage) if r.get("kind") == "stop"), None)
+
+    def interrupted(self, stage: str) -> tuple[int, int] | None:
+        """(last logged step, total steps) of a stage that started but did not finish (nor stop): killed, or still
+        running. None for a finished, stopped or never started stage, and for runs without stages.json."""
+        st = self.status.get(stage)
+        if not isinstance(st, dict) or st.get("finished", True) or self.stop(stage) is not None:
+            return None
+        steps = [r["step"] for r in self.of(stage)]
+        return (max(steps) if steps else 0), int(st.get("total_steps") or 0)
 
     def span(self, stage: str) -> tuple[int, int] | None:
         """(first, last) global step of a stage (records carry both counters), None if it logged nothing."""
@@ -99,7 +110,12 @@ def load_run(run_dir: str | Path) -> Run:
     for r in records:  # stages missing from the config still get reported, in the order they logged
         stages.setdefault(r["stage"], {})
     name = (cfg.get("experiment") or {}).get("name") or root.resolve().name
-    return Run(root, str(name), stages, records)
+    status: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(OSError, ValueError):  # written by the run's progress logger; older runs have none
+        status = json.loads((root / "stages.json").read_text())
+    for stage in status if isinstance(status, dict) else ():
+        stages.setdefault(stage, {})
+    return Run(root, str(name), stages, records, status if isinstance(status, dict) else {})
 
 
 def series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[int], list[float]]:
@@ -203,9 +219,25 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_accuracy(run: Run, path: Path) -> Path | None:
+def label_offsets(points: list[tuple[float, float]], xspan: float, yspan: float) -> list[tuple[int, int]]:
+    """Offsets (points) of the best-value labels so that none overlaps another: a label whose star lies close to
+    an earlier one's (within 6 % of the x range and 5 % of the y range) goes one line above it."""
+    placed: list[tuple[float, float, int]] = []
+    out = []
+    for x, y in points:
+        level = 0
+        while any(abs(x - px) <= 0.06 * xspan and abs(y - py) <= 0.05 * yspan and lv == level for px, py, lv in placed):
+            level += 1
+        placed.append((x, y, level))
+        out.append((4, 5 + 11 * level))
+    return out
+
+
+def accuracy_figure(run: Run) -> Figure | None:
+    """Test top-1 per stage and model (EMA dashed against raw), each best starred and labelled."""
     fig, (ax,) = _figure()
     colors: dict[tuple[str, str], str] = {}
+    bests: list[tuple[float, float]] = []
     for stage in run.stages:
         recs = run.of(stage)
         for model, label, key in accuracy_series(run, stage):
@@ -218,16 +250,23 @@ def plot_accuracy(run: Run, path: Path) -> Path | None:
             ax.plot(x, y, "--" if raw else "-", color=color, marker="o", ms=3, label=f"{stage}: {label}")
             b = _best(y)
             ax.plot(x[b], y[b], marker="*", ms=13, color=color, mfc="none" if raw else color, ls="none")
-            below = (4, -12) if raw else (4, 5)  # keeps the EMA and raw labels apart when the bests coincide
-            ax.annotate(f"{y[b]:.2f}", (x[b], y[b]), textcoords="offset points", xytext=below, fontsize=8)
+            bests.append((x[b], y[b]))
     if not colors:
         return None
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for (x, y), off in zip(bests, label_offsets(bests, x1 - x0, y1 - y0)):  # tiny runs: bests often coincide
+        ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=off, fontsize=8)
     ax.plot([], [], "*", color="0.3", ms=11, ls="none", label="best")
     _mark_stages(ax, run)
     ax.set(title=f"{run.name}: test top-1", xlabel="global step", ylabel="top-1 accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return fig
+
+
+def plot_accuracy(run: Run, path: Path) -> Path | None:
+    fig = accuracy_figure(run)
+    return None if fig is None else _save(fig, path)
 
 
 def plot_losses(run: Run, path: Path) -> Path | None:
@@ -304,6 +343,9 @@ def stage_rows(run: Run) -> list[list[str]]:
         stop = run.stop(stage)
         if stop is not None:
             steps = f"stopped at {stop.get('first_step', stop['step'])} ({', '.join(stop.get('terms') or [])} NaN/inf)"
+        cut = run.interrupted(stage)
+        if cut is not None:
+            steps = f"**interrupted** at step {cut[0]} of {cut[1]}"
         head = [stage, str(cfg.get("type", "?")), ", ".join(cfg.get("train") or []) or "—"]
         head += [", ".join(cfg.get("uses") or []) or "—", steps]
         curves = accuracy_series(run, stage)
@@ -334,6 +376,33 @@ def final_terms(run: Run) -> list[str]:
     return lines
 
 
+def export_lines(run: Run) -> list[str]:
+    """Per `export` record (stages/pruned_export.py), each model's parameters and FLOPs before and after."""
+
+    def change(before: float, after: float) -> str:
+        return f"{before:,.0f} → {after:,.0f}" + (f" ({100 * (after - before) / before:+.1f}%)" if before else "")
+
+    lines = []
+    for r in run.records:
+        if r.get("kind") != "export":
+            continue
+        for key in r:
+            m = re.match(r"^export/(.+)/params$", key)
+            if not m:
+                continue
+            name = m.group(1)
+            v = {k: r.get(f"export/{name}/{k}") for k in ("params", "params_before", "flops", "flops_before")}
+            parts = []
+            for what, key in (("parameters", "params"), ("FLOPs", "flops")):
+                if _number(v[key]) and _number(v[f"{key}_before"]):
+                    parts.append(f"{what} {change(v[f'{key}_before'], v[key])}")
+            diff = r.get(f"export/{name}/max_abs_diff")
+            if _number(diff):
+                parts.append(f"max |logit difference| on the check batch {diff:.2e}")
+            lines.append(f"- **{r['stage']}**, model `{name}`: " + "; ".join(parts))
+    return lines
+
+
 def write_markdown(run: Run, images: list[Path], path: Path) -> Path:
     header = ["stage", "type", "trains", "reads", "steps", "model", "last top-1", "best top-1", "median last 5"]
     lines = [f"# Run report: {run.name}", "", f"Run folder: `{run.root}` ({len(run.records)} records)", ""]
@@ -347,6 +416,18 @@ def write_markdown(run: Run, images: list[Path], path: Path) -> Path:
                 f"- **{stage}**: {r.get('reason', 'stopped')} in {', '.join(r.get('terms') or [])} (first at step "
                 f"{r.get('first_step', r['step'])}); the run ended there. `--resume` continues from the last good "
                 f"checkpoint."
+            )
+    exports = export_lines(run)
+    if exports:
+        lines += ["", "## Export", "", "The physically smaller network each `export` stage built.", ""]
+        lines += exports
+    cuts = [(s, run.interrupted(s)) for s in run.stages if run.interrupted(s)]
+    if cuts:
+        lines += ["", "## Interrupted", ""]
+        for stage, (step, total) in cuts:
+            lines.append(
+                f"- **{stage}**: started but not finished; last logged step {step} of {total} (killed, or still "
+                f"running). `--resume` continues from the last checkpoint."
             )
     terms = final_terms(run)
     if terms:

@@ -22,7 +22,8 @@ USAGE = """usage: python -m ssl_kd.run CONFIG [key=value | --key=value ...] [--i
   --import MODULE  import a module (my_pkg.models) or a .py file first, so the models / stage types it registers
                    can be named in the config (adds to experiment.imports; may be repeated)
   --resume         continue the run exactly from its checkpoints/last.pt: the run folder holding CONFIG when CONFIG
-                   is a run's config.yaml, else experiment.output_dir (runs/<name>)
+                   is a run's config.yaml, else experiment.output_dir (runs/<name>); the modules its
+                   experiment.imports lists are not imported unless given again with --import
   --dry-run        validate config, data and models, print the plan, and exit without training
 """
 
@@ -112,8 +113,9 @@ def sweep_overrides(cfg) -> list[tuple[str, Any]]:
     out = _flatten({k: v for k, v in dict(run.config).items() if not k.startswith("_")})
     if cfg.experiment.logger.wandb is None:
         out.insert(0, ("experiment.logger.wandb", {}))
-    if cfg.experiment.output_dir is None:  # one folder per sweep run, never on top of another
-        out.insert(0, ("experiment.output_dir", f"runs/{cfg.experiment.name}/sweep-{run.id}"))
+    if cfg.experiment.output_dir is None:  # one folder per sweep run, beside runs/<name> (never inside a run folder)
+        sweep = os.environ["WANDB_SWEEP_ID"]
+        out.insert(0, ("experiment.output_dir", f"runs/{cfg.experiment.name}-sweep-{sweep}/{run.id}"))
     return out
 
 
@@ -142,10 +144,11 @@ def _main(argv: list[str]) -> int:
     args = parse_argv(argv)
     config = config_file(args.config)
     overrides = parse_overrides(args.items)
-    cfg, _ = resolve_config(config, overrides, args.imports)
+    # --resume reads a run folder's config.yaml: only the user's own --import runs code
+    cfg, _ = resolve_config(config, overrides, args.imports, yaml_imports=not args.resume)
     extra = sweep_overrides(cfg)
-    if extra:
-        cfg, _ = resolve_config(config, extra + overrides, args.imports)  # the command line still wins
+    if extra:  # the command line still wins
+        cfg, _ = resolve_config(config, extra + overrides, args.imports, yaml_imports=not args.resume)
     resolved = resolved_dict(cfg)
     run_dir = RunDir(run_folder(config, cfg, args.resume))
     dataset_info(cfg.data)  # data must be findable before anything is written
@@ -173,6 +176,7 @@ def _main(argv: list[str]) -> int:
         if accelerator.is_main_process:
             print(runner.plan())
         return 0
+    make_runner(cfg, run_dir, resolved, accelerator, dry_run=True).preflight()  # every check, before any write
     from_checkpoint = _claim(run_dir, args.resume, accelerator, resolved)
     try:
         if accelerator.is_main_process and not from_checkpoint:  # a new run, or one restarted from step 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SHARED_DATA, make_fake_data_root
+from helpers import make_fake_data_root, real_data_root
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -47,9 +47,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def shared_data() -> Path:
-    if not (SHARED_DATA / "cifar10.npz").exists():
-        pytest.skip("../shared/data/cifar10.npz not present")
-    return SHARED_DATA
+    """The folder holding the real CIFAR-10 (helpers.real_data_root: $SSL_KD_DATA, then the shared data folder)."""
+    root = real_data_root("cifar10.npz")
+    if root is None:
+        pytest.skip("real CIFAR-10 (cifar10.npz) is in neither $SSL_KD_DATA nor the shared data folder")
+    return root
 
 
 @pytest.fixture(scope="session")

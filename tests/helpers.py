@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,16 @@ from ssl_kd.engine import Callback
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+
+
+def real_data_root(name: str = "cifar10.npz") -> Path | None:
+    """The folder holding the real data file `name`: `$SSL_KD_DATA` first (where a user keeps their data), then the
+    shared data folder beside this checkout; None when neither has it (a test that needs it skips). Every test and
+    fixture that reads real data finds it here."""
+    for root in (os.environ.get("SSL_KD_DATA"), SHARED_DATA):
+        if root and (Path(root).expanduser() / name).is_file():
+            return Path(root).expanduser().resolve()
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ fake data
@@ -143,6 +154,17 @@ def run_cli(*args: Any) -> int:
     from ssl_kd.run import main
 
     return main([str(a) for a in args])
+
+
+def one_line_error(capsys: Any, *needles: str) -> str:
+    """The CLI's stderr (read from pytest's `capsys`) is one `ssl_kd: error:` line, no traceback, holding `needles`."""
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert lines[0].startswith("ssl_kd: error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
+    return lines[0]
 
 
 class Crash(Callback):

@@ -80,6 +80,19 @@ def _where_it_failed(exc: BaseException) -> str:
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
+def _module_name(entry: str) -> str:
+    """The name `import_modules` gives an entry in sys.modules (a `.py` file: a name hashed from its path)."""
+    if entry.endswith(".py"):
+        path = Path(entry)
+        return f"ssl_kd_user_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}_{path.stem}"
+    return entry
+
+
+def not_imported(entries: Sequence[str]) -> list[str]:
+    """The entries (dotted modules or absolute `.py` paths) this process has not imported."""
+    return [e for e in entries if isinstance(e, str) and _module_name(e) not in sys.modules]
+
+
 def import_modules(entries: Sequence[str], where: str = "experiment.imports") -> None:
     """Import each module (dotted name or absolute `.py` path) once; its decorators register models / stages.
 
@@ -94,7 +107,7 @@ def import_modules(entries: Sequence[str], where: str = "experiment.imports") ->
                 path = Path(entry)
                 if not path.is_file():
                     raise UserError(f"{loc}: no such file {path} (a .py path is relative to the config file).")
-                name = f"ssl_kd_user_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}_{path.stem}"
+                name = _module_name(entry)
                 if name in sys.modules:
                     continue
                 spec = importlib.util.spec_from_file_location(name, path)

@@ -49,9 +49,14 @@ class ExperimentConfig(Strict):
 
 
 # --------------------------------------------------------------------------------------------- models
+# A bound on `num_classes`, far above any dataset here (ImageNet-21k: 21,841): a mistyped 10**9 would otherwise
+# allocate a 10**9-row classifier and kill the process, even under --dry-run.
+MAX_CLASSES = 1_000_000
+
+
 class ModelConfig(Strict):
     arch: str
-    num_classes: int | None = Field(None, ge=1)  # default: the dataset's class count
+    num_classes: int | None = Field(None, ge=1, le=MAX_CLASSES)  # default: the dataset's class count
     checkpoint: str | None = None  # weights to load when the model is built (ours or a raw state_dict)
     # true: load only the tensors whose name and shape fit (an ImageNet backbone under a new head/fc); the rest keep
     # their fresh init and the run says how many were skipped

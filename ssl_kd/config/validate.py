@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +12,12 @@ from pydantic import BaseModel, ValidationError
 
 from ssl_kd.components import PolicyOptions
 from ssl_kd.config.loader import apply_overrides, deep_merge, load_yaml, resolve_references
-from ssl_kd.config.registry import import_modules, resolve_import, stage_types
+from ssl_kd.config.registry import import_modules, not_imported, resolve_import, stage_types
 from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.data.config import DataConfig
 from ssl_kd.errors import UserError, choices, suggest
 from ssl_kd.models import list_models, model_options
+from ssl_kd.optim.groups import loss_groups
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...], raw: Any = None) -> type[BaseModel] | None:
@@ -70,9 +74,26 @@ def _validate(model: type[BaseModel], raw: Any, prefix: tuple[Any, ...], source:
         raise UserError(f"{source}: " + format_validation_error(e, model, prefix, raw)) from None
 
 
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_name(name: Any, where: str, what: str) -> None:
+    """Stage and model names become folder and file names (`checkpoints/<stage>/best.pt`) and dotted paths
+    (`freeze: [teacher.backbone]`): a plain identifier only, so `../../x` cannot write outside the run folder."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UserError(
+            f"{where}: {what} name {name!r} is not a plain identifier; use letters, digits and _ (not starting with "
+            f"a digit), e.g. 'teacher' or 'stage_2'."
+        )
+
+
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate every block; stage blocks by the schema of their `type`."""
     cfg = _validate(Config, raw, (), source)
+    for name in cfg.models:
+        check_name(name, f"{source}: models", "model")
+    for name in cfg.stages or {}:
+        check_name(name, f"{source}: stages", "stage")
     cfg.data = _validate(DataConfig, cfg.data or {}, ("data",), source)
     types = stage_types()
     typed: dict[str, StageConfig] = {}
@@ -143,6 +164,7 @@ def _check_references(cfg: Config, source: str) -> None:
     for i, (name, st) in enumerate(cfg.stages.items()):
         where = f"{source}: stages.{name}"
         for snap in st.snapshot:
+            check_name(snap.as_, f"{where}.snapshot.as", "model")
             if snap.of not in known:
                 raise UserError(
                     f"{where}.snapshot.of: model '{snap.of}' is not defined.{suggest(snap.of, known)} "
@@ -186,6 +208,11 @@ def _check_references(cfg: Config, source: str) -> None:
                 f"{where}.{key}: 0 trains nothing: {st.train} would stay untrained for every stage after it. Give "
                 f"a positive length, or skip the stage with stages.{name}.enabled=false."
             )
+        if cfg.experiment.precision == "fp16" and st.enabled and loss_groups(st.optimizer, st.loss_weights):
+            raise UserError(
+                f"{where}.optimizer.name: '{st.optimizer.name}' backpropagates its loss groups separately, which "
+                f"fp16 loss scaling does not support; use experiment.precision=bf16 or no."
+            )
         for m in st.eval.models or []:
             if m not in known:
                 raise UserError(f"{where}.eval.models: model '{m}' is not defined.{suggest(m, known)}")
@@ -218,12 +245,16 @@ def _check_override_targets(raw: dict[str, Any], overrides: list[tuple[str, Any]
 
 
 def resolve_config(
-    path: str | Path, overrides: list[tuple[str, Any]], imports: list[str] | tuple[str, ...] = ()
-) -> tuple[Config, dict[str, Any]]:
+    path: str | Path, overrides: list[tuple[str, Any]], imports: list[str] | tuple[str, ...] = (),
+    *, yaml_imports: bool = True,
+) -> tuple[Config, dict[str, Any]]:  # fmt: skip
     """YAML (+ `_base_`) then CLI overrides (CLI wins) -> (typed config, raw resolved dict).
 
     `experiment.imports` (plus `imports`, from `--import`) are imported before validation, so the models and stage
     types they register are valid names; `.py` entries are stored as absolute paths, for resume from anywhere.
+    With `yaml_imports=False` (`--resume`: a run folder's config.yaml, which may come from anyone) only what the
+    user passes with `--import` is imported; the others are named in one line, and in the error if the config
+    cannot be validated without them.
     """
     path = Path(path)
     raw = load_yaml(path)
@@ -233,16 +264,28 @@ def resolve_config(
     raw["experiment"] = exp
     if isinstance(exp, dict) and not exp.get("name"):
         exp["name"] = path.stem if path.name != "config.yaml" else path.parent.name
+    hint = ""
     if isinstance(exp, dict) and (exp.get("imports") or imports):
         given = exp.get("imports") or []
         given = [given] if isinstance(given, str) else given
         if not isinstance(given, list):
             raise UserError(f"{path}: experiment.imports: expected a list of modules or .py files, got {given!r}.")
         entries = [resolve_import(e, path.parent) if isinstance(e, str) else e for e in given]
-        entries += [resolve_import(e, Path.cwd()) for e in imports]  # --import: relative to where it runs
-        exp["imports"] = list(dict.fromkeys(entries))
-        import_modules(exp["imports"])
-    cfg = validate_config(raw, str(path))
+        cli = [resolve_import(e, Path.cwd()) for e in imports]  # --import: relative to where it runs
+        exp["imports"] = list(dict.fromkeys(entries + cli))
+        skipped = [] if yaml_imports else [e for e in not_imported(exp["imports"]) if e not in cli]
+        if skipped:
+            hint = (f"{path} lists experiment.imports {skipped}, which --resume does not import; if you trust that "
+                    f"code, pass it: --import {skipped[0]}")  # fmt: skip
+            if os.environ.get("RANK", "0") == "0":
+                print(f"ssl_kd: note: {hint}.", file=sys.stderr)
+        import_modules([e for e in exp["imports"] if e not in skipped])
+    try:
+        cfg = validate_config(raw, str(path))
+    except UserError as e:
+        if hint:
+            raise UserError(f"{e} ({hint}.)") from None
+        raise
     check_precision(cfg, str(path))
     return cfg, raw
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -231,7 +231,11 @@ class DataConfig(Strict):
     extra_unlabeled: bool = Field(
         False, description="SVHN: load the 531k 'extra' split as the unlabelled pool (TorchSSL/USB do)"
     )
-    num_workers: int = Field(2, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader workers per process; auto = the cores this process may use (CPU affinity, shared by "
+        "the processes on the machine) less one, at most 8 (ssl_kd/engine/resources.py). Results do not depend on it",
+    )
     pipeline: Literal["host", "device"] = Field(
         "host",
         description="host: per-image augmentation in DataLoader workers (PIL-exact, the reference); device: the "

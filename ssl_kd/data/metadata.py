@@ -219,7 +219,14 @@ def read_metadata_csv(path: Path, files: Sequence[str], root: Path) -> RawMetada
                 f"lon, date; it has {header}.")  # fmt: skip
         reader.fieldnames = header
         rows = {}
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            line = reader.line_num
+            if None in row or None in row.values():  # csv.DictReader: extra cells under None, missing ones None
+                n = len(header) + len(row.get(None) or []) - sum(v is None for v in row.values())
+                raise UserError(
+                    f"{where}, line {line}: {n} cell(s), but the header has {len(header)} ({','.join(header)}); "
+                    f"give every row one cell per column (empty cells for unknown values)."
+                )  # fmt: skip
             name = (row.get(fcol) or "").strip().replace("\\", "/")
             if name in rows:
                 raise UserError(f"{where}, line {line}: file {name!r} appears twice.")

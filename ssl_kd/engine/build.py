@@ -19,7 +19,7 @@ from torch import nn
 from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.engine.checkpoint_io import check_fits, extract_state_dict, load_checkpoint, load_weights
 from ssl_kd.engine.run_dir import RunDir
-from ssl_kd.errors import UserError, choices
+from ssl_kd.errors import UserError, choices, suggest
 from ssl_kd.models import create_model, create_model_from_spec, model_spec
 from ssl_kd.models.pretrained import load_pretrained, weights_entry
 from ssl_kd.models.pretrained import target as pretrained_target
@@ -148,13 +148,10 @@ def take_snapshots(models: dict[str, nn.Module], scfg: StageConfig) -> None:
         models[snap.as_] = copy.deepcopy(models[snap.of]).requires_grad_(False).eval()
 
 
-def apply_module_init(
+def _module_source(
     modules: dict[str, nn.Module], cfg: Config, run_dir: RunDir, name: str, scfg: StageConfig, index: int
-) -> None:
-    """`init.modules`: load the stage's registered modules named there from the init source's `modules` (a stage
-    weight file), so a head trained by one stage (SSKD's teacher projection) starts the next."""
-    if not scfg.init.modules:
-        return
+) -> tuple[Path, str]:
+    """(file, YAML path) `init.modules` load from, once the stage's setup() registered `modules`."""
     source = _init_source(cfg, run_dir, name, scfg, index)
     if source is None:
         raise UserError(
@@ -163,18 +160,53 @@ def apply_module_init(
             + (f" with stage '{scfg.init.stage}' disabled" if scfg.init.mode == "stage" else "")
             + "."
         )
-    path, where = source
+    for m in scfg.init.modules:
+        if m not in modules:
+            raise UserError(
+                f"stages.{name}.init.modules: this stage registers no module '{m}'.{suggest(m, modules)} It has "
+                f"{sorted(modules) or 'none'}."
+            )
+    return source
+
+
+def _saved_module(saved: dict[str, Any], m: str, path: Path, where: str) -> dict[str, Any]:
+    if m not in saved:
+        raise UserError(f"{where}: {path} holds no module '{m}' (it has {sorted(saved) or 'none'}).")
+    return saved[m]
+
+
+def apply_module_init(
+    modules: dict[str, nn.Module], cfg: Config, run_dir: RunDir, name: str, scfg: StageConfig, index: int
+) -> None:
+    """`init.modules`: load the stage's registered modules named there from the init source's `modules` (a stage
+    weight file), so a head trained by one stage (SSKD's teacher projection) starts the next."""
+    if not scfg.init.modules:
+        return
+    path, where = _module_source(modules, cfg, run_dir, name, scfg, index)
     if not path.is_file():
         raise UserError(f"{where}: {path} does not exist; did that stage run?")
     saved = load_checkpoint(path, where).get("modules") or {}
     for m in scfg.init.modules:
-        if m not in modules:
-            raise UserError(
-                f"stages.{name}.init.modules: this stage registers no module '{m}' (it has {sorted(modules)})."
-            )
-        if m not in saved:
-            raise UserError(f"{where}: {path} holds no module '{m}' (it has {sorted(saved) or 'none'}).")
-        load_weights(modules[m], saved[m], scfg.init.strict, f"{where} ({path}, module '{m}')")
+        state = _saved_module(saved, m, path, where)
+        load_weights(modules[m], state, scfg.init.strict, f"{where} ({path}, module '{m}')")
+
+
+def check_module_init(
+    modules: dict[str, nn.Module], cfg: Config, run_dir: RunDir, name: str, scfg: StageConfig, index: int,
+    done: int = 0,
+) -> None:  # fmt: skip
+    """Before any work (after the stage's setup() registered its modules): `init.modules` names modules the stage
+    registers and has a source; a file from outside this session (`init.path`, or a stage among the `done` ones)
+    holds each of them in a shape that fits. A stage that runs in this session writes its own file."""
+    if not scfg.init.modules:
+        return
+    path, where = _module_source(modules, cfg, run_dir, name, scfg, index)
+    if scfg.init.mode == "stage" and list(cfg.stages).index(scfg.init.stage or list(cfg.stages)[index - 1]) >= done:
+        return
+    saved = load_checkpoint(path, where).get("modules") or {}
+    for m in scfg.init.modules:
+        state = _saved_module(saved, m, path, where)
+        check_fits(modules[m], state, scfg.init.strict, f"{where} ({path}, module '{m}')")
 
 
 def check_stage_files(

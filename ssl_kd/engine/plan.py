@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel
+from torch import nn
 
 from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.data.augment import describe_views
-from ssl_kd.engine.build import build_models, check_stage_files, take_snapshots
+from ssl_kd.engine.build import build_models, check_module_init, check_stage_files, take_snapshots
+from ssl_kd.engine.freeze import check_freeze_parts
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.seed import seed_everything
-from ssl_kd.engine.streams import micro_batch, stage_lengths
+from ssl_kd.engine.streams import check_streams, stage_lengths
 from ssl_kd.models.pretrained import pretrained_source
 from ssl_kd.models.pretrained import target as pretrained_target
+from ssl_kd.prune import prunable_units
 
 if TYPE_CHECKING:
     from ssl_kd.data import DatasetBundle
@@ -74,6 +78,9 @@ def stage_details(scfg: StageConfig, trains: bool) -> list[str]:
     opts = stage_options(scfg)
     if opts:
         lines += _wrap("options", opts)
+    if scfg.prune is not None:
+        models = scfg.prune.models or scfg.train
+        lines += _wrap("prune", f"{models}: " + ", ".join(f"{k}={_value(v)}" for k, v in scfg.prune if k != "models"))
     if scfg.sampler.kind != "random":
         sc = scfg.sampler
         lines += _wrap("sampler", f"{sc.kind}: {sc.m} images of each class drawn, streams {sc.streams}")
@@ -103,14 +110,74 @@ def stage_details(scfg: StageConfig, trains: bool) -> list[str]:
     return lines
 
 
+@dataclass
+class Walked:
+    """One stage as the preflight walked it: set up (when enabled), with its length."""
+
+    index: int
+    name: str
+    cfg: StageConfig
+    stage: Stage
+    total: int = 0
+    spe: int = 0
+
+
+@dataclass
+class Preflight:
+    params: dict[str, int] = field(default_factory=dict)  # per model of `models:`, as built
+    stages: list[Walked] = field(default_factory=list)
+
+
+def check_prunable(models: dict[str, nn.Module], name: str, scfg: StageConfig) -> None:
+    """`prune:` on a model whose architecture has no pruning units is refused here, not when the stage starts."""
+    if scfg.prune is None or not scfg.enabled:
+        return
+    for m in scfg.prune.models or scfg.train:
+        prunable_units(models[m], f"stages.{name}.prune (model '{m}')")
+
+
+def preflight(
+    run: RunState, cfg: Config, run_dir: RunDir, d: DatasetBundle, device: torch.device, world_size: int,
+    new_stage: Callable[[int, str, StageConfig], Stage],
+) -> Preflight:  # fmt: skip
+    """Every check the config, its files and the data decide, before any work: the run CLI calls it before the
+    run folder is written, `--dry-run` before it prints the plan. It walks `run` through the schedule as a real run
+    would, without training or writing anything: the models are built (`models.<name>.checkpoint` loaded), every
+    file a stage loads at its start is checked (`check_stage_files`), and each enabled stage takes its snapshots,
+    is set up (its streams, modules and registered option blocks built), has its `init.modules`
+    (`check_module_init`) and `prune:` support (`check_prunable`) checked, and its streams' batches and samplers
+    (`last_batch`, `sampler:`) sized per process and built (`check_streams`)."""
+    seed_everything(cfg.experiment.seed)
+    out = Preflight()
+    run.models = build_models(cfg, d.num_classes, device, d.train.fields, weights=False)  # names, no download
+    out.params = {n: sum(p.numel() for p in m.parameters()) for n, m in run.models.items()}
+    check_freeze_parts(run.models, cfg.stages)  # every `freeze:` part names a part of a model
+    check_stage_files(run.models, cfg, run_dir, device)
+    for i, (name, scfg) in enumerate(cfg.stages.items()):
+        run.stage_index = i
+        stage = new_stage(i, name, scfg)
+        run.stage = stage
+        walked = Walked(i, name, scfg, stage)
+        out.stages.append(walked)
+        if not scfg.enabled:
+            continue
+        take_snapshots(run.models, scfg)
+        stage.setup()
+        check_module_init(stage.modules, cfg, run_dir, name, scfg, i)
+        check_prunable(run.models, name, scfg)
+        walked.total, walked.spe = stage_lengths(stage)
+        check_streams(stage, world_size)
+    run.stage = None
+    return out
+
+
 def plan(
     run: RunState, cfg: Config, run_dir: RunDir, d: DatasetBundle, device: torch.device, world_size: int,
     new_stage: Callable[[int, str, StageConfig], Stage],
 ) -> str:  # fmt: skip
-    """The dry run's text. Walks `run` through the schedule as a real run would (models built, snapshots taken, each
-    stage set up through `new_stage`), without training or writing anything."""
+    """The dry run's text: the `preflight` (every check a real run makes before its first stage), then what each
+    stage would do."""
     exp = cfg.experiment
-    seed_everything(exp.seed)
     speed = "channels_last, " if exp.channels_last else ""
     speed += f"compile {exp.compile}, " if exp.compile != "no" else ""
     lines = [
@@ -132,29 +199,21 @@ def plan(
     ]
     if d.info.get("metadata"):
         lines.append(f"  {d.info['metadata']}")
+    checked = preflight(run, cfg, run_dir, d, device, world_size, new_stage)
     lines.append("Models:")
-    run.models = build_models(cfg, d.num_classes, device, d.train.fields, weights=False)
-    for name, m in run.models.items():
-        n = sum(p.numel() for p in m.parameters())
-        src = f" <- {cfg.models[name].checkpoint}" if cfg.models[name].checkpoint else ""
-        mc = cfg.models[name]
-        if mc.pretrained:
-            src += f" <- {pretrained_source(pretrained_target(m, mc.arch, mc.kwargs)[1], mc.pretrained)}"
-        lines.append(f"  {name:<12} {cfg.models[name].arch:<14} {n:>12,} params{src}")
-    check_stage_files(run.models, cfg, run_dir, device)
+    for name, mcfg in cfg.models.items():
+        src = f" <- {mcfg.checkpoint}" if mcfg.checkpoint else ""
+        if mcfg.pretrained:
+            arch = pretrained_target(run.models[name], mcfg.arch, mcfg.kwargs)[1]
+            src += f" <- {pretrained_source(arch, mcfg.pretrained)}"
+        lines.append(f"  {name:<12} {mcfg.arch:<14} {checked.params[name]:>12,} params{src}")
     lines.append("Stages:")
-    for i, (name, scfg) in enumerate(cfg.stages.items()):
-        run.stage_index = i
-        stage = new_stage(i, name, scfg)
-        run.stage = stage
+    for walked in checked.stages:
+        i, name, scfg, stage = walked.index, walked.name, walked.cfg, walked.stage
         if not scfg.enabled:
             lines.append(f"  {i + 1}. {name:<14} {scfg.type:<11} (disabled)")
             continue
-        take_snapshots(run.models, scfg)
-        stage.setup()
-        total, spe = stage_lengths(stage)
-        for sname in stage.streams if stage.trains else ():
-            micro_batch(stage, sname, world_size)
+        total, spe = walked.total, walked.spe
         length = f"{scfg.epochs} epochs x {spe} = {total} steps" if scfg.epochs is not None else f"{total} steps"
         streams = ", ".join(f"{k}: {len(s.dataset)} imgs, batch {s.batch_size}" for k, s in stage.streams.items())
         parts = [f"  {i + 1}. {name:<14} {scfg.type:<11}"]
@@ -176,5 +235,4 @@ def plan(
         for note in cfg._deprecations.get(name, []):  # old keys, rewritten (StageConfig.migrate)
             lines += _wrap("deprecated", note)
         lines += stage_details(scfg, stage.trains)
-    run.stage = None
     return "\n".join(lines)

@@ -26,8 +26,10 @@ from ssl_kd.engine import resume as ckpt_io
 from ssl_kd.engine.build import apply_init, apply_module_init, build_models, check_stage_files, take_snapshots
 from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.checkpoint_io import save_atomic
+from ssl_kd.engine.freeze import check_freeze_parts, freeze_part
 from ssl_kd.engine.interrupt import StopRequests
-from ssl_kd.engine.plan import plan
+from ssl_kd.engine.plan import plan, preflight
+from ssl_kd.engine.resources import apply_threads, choose_resources, local_processes
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.scoring import Evaluator, Predict, eval_mode
@@ -35,7 +37,7 @@ from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.services import DataServices
 from ssl_kd.engine.stage import Prepared, Stage
 from ssl_kd.engine.streams import make_iterators, one_pass, stage_lengths
-from ssl_kd.errors import TrainingStopped, UserError, choices
+from ssl_kd.errors import TrainingStopped, UserError
 from ssl_kd.memory import EMAModel
 from ssl_kd.models import model_spec
 from ssl_kd.optim import MissingTerm, build_optimizer, build_scheduler, loss_groups, make_backward
@@ -123,7 +125,12 @@ class Runner:
         self.context: RunnerStageContext | None = None  # the current stage's
         self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run, device=self.device)
         self._stage_services: dict[str, DataServices] = {}  # stages with their own `data:`
-        self.evaluator = Evaluator(self.services, self.accelerator, cfg.data.num_workers)
+        # DataLoader workers and intra-op threads from the machine (`data.num_workers: auto`); the run header says so
+        self.resources = choose_resources(
+            cfg.data.num_workers, cfg.data.pipeline, local_processes(self.world_size), self.device.type
+        )
+        self.num_workers = self.resources.workers
+        self.evaluator = Evaluator(self.services, self.accelerator, self.num_workers)
         self.stop_requests = StopRequests(self.world_size)  # signals reach it once the CLI installs it
 
     # ================================================================ services for stages and callbacks
@@ -151,7 +158,7 @@ class Runner:
         """One pass over a stream dataset, this rank's share, on the device (see `Stage.one_pass`)."""
         for batch in one_pass(
             dataset, batch_size, seed=seed, rank=self.accelerator.process_index, world_size=self.world_size,
-            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         ):  # fmt: skip
             yield send_to_device(batch, self.device, non_blocking=True)
 
@@ -225,9 +232,21 @@ class Runner:
         return stage_types()[scfg.type](name, scfg, self.context)
 
     def plan(self) -> str:
-        return plan(
+        text = plan(
             self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, new_stage=self.new_stage
         )
+        head, _, rest = text.partition("\n")
+        return f"{head}\n  machine: {self.resources.describe()}\n{rest}"
+
+    def preflight(self) -> None:
+        """Every check the config, its files and the data decide (engine/plan.py: preflight), before any work;
+        on a dry-run runner (nothing written): the CLI calls it before it writes the run folder. The runner lets go
+        of what the walk built (models, stages, their device copies of the data)."""
+        try:
+            preflight(self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, self.new_stage)
+        finally:
+            self.state, self.context = RunState(), None
+            self._stage_services.clear()
 
     # ================================================================ the loop
     def run(self) -> dict[str, dict[str, Any]]:
@@ -235,6 +254,7 @@ class Runner:
         if self.is_main:
             self.run_dir.create()
         seed_everything(exp.seed, exp.deterministic)
+        apply_threads(self.resources)
         # a resume takes every weight from its checkpoint: no pretrained download
         fields = self.data.train.fields
         self.models = build_models(self.cfg, self.data.num_classes, self.device, fields, weights=not self.resume)
@@ -243,6 +263,7 @@ class Runner:
             ckpt = ckpt_io.load_resume(self.state, self.cfg, self.resolved, self.run_dir, self.device, self.is_main)
         if ckpt is None:
             check_stage_files(self.models, self.cfg, self.run_dir, self.device)  # every stage's, before any work
+        check_freeze_parts(self.models, self.cfg.stages)
         if ckpt is not None and not ckpt["in_stage"]:
             ckpt_io.restore_rng_of(self.accelerator, ckpt)
         for cb in self._all_callbacks():
@@ -354,8 +375,8 @@ class Runner:
         for cb in self._all_callbacks():
             cb.on_stage_end(self)
         ready = self.context.prepared
-        for handle in ready.frozen:
-            handle.remove()
+        for part in ready.frozen:
+            part.release()
         for n in cfg.train:
             self.accelerator.unwrap_model(ready.models[n], keep_fp32_wrapper=False)
             self.models[n].requires_grad_(True)
@@ -370,7 +391,7 @@ class Runner:
     def _make_iterators(self, stage: Stage) -> dict[str, Iterator]:
         return make_iterators(
             stage, stage.progress.step, seed=self.cfg.experiment.seed, stage_index=self.stage_index,
-            rank=self.accelerator.process_index, world_size=self.world_size, num_workers=self.cfg.data.num_workers,
+            rank=self.accelerator.process_index, world_size=self.world_size, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
 
@@ -438,19 +459,6 @@ class Runner:
                 if isinstance(m, torch.nn.parallel.DistributedDataParallel):
                     stack.enter_context(self.accelerator.no_sync(m))
             yield
-
-
-def freeze_part(models: dict[str, nn.Module], path: str, where: str) -> Any:
-    """Freeze `model[.submodule]` for a stage: no grad, eval mode, kept in eval mode by a forward pre-hook (the
-    evaluator and the runner switch whole models back to train mode). Returns the hook's handle."""
-    name, _, sub = path.partition(".")
-    try:
-        part = models[name].get_submodule(sub) if sub else models[name]
-    except AttributeError:
-        children = [n for n, _ in models[name].named_children()]
-        raise UserError(f"{where}: model '{name}' has no part '{sub}' (its parts: {choices(children)}).") from None
-    part.requires_grad_(False).eval()
-    return part.register_forward_pre_hook(lambda module, args: module.eval() if module.training else None)
 
 
 def _trainable(module: nn.Module) -> bool:

@@ -97,7 +97,7 @@ class Prepared:
 
     models: dict[str, nn.Module] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
-    frozen: list[Any] = field(default_factory=list)  # hook handles keeping `freeze:` parts in eval mode
+    frozen: list[Any] = field(default_factory=list)  # the `freeze:` parts held frozen (engine/freeze.py)
 
 
 class StageContext(Protocol):
@@ -127,6 +127,9 @@ class Stage:
     Config: ClassVar[type[StageConfig]] = StageConfig
     trains: ClassVar[bool] = True  # False for stages that only evaluate
     plots: ClassVar[tuple[Plot, ...]] = ()  # diagnostics the report draws (any other train/* number: the grid)
+    # the train/* terms the progress bar shows after the total loss; None: the weighted terms, then the first
+    # diagnostic of the first declared line plot (e.g. the SSL stages' mask rate)
+    progress_keys: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, name: str, cfg: StageConfig, ctx: StageContext) -> None:
         self.name = name

@@ -71,16 +71,7 @@ def make_iterators(
     _check_sampler_streams(stage)
     for i, (sname, stream) in enumerate(stage.streams.items()):
         micro, stream_seed = micro_batch(stage, sname, world_size), seed * 1000 + 17 * stage_index + i
-        start = start_step * stage.cfg.grad_accum
-        if stage.cfg.last_batch == "keep":
-            sampler = _keep_last_sampler(stage, sname, micro, stream_seed, rank, world_size, start)
-        elif stage.cfg.sampler.kind == "m_per_class" and sname in stage.cfg.sampler.streams:
-            sampler = _class_sampler(stage, sname, micro, stream_seed, rank, world_size, start)
-        else:
-            sampler = StreamSampler(
-                len(stream.dataset), micro, seed=stream_seed, rank=rank, world_size=world_size, drop_last=True,
-                start_batch=start,
-            )  # fmt: skip
+        sampler = _sampler(stage, sname, micro, stream_seed, rank, world_size, start_step * stage.cfg.grad_accum)
         if getattr(stream.dataset, "batched", False):  # makes whole batches itself (e.g. on the device)
             iters[sname] = _batched(stream.dataset, sampler)
             continue
@@ -91,6 +82,30 @@ def make_iterators(
         )  # fmt: skip
         iters[sname] = iter(loader)
     return iters
+
+
+def _sampler(
+    stage: Stage, sname: str, micro: int, seed: int, rank: int, world_size: int, start: int
+) -> StreamSampler | MPerClassSampler:  # fmt: skip
+    if stage.cfg.last_batch == "keep":
+        return _keep_last_sampler(stage, sname, micro, seed, rank, world_size, start)
+    if stage.cfg.sampler.kind == "m_per_class" and sname in stage.cfg.sampler.streams:
+        return _class_sampler(stage, sname, micro, seed, rank, world_size, start)
+    return StreamSampler(
+        len(stage.streams[sname].dataset), micro, seed=seed, rank=rank, world_size=world_size, drop_last=True,
+        start_batch=start,
+    )  # fmt: skip
+
+
+def check_streams(stage: Stage, world_size: int) -> None:
+    """Before any work (engine/plan.py: preflight): every training stream's batch divides over the processes and
+    its sampler (`last_batch: keep`, `sampler:`) can be built, as `make_iterators` will build it when the stage
+    starts."""
+    if not stage.trains:
+        return
+    _check_sampler_streams(stage)
+    for sname in stage.streams:
+        _sampler(stage, sname, micro_batch(stage, sname, world_size), 0, 0, world_size, 0)
 
 
 def _check_sampler_streams(stage: Stage) -> None:

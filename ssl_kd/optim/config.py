@@ -49,6 +49,17 @@ class OptimizerConfig(Strict):
     def _dot_nesterov(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("name") == "dot":
             raise ValueError("optimizer 'dot' has no Nesterov variant; set nesterov: false")
+        if value and info.data.get("name", "sgd") == "sgd" and info.data.get("momentum", 0.9) == 0:
+            raise ValueError(
+                "Nesterov needs momentum > 0 (torch.optim.SGD refuses it); set momentum or nesterov: false"
+            )
+        return value
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError("Adam's betas must each be in [0, 1), e.g. [0.9, 0.999]")
         return value
 
     @field_validator("delta")
@@ -72,9 +83,16 @@ class SchedulerConfig(Strict):
     interval: Literal["auto", "step", "epoch"] = "auto"  # auto: step for iters stages, epoch for epochs stages
     warmup: int = Field(0, ge=0)  # in intervals, linear from 0
     cycles: float = 0.4375
-    milestones: list[int] = Field(default_factory=list)
-    gamma: float = 0.1
+    milestones: list[int] = Field(default_factory=list)  # positive and increasing
+    gamma: float = Field(0.1, gt=0)
     min_lr: float = Field(0.0, ge=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, value: list[int]) -> list[int]:
+        if any(m < 1 for m in value) or any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError("milestones must be positive and increasing, e.g. [150, 180, 210]")
+        return value
 
     def describe(self, per_epoch: bool) -> str:
         """One line for --dry-run: the LR multiplier and how often it steps."""

@@ -73,6 +73,7 @@ def test_wandb_config_values_apply_as_overrides(tmp_path, monkeypatch):
     cfg, _ = resolve_config(ROOT / "configs" / "quickstart.yaml", [])
     extra = dict(run_mod.sweep_overrides(cfg))
     assert extra["stages.distill.temperature"] == 3.0 and extra["experiment.seed"] == 7
-    assert extra["experiment.output_dir"] == "runs/quickstart/sweep-abc123"
+    # the sweep's runs sit beside runs/quickstart, never inside that (or any) run's folder
+    assert extra["experiment.output_dir"] == "runs/quickstart-sweep-sweep1/abc123"
     cfg2, _ = resolve_config(ROOT / "configs" / "quickstart.yaml", list(extra.items()))
     assert cfg2.stages["distill"].temperature.tau == 3.0 and cfg2.experiment.logger.wandb is not None

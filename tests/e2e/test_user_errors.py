@@ -14,23 +14,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, run_cli
+from helpers import CONFIGS, ROOT, one_line_error, run_cli
 
 QUICK = CONFIGS / "quickstart.yaml"
 SHORT = [
     "stages.teacher.epochs=null", "stages.teacher.iters=6", "stages.distill.epochs=null", "stages.distill.iters=6",
     "experiment.logger.progress=false",
 ]  # fmt: skip
-
-
-def one_line_error(capsys, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    lines = err.splitlines()
-    assert len(lines) == 1, f"expected one line, got:\n{err}"
-    assert lines[0].startswith("ssl_kd: error: ") and "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def snapshot(folder):

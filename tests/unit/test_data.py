@@ -1,14 +1,14 @@
-"""Data layer: datasets, split, sampler, transforms, mixing. Runs without ../shared/data (then those skip)."""
+"""Data layer: datasets, split, sampler, transforms, mixing (real CIFAR-10 tests skip without it: real_data_root)."""
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import real_data_root
 from PIL import Image, ImageEnhance, ImageOps
 from pydantic import ValidationError
 
@@ -36,9 +36,8 @@ from ssl_kd.data.sources import get_source, npz_cache
 from ssl_kd.data.subsets import balanced_subset
 from ssl_kd.errors import UserError
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("SSL_KD_DATA") or REPO / ".." / "shared" / "data")
-HAS_CIFAR10 = (SHARED / "cifar10.npz").is_file()
+SHARED = real_data_root("cifar10.npz")
+HAS_CIFAR10 = SHARED is not None
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +162,7 @@ def test_image_folder(tmp_path):
     assert info["image_size"] == 12 and info["num_train"] == 6
 
 
-@pytest.mark.skipif(not HAS_CIFAR10, reason="../shared/data/cifar10.npz not present")
+@pytest.mark.skipif(not HAS_CIFAR10, reason="real CIFAR-10 not found (helpers.real_data_root)")
 def test_cifar10_npz():
     cfg = DataConfig(dataset="cifar10", root=str(SHARED), limit_train=200, limit_test=100)
     info = dataset_info(cfg)
@@ -390,3 +389,13 @@ def test_mixing_soft_targets(fn):
         assert torch.all(moved >= same - 1e-6)
     xi, ti = fn(x, y, 0.0, 5)  # alpha 0: no mixing
     assert torch.equal(xi, x) and torch.equal(ti, torch.nn.functional.one_hot(y, 5).float())
+
+
+def test_real_data_is_looked_up_under_ssl_kd_data_first(tmp_path, monkeypatch):
+    """Every test that reads real data finds it through real_data_root: a user's $SSL_KD_DATA, not only the shared
+    folder beside this checkout (two tests used to skip when only $SSL_KD_DATA held the data)."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "cifar10.npz").write_bytes(b"")
+    monkeypatch.setenv("SSL_KD_DATA", str(tmp_path / "mine"))
+    assert real_data_root("cifar10.npz") == (tmp_path / "mine").resolve()
+    assert real_data_root("no_such_dataset.npz") is None

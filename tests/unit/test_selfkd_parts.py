@@ -413,7 +413,7 @@ def test_multi_exit_refuses_what_it_cannot_build():
     with pytest.raises(UserError, match="exits"):
         create_model("multi_exit", 5, backbone="resnet8", exits=[4])  # 3 stages: 3 is the stride-1 extra exit
     with pytest.raises(UserError, match="cannot build an extra stage"):
-        create_model("multi_exit", 5, backbone="resnet18", exits=[4])
+        create_model("multi_exit", 5, backbone="mobilenetv1", exits=[4])
     with pytest.raises(UserError, match="exit_label_factor"):
         create_model("multi_exit", 5, backbone="resnet8", exit_label_factor=0)
     with pytest.raises(UserError, match="Unknown model"):
