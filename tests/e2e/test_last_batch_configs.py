@@ -23,6 +23,12 @@ KEEP = {  # config -> its stages that keep the last batch
     **{f"selfkd/{m}_cifar100_resnet18": {"train"} for m in ("ce", "mixup", "cutmix", "ctc_ce_baseline")},
     "selfkd/mixskd_cifar100_resnet18": {"mixskd"},
     "selfkd/ctc_cifar100_resnet18": {"instance", "contrast"},
+    # ImageNet: torchvision's ImageFolder loaders with drop_last=False (mdistiller, HSAKD, torchdistill, Self-KD-Lib)
+    **{f"imagenet/{m}_{p}": {"distill"} for m in ("kd", "dkd", "dot") for p in ("r34_r18", "r50_mv1")},
+    "imagenet/ctkd_r34_r18": {"distill"},
+    "imagenet/hsakd_r34_r18": {"teacher_aux", "student"},
+    "imagenet/pad_l2_r34_r18": {"student"},
+    "imagenet/mixskd_r50": {"mixskd"},
     **{f"dynamic_mlp/{m}": {"train"} for m in ("inat21_mini_resnet50_c", "plants32_resnet18_c",
                                                 "plants32_resnet18_concat", "plants32_resnet18_image_only")},
 }  # fmt: skip
