@@ -71,6 +71,8 @@ def stage_details(scfg: StageConfig, trains: bool) -> list[str]:
     opts = stage_options(scfg)
     if opts:
         lines += _wrap("options", opts)
+    for note in getattr(scfg, "plan_notes", list)():  # a stage type's own remarks on its resolved options
+        lines += _wrap("note", note)
     if scfg.sampler.kind != "random":
         sc = scfg.sampler
         lines += _wrap("sampler", f"{sc.kind}: {sc.m} images of each class drawn, streams {sc.streams}")
