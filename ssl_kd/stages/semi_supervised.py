@@ -245,16 +245,21 @@ class SemiSupervised(Stage):
         views = {"weak_strong": {"w": weak, "s": strong}, "weak_weak": {"w": weak, "s": weak}, "weak": {"w": weak}}
         self.add_stream("labeled", self.view_dataset(self.data.train, {"x": weak}, lb), c.batch_size)
         self.add_stream("unlabeled", self.view_dataset(pool, views[c.views], ulb), c.uratio * c.batch_size)
+        self.build_parts(len(pool), self.data.num_classes)
+        for name, part in (("selected_label", self.threshold), ("dist_align", self.align)):
+            if hasattr(part, "state_dict"):  # "selected_label": the name FlexMatch's history has always had
+                self.register_state(name, part)
+
+    def build_parts(self, num_samples: int, num_classes: int) -> None:
+        """The step's components from the config (also what benchmarks/usb_equivalence.py drives without data)."""
+        c = self.cfg
         # indexed by position in the pool; FlexMatch's history is one global history over all processes
         self.threshold = THRESHOLD.build(
-            c.threshold, num_samples=len(pool), num_classes=self.data.num_classes, device=self.device,
+            c.threshold, num_samples=num_samples, num_classes=num_classes, device=self.device,
             steps_per_epoch=c.steps_per_epoch or 1024, temperature=c.soft_temperature,
         )  # fmt: skip
-        if hasattr(self.threshold, "state_dict"):
-            self.register_state("selected_label", self.threshold)  # the name FlexMatch's history has always had
-        self.align = DIST_ALIGN.build(c.dist_align, num_classes=self.data.num_classes, device=self.device)
-        if hasattr(self.align, "state_dict"):
-            self.register_state("dist_align", self.align)
+        self.num_classes = num_classes
+        self.align = DIST_ALIGN.build(c.dist_align, num_classes=num_classes, device=self.device)
         self.aligned = c.dist_align.policy_name() != "none"
         self.needs_lb_probs = c.dist_align.policy_name() == "labelled" or c.threshold.policy_name() == "adamatch"
         w = c.loss_weights
@@ -294,7 +299,7 @@ class SemiSupervised(Stage):
         if c.tsa == "none":
             return F.cross_entropy(zl, yl)
         # UDA's TSA as USB codes it: a labelled sample counts while its *max* probability is <= the threshold
-        tsa = tsa_threshold(c.tsa, self.progress.fraction, self.data.num_classes)
+        tsa = tsa_threshold(c.tsa, self.progress.fraction, self.num_classes)
         keep = F.softmax(zl.float(), dim=-1).max(dim=-1)[0].le(tsa).float().detach()
         return (F.cross_entropy(zl, yl, reduction="none") * keep).mean()
 
