@@ -184,6 +184,16 @@ def _global(t: torch.Tensor) -> torch.Tensor:
     return dist.gather(t.detach())
 
 
+def _global_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum of `x` over ranks as the value, with n times this rank's gradient: after DDP averages the gradients
+    over the n ranks, a loss built on global sums gets the gradient it has on one process with the global batch."""
+    n = dist.world_size()
+    if n == 1:
+        return x
+    every = dist.gather(x.detach()[None]).sum(dim=0)
+    return n * x + (every - n * x).detach()
+
+
 @THRESHOLD.register("freematch")
 class FreeMatchThreshold(ThresholdPolicy):
     """FreeMatch's self-adaptive thresholding (Wang et al., ICLR 2023; USB freematch/utils.py): tau_t, the EMA of
@@ -216,7 +226,10 @@ class FreeMatchThreshold(ThresholdPolicy):
         return freematch_mask(view.probs, self.time_p, self.p_model)
 
     def extra_losses(self, logits_s: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"fairness": freematch_fairness_loss(logits_s, weights, self.p_model, self.label_hist)}
+        """The fairness term over the global batch's selected samples (USB: each rank's own), see `_global_sum`."""
+        return {
+            "fairness": freematch_fairness_loss(logits_s, weights, self.p_model, self.label_hist, total=_global_sum)
+        }
 
     def class_thresholds(self) -> torch.Tensor:
         return self.time_p * self.p_model / self.p_model.max()

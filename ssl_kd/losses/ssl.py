@@ -9,6 +9,7 @@ float/bool tensor over the unlabelled batch. Probabilities are computed in float
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +162,11 @@ def _inverse_or_zero(x: torch.Tensor) -> torch.Tensor:
 
 
 def freematch_fairness_loss(
-    logits_s: torch.Tensor, mask: torch.Tensor, p_model: torch.Tensor, label_hist: torch.Tensor
+    logits_s: torch.Tensor,
+    mask: torch.Tensor,
+    p_model: torch.Tensor,
+    label_hist: torch.Tensor,
+    total: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """FreeMatch's self-adaptive fairness term on the selected samples (USB freematch.py `entropy_loss`):
 
@@ -169,16 +174,18 @@ def freematch_fairness_loss(
         L_f = sum_c SumNorm(p_model / label_hist)_c log(SumNorm(pbar_s / h_s)_c + 1e-12)   (1/x = 0 where x = 0)
 
     Computed with mask weights instead of boolean indexing (no host sync); 0 when nothing is selected (USB skips
-    the term then). `mask` must be 0/1.
+    the term then). `mask` must be 0/1. `total` turns this process's sums (count, histogram, sum of p^s) into the
+    global batch's (the caller's collective); by default the batch is the whole batch.
     """
+    total = total or (lambda x: x)
     sel = mask.detach().float()
     p_s = F.softmax(logits_s.float(), dim=-1)
-    count = sel.sum()
-    hist_s = torch.zeros_like(p_model).index_add_(0, p_s.argmax(dim=-1), sel)
+    count = total(sel.sum())
+    hist_s = total(torch.zeros_like(p_model).index_add_(0, p_s.argmax(dim=-1), sel))
     hist_s = hist_s / count.clamp_min(1.0)
     prob_model = p_model.reshape(1, -1) * _inverse_or_zero(label_hist.reshape(1, -1))
     prob_model = prob_model / prob_model.sum(dim=-1, keepdim=True)
-    mean_s = (p_s * sel[:, None]).sum(dim=0, keepdim=True) / count.clamp_min(1.0)
+    mean_s = total((p_s * sel[:, None]).sum(dim=0, keepdim=True)) / count.clamp_min(1.0)
     mean_s = mean_s * _inverse_or_zero(hist_s).detach()
     mean_s = mean_s / mean_s.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(mean_s.dtype).tiny)
     loss = (prob_model * torch.log(mean_s + _EPS_FAIR)).sum(dim=1).mean()
