@@ -9,6 +9,7 @@ import torch
 from helpers import CONFIGS, assert_resume_exact, run_cli
 
 from ssl_kd.engine import read_metrics
+from ssl_kd.report import make_report
 
 CFG = """
 _base_: {base}
@@ -68,6 +69,11 @@ def test_preset_with_eml_and_anl(tmp_path, type_):
     total = sum(weights.get(t, 1.0) * last[f"train/{t}"] for t in terms)
     total += 0.001 * last.get("train/fairness", 0.0)
     assert last["train/loss"] == pytest.approx(total, rel=1e-4, abs=1e-6)
+    # the report draws the policy's own diagnostics beside the mask rate and pseudo-label accuracy
+    made = {p.name for p in (make_report(out).parent).glob("*.png")}
+    assert "pseudo_labels.png" in made
+    assert ("self_adaptive.png" in made) == (type_ in ("freematch", "softmatch"))
+    assert ("dash_rho.png" in made) == (type_ == "dash")
 
 
 @pytest.mark.parametrize(
