@@ -221,7 +221,7 @@ class FreeMatchThreshold(ThresholdPolicy):
         if o.clip_thresh:
             self.time_p = torch.clip(self.time_p, 0.0, 0.95)
         self.p_model = ema_(self.p_model, probs.mean(dim=0), o.momentum)
-        hist = torch.bincount(yhat, minlength=self.p_model.shape[0]).to(self.p_model.dtype)
+        hist = torch.zeros_like(self.p_model).index_add_(0, yhat, torch.ones_like(conf))  # bincount syncs on CUDA
         self.label_hist = ema_(self.label_hist, hist / hist.sum(), o.momentum)
         return freematch_mask(view.probs, self.time_p, self.p_model)
 
