@@ -32,6 +32,7 @@ from ssl_kd.components.bn import frozen_bn_stats
 from ssl_kd.components.dist_align import DIST_ALIGN
 from ssl_kd.components.threshold import WeakView
 from ssl_kd.config.schema import EMAConfig, EvalConfig, OptimizerConfig, SchedulerConfig, StageConfig
+from ssl_kd.data.hashing import hash_keys, mix_seed
 from ssl_kd.engine import Plot, Stage, register_stage
 from ssl_kd.losses import accuracy
 from ssl_kd.losses.ssl import anl_loss, consistency_loss, eml_loss, tsa_threshold, weighted_consistency
@@ -62,6 +63,9 @@ class SemiSupervisedConfig(StageConfig):
     tsa: Literal["none", "linear", "exp", "log"] = "none"  # UDA's training-signal annealing of the supervised CE
     unsup_warmup: float = Field(0.0, ge=0, le=1)  # L_u ramps linearly over this fraction of the stage (USB 0.4)
     use_cat: bool = True  # one forward over [lb; weak; strong]; False: separate passes, weak under no_grad
+    # AdaMatch's random logit interpolation: labelled logits = l * joint + (1 - l) * labelled-only pass, l ~ U[0, 1)
+    # per logit (Berthelot et al., ICLR 2022; not in USB 0.3.2, so off in the `adamatch` preset)
+    logit_interpolation: bool = False
     detach_eml_target: bool = False  # the reference lets the gradient flow through EML's soft target q
     eml_anl_start: int = Field(0, ge=0)  # steps without EML/ANL (FullMatch's --loss_warm: 5 * 1024)
     optimizer: OptimizerConfig = Field(
@@ -106,6 +110,8 @@ class SemiSupervisedConfig(StageConfig):
             raise ValueError("teacher: ema reads the EMA model; set ema: {enabled: true}")
         if self.use_cat and (self.teacher == "ema" or self.freeze_bn_unlabeled):
             raise ValueError("teacher: ema and freeze_bn_unlabeled need separate passes; set use_cat: false")
+        if self.logit_interpolation and not self.use_cat:
+            raise ValueError("logit_interpolation blends the joint pass's labelled logits; it needs use_cat: true")
         if self.loss_weights.get("fairness") and self.threshold.policy_name() != "freematch":
             raise ValueError(
                 f"loss_weights.fairness is FreeMatch's term; it needs threshold: freematch "
@@ -245,14 +251,15 @@ class SemiSupervised(Stage):
         views = {"weak_strong": {"w": weak, "s": strong}, "weak_weak": {"w": weak, "s": weak}, "weak": {"w": weak}}
         self.add_stream("labeled", self.view_dataset(self.data.train, {"x": weak}, lb), c.batch_size)
         self.add_stream("unlabeled", self.view_dataset(pool, views[c.views], ulb), c.uratio * c.batch_size)
-        self.build_parts(len(pool), self.data.num_classes)
+        self.build_parts(len(pool), self.data.num_classes, interpolation_seed=self.seed("logit_interpolation"))
         for name, part in (("selected_label", self.threshold), ("dist_align", self.align)):
             if hasattr(part, "state_dict"):  # "selected_label": the name FlexMatch's history has always had
                 self.register_state(name, part)
 
-    def build_parts(self, num_samples: int, num_classes: int) -> None:
+    def build_parts(self, num_samples: int, num_classes: int, interpolation_seed: int = 0) -> None:
         """The step's components from the config (also what benchmarks/usb_equivalence.py drives without data)."""
         c = self.cfg
+        self.interpolation_seed = interpolation_seed
         # indexed by position in the pool; FlexMatch's history is one global history over all processes
         self.threshold = THRESHOLD.build(
             c.threshold, num_samples=num_samples, num_classes=num_classes, device=self.device,
@@ -277,6 +284,8 @@ class SemiSupervised(Stage):
             parts = [xl, u["w"], u["s"]] if two else [xl, u["w"]]
             out = net(torch.cat(parts)).logits.split([len(x) for x in parts])
             zl, zw = out[0], out[1]
+            if c.logit_interpolation:
+                zl = self._interpolate(zl, xl)
             return (zl, zw.detach(), out[2]) if two else (zl, zw.detach(), zw)
         zl = net(xl).logits
         with frozen_bn_stats(net, enabled=c.freeze_bn_unlabeled):
@@ -293,6 +302,17 @@ class SemiSupervised(Stage):
                 return zl, zs.detach(), zs
             zs = net(u["s"]).logits
         return zl, zw, zs
+
+    def _interpolate(self, joint: torch.Tensor, xl: torch.Tensor) -> torch.Tensor:
+        """AdaMatch's random logit interpolation. The labelled-only pass normalises with the labelled batch's
+        statistics and leaves BN's running statistics to the joint pass. l is a hash of (stage seed, step, labelled
+        image index, class): the same draws on any number of processes and after a resume."""
+        net = self.model(self.net)
+        with frozen_bn_stats(net):
+            alone = net(xl).logits
+        keys = hash_keys(mix_seed(self.interpolation_seed, self.progress.step), self._lb_idx, joint.shape[1])
+        lam = ((keys >> 11).double() / float(2**52)).to(joint.dtype)  # keys < 2^63: 52 uniform bits
+        return lam * joint + (1.0 - lam) * alone
 
     def _supervised(self, zl: torch.Tensor, yl: torch.Tensor) -> torch.Tensor:
         c = self.cfg
@@ -324,6 +344,7 @@ class SemiSupervised(Stage):
         c = self.cfg
         xl, yl = batch["labeled"]["x"], batch["labeled"]["y"]
         u = batch["unlabeled"]
+        self._lb_idx = batch["labeled"].get("idx")
         zl, zw, zs = self._forward(xl, u)
         losses = {"sup": self._supervised(zl, yl)}
 

@@ -166,6 +166,8 @@ def test_the_step_has_no_host_sync(type_):
     block = {"type": type_, "train": ["net"], "loss_weights": {"eml": 1.0, "anl": 1.0}}
     if type_ == "dash":
         block["threshold"] = {"type": "dash", "warmup_iters": 2}
+    if type_ == "adamatch":
+        block["logit_interpolation"] = True
     cfg = cls.Config.model_validate(block)
     net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
     teacher = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
@@ -195,10 +197,69 @@ def test_the_step_has_no_host_sync(type_):
         st.progress.step = t
         u = {"w": torch.randn(12, 6, generator=g), "s": torch.randn(12, 6, generator=g),
              "idx": torch.arange(12) + t, "y": torch.randint(0, 5, (12,), generator=g)}  # fmt: skip
-        batch = {"labeled": {"x": torch.randn(4, 6, generator=g), "y": torch.randint(0, 5, (4,), generator=g)},
-                 "unlabeled": u}  # fmt: skip
+        lab = {"x": torch.randn(4, 6, generator=g), "y": torch.randint(0, 5, (4,), generator=g), "idx": torch.arange(4)}
+        batch = {"labeled": lab, "unlabeled": u}
         with _NoHostSync():
             losses, diagnostics = st.train_step(batch)
             total = sum(w * losses[k] for k, w in cfg.loss_weights.items() if w)
             total.backward()
         assert torch.isfinite(total)
+
+
+def _splitmix64(x: int) -> int:
+    """splitmix64 on Python ints (the uint64 finaliser), written out for the test."""
+    m = (1 << 64) - 1
+    x = (x + 0x9E3779B97F4A7C15) & m
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+def test_adamatch_logit_interpolation():
+    """labelled logits = l * (joint pass) + (1 - l) * (labelled-only pass), l from (seed, step, image index, class);
+    the labelled-only pass leaves BN's running statistics to the joint pass."""
+    import copy
+
+    from ssl_kd.data.hashing import mix_seed
+    from ssl_kd.engine import stage_types
+    from ssl_kd.engine.stage import Progress
+
+    cls = stage_types()["adamatch"]
+    cfg = cls.Config.model_validate({"type": "adamatch", "train": ["net"], "logit_interpolation": True})
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
+    before = copy.deepcopy(net)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return type("Out", (), {"logits": self.net(x)})()
+
+    class Local(cls):
+        device = torch.device("cpu")
+
+        def model(self, name):
+            return Wrap()
+
+    st = Local("ssl", cfg, None)
+    st.net, st.progress = "net", Progress(3, 10, 5)
+    st.build_parts(40, 5, interpolation_seed=1234)
+    seen = {}
+    supervised = st._supervised
+    st._supervised = lambda zl, yl: seen.setdefault("zl", zl.detach()) is not None and supervised(zl, yl)
+    g = torch.Generator().manual_seed(1)
+    xl, xw, xs = torch.randn(4, 6, generator=g), torch.randn(12, 6, generator=g), torch.randn(12, 6, generator=g)
+    idx = torch.tensor([7, 2, 9, 30])
+    u = {"w": xw, "s": xs, "idx": torch.arange(12), "y": torch.zeros(12, dtype=torch.long)}
+    st.train_step({"labeled": {"x": xl, "y": torch.tensor([0, 1, 2, 3]), "idx": idx}, "unlabeled": u})
+    alone = copy.deepcopy(before)(xl).detach()
+    joint = before(torch.cat([xl, xw, xs]))[:4].detach()  # `before` now holds the joint pass's running stats
+    step_seed = mix_seed(1234, 3)
+    lam = torch.tensor([[(_splitmix64(_splitmix64(step_seed ^ int(i)) ^ j) >> 1 >> 11) / 2**52 for j in range(5)]
+                        for i in idx])  # fmt: skip
+    assert torch.allclose(seen["zl"], lam * joint + (1 - lam) * alone, atol=1e-6)
+    assert lam.std() > 0.05 and lam.min() >= 0 and lam.max() < 1
+    assert torch.equal(net[1].running_mean, before[1].running_mean)  # the joint pass's statistics only
