@@ -5,15 +5,19 @@ and (FreeMatch's fairness term) the loss and gradient that one process computes 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 
 import pytest
 import torch
 import torch.distributed as td
 import torch.multiprocessing as mp
+from helpers import CONFIGS, ROOT
 
 from ssl_kd.components.dist_align import DIST_ALIGN
 from ssl_kd.components.threshold import THRESHOLD, WeakView
+from ssl_kd.engine import read_metrics
 
 CPU = torch.device("cpu")
 B, C, STEPS = 8, 5, 6
@@ -93,3 +97,32 @@ def test_two_ranks_hold_the_global_batch_statistics(tmp_path):
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+SSL_CFG = """
+_base_: {base}
+data: {{ssl: {{num_labels: 20}}}}
+models:
+  net: {{arch: cnn_small, kwargs: {{width: 16}}}}
+stages:
+  ssl: {{type: {type}, train: [net], iters: 6, batch_size: 10, uratio: 2, ema: {{decay: 0.9}},
+        loss_weights: {{eml: 1.0, anl: 1.0}}, eval: {{every: 6, batch_size: 400}}}}
+experiment: {{logger: {{log_every: 3}}}}
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.mark.parametrize(("type_", "port"), [("freematch", 29531), ("adamatch", 29532)])
+def test_presets_run_under_ddp(tmp_path, type_, port):
+    """The stage with a gathering policy, alignment, the fairness term's global sums and EML/ANL under torchrun."""
+    cfg = tmp_path / "ssl.yaml"
+    cfg.write_text(SSL_CFG.format(base=CONFIGS / "_base_" / "digits.yaml", type=type_))
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "-m", "ssl_kd.run", str(cfg),
+           f"experiment.output_dir={tmp_path / 'ddp'}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["global_step"] == 6
+    train = [r for r in read_metrics(tmp_path / "ddp") if r["kind"] == "train"]
+    assert len(train) == 2 and {"train/eml", "train/anl", "train/threshold"} <= set(train[-1])  # rank 0 writes
