@@ -81,8 +81,14 @@ class SemiSupervisedConfig(StageConfig):
 
     @classmethod
     def migrate(cls, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-        """`tau` and `flex_warmup` were keys of the stage; they are options of the threshold block now."""
+        """`tau` and `flex_warmup` were keys of the stage; they are options of the threshold block now. A block that
+        names no policy gets this preset's (so a bad key is reported with that policy's valid keys)."""
         data, notes = super().migrate(data)
+        for key, registry in (("threshold", THRESHOLD), ("dist_align", DIST_ALIGN)):
+            block = data.get(key)
+            if isinstance(block, dict) and registry.key not in block:
+                default = cls.model_fields[key].get_default(call_default_factory=True)
+                data[key] = {registry.key: default.policy_name(), **block}
         old = {k: data.pop(k) for k in ("tau", "flex_warmup") if k in data}
         if not old:
             return data, notes

@@ -89,7 +89,7 @@ def test_dry_run_says_how_eml_selects(tmp_path, capsys, type_, rule):
 @pytest.mark.parametrize(
     ("override", "words"),
     [
-        ("stages.ssl.threshold.nsigma=2", ["stages.ssl.threshold.nsigma", "unknown key"]),
+        ("stages.ssl.threshold.nsigma=2", ["stages.ssl.threshold.nsigma", "n_sigma"]),
         ("stages.ssl.dist_align.type=gaussian", ["stages.ssl.dist_align", "uniform"]),
         ("stages.ssl.loss_weights.fairness=0.1", ["fairness", "freematch"]),
     ],
