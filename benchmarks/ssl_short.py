@@ -1,11 +1,18 @@
-"""FixMatch vs FullMatch on real CIFAR-10, same seed, same short budget, side by side.
+"""Every SSL preset on real CIFAR-10 at the same short budget, side by side (same split, init and data order).
 
-Prints test accuracy (EMA and raw), mask rate and pseudo-label accuracy over time for both, and writes each run's
-report (PNG plots). The budget is sized for the machine: on CPU a small model and a few thousand steps; on a GPU
-(`--gpu`) WRN-28-2 at the reference batch.
+All presets run from one protocol (configs/freematch_cifar10_40.yaml: USB's classic_cv augmentation and
+normalisation) with only the stage type swapped, the same labelled batch and mu (so the same images in the same
+order: Pseudo-Label, Pi-model and Mean Teacher use mu = 1 in USB, here the common mu) and the same seeds. Dash's
+warm-up is a tenth of the budget. Prints test top-1 (EMA; best and last), the last logged mask rate / mean weight and
+pseudo-label accuracy per preset and seed, and writes each run's report (PNG plots) and a table (results.md).
 
-    python benchmarks/ssl_short.py                       # CPU: resnet8, 250 labels, 1500 steps (~15 min, 2 cores)
-    python benchmarks/ssl_short.py --gpu --iters 20000    # GPU: wrn_28_2, batch 64, mu 7
+What the budget can show: early-training behaviour (how fast each policy admits pseudo-labels, how accurate they
+are, where the accuracy stands after a few thousand steps). What it cannot: the reference error rates, which need
+2^20 steps of WRN-28-2 (configs/README.md); the ranking of the presets at the end of training may differ.
+
+    python benchmarks/ssl_short.py                               # CPU: resnet8, 250 labels, 1500 steps, 2 seeds
+    python benchmarks/ssl_short.py --gpu --iters 20000           # GPU: wrn_28_2, batch 64, mu 7
+    python benchmarks/ssl_short.py --algos fixmatch freematch --iters 20 --seeds 0   # a smoke run
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PRESETS = ["fixmatch", "flexmatch", "fullmatch", "fullflex", "freematch", "softmatch", "adamatch", "dash", "uda",
+           "pseudolabel", "pimodel", "meanteacher"]  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=os.environ.get("SSL_KD_DATA", str(ROOT / ".." / "shared" / "data")))
@@ -27,7 +38,8 @@ def main() -> int:
     ap.add_argument("--labels", type=int, default=250)
     ap.add_argument("--iters", type=int, default=1500)
     ap.add_argument("--eval-every", type=int, default=250)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--algos", nargs="+", default=PRESETS, choices=PRESETS)
     ap.add_argument("--out", default=None, help="keep the run folders here (default: a temp folder)")
     args = ap.parse_args()
     if not (Path(args.data_root) / "cifar10.npz").exists():
@@ -38,49 +50,49 @@ def main() -> int:
     from ssl_kd.report import make_report
     from ssl_kd.run import main as run
 
+    s = "freematch"  # the stage's name in the shared protocol
     if args.gpu:
-        size = ["models.net.arch=wrn_28_2", "stages.{s}.batch_size=64", "stages.{s}.uratio=7", "data.num_workers=8"]
+        size = ["models.net.arch=wrn_28_2", f"stages.{s}.batch_size=64", f"stages.{s}.uratio=7", "data.num_workers=8"]
         ema = 0.999
     else:
-        size = ["models.net.arch=resnet8", "stages.{s}.batch_size=32", "stages.{s}.uratio=3", "data.num_workers=2",
-                "data.limit_test=2000"]  # fmt: skip
+        size = ["models.net.arch=resnet8", "models.net.kwargs={}", f"stages.{s}.batch_size=32", f"stages.{s}.uratio=3",
+                "data.num_workers=2", "data.limit_test=2000"]  # fmt: skip
         ema = 0.99
     out = Path(args.out or tempfile.mkdtemp(prefix="ssl_short_"))
-    results = {}
-    for algo in ("fixmatch", "fullmatch"):
-        cfg = ROOT / "configs" / f"{algo}_cifar10_40.yaml"
-        run_dir = out / algo
-        argv = [str(cfg), f"data.root={args.data_root}", f"data.ssl.num_labels={args.labels}",
-                f"experiment.seed={args.seed}", f"experiment.output_dir={run_dir}", "experiment.logger.log_every=50",
-                f"stages.{algo}.iters={args.iters}", f"stages.{algo}.eval.every={args.eval_every}",
-                f"stages.{algo}.checkpoint.every={args.iters}", f"stages.{algo}.ema.decay={ema}",
-                *[a.format(s=algo) for a in size]]  # fmt: skip
-        print(f"== {algo}: {' '.join(argv[1:])}", flush=True)
-        if run(argv) != 0:
-            return 1
-        results[algo] = read_metrics(run_dir)
-        make_report(run_dir)
+    cfg = ROOT / "configs" / "freematch_cifar10_40.yaml"
+    rows = []
+    for algo in args.algos:
+        for seed in args.seeds:
+            run_dir = out / f"{algo}_s{seed}"
+            extra = [f"stages.{s}.threshold.warmup_iters={max(1, args.iters // 10)}"] if algo == "dash" else []
+            argv = [str(cfg), f"data.root={args.data_root}", f"data.ssl.num_labels={args.labels}",
+                    f"experiment.seed={seed}", f"experiment.output_dir={run_dir}", "experiment.logger.log_every=50",
+                    f"stages.{s}.type={algo}", f"stages.{s}.iters={args.iters}",
+                    f"stages.{s}.eval.every={args.eval_every}", f"stages.{s}.checkpoint.every={args.iters}",
+                    f"stages.{s}.ema.decay={ema}", *size, *extra]  # fmt: skip
+            print(f"== {algo} seed {seed}: {' '.join(argv[1:])}", flush=True)
+            if run(argv) != 0:
+                return 1
+            recs = read_metrics(run_dir)
+            make_report(run_dir)
+            evals = [r for r in recs if r["kind"] == "eval"]
+            train = [r for r in recs if r["kind"] == "train"]
+            last = train[-1]
+            best = max(r["test/net/top1"] for r in evals)
+            final = evals[-1]["test/net/top1"]
+            rows.append((algo, seed, best, final, last.get("train/mask"), last.get("train/pl_acc")))
 
-    def series(recs, key, kind):
-        return {r["step"]: r[key] for r in recs if r["kind"] == kind and key in r}
-
-    print(f"\nCIFAR-10, {args.labels} labels, seed {args.seed}, {args.iters} steps ({'GPU' if args.gpu else 'CPU'})")
-    head = f"{'step':>6} | " + " | ".join(f"{a:^40}" for a in results)
-    sub = " | ".join(f"{'top1 EMA / raw':>16} {'mask':>7} {'pl_acc':>7}" for _ in results)
-    print(head + "\n" + f"{'':>6} | " + sub)
-    steps = sorted(series(results["fixmatch"], "test/net/top1", "eval"))
-    for s in steps:
-        cells = []
-        for recs in results.values():
-            ema_acc = series(recs, "test/net/top1", "eval").get(s, float("nan"))
-            raw_acc = series(recs, "test/net/raw_top1", "eval").get(s, float("nan"))
-            mask = series(recs, "train/mask", "train").get(s, float("nan"))
-            pla = series(recs, "train/pl_acc", "train").get(s, float("nan"))
-            cells.append(f"{100 * ema_acc:7.2f} / {100 * raw_acc:5.2f}  {100 * mask:6.1f}% {100 * pla:6.1f}%")
-        print(f"{s:>6} | " + " | ".join(f"{c:^40}" for c in cells))
-    for algo, recs in results.items():
-        best = max(r["test/net/top1"] for r in recs if r["kind"] == "eval")
-        print(f"{algo}: best EMA top-1 {100 * best:.2f}%  (report: {out / algo / 'report' / 'report.md'})")
+    where = "GPU, wrn_28_2" if args.gpu else "CPU, resnet8"
+    lines = [f"CIFAR-10, {args.labels} labels, {args.iters} steps ({where}), seeds {args.seeds}", "",
+             "| preset | seed | best top-1 (EMA) | last top-1 | mask / mean weight | pseudo-label acc |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for algo, seed, best, last, mask, pla in rows:
+        cells = [f"{100 * best:.2f}", f"{100 * last:.2f}", f"{100 * mask:.1f} %", f"{100 * pla:.1f} %"]
+        lines.append(f"| {algo} | {seed} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    (out / "results.md").write_text(text + "\n")
+    print(f"\nruns, reports and results.md under {out}")
     return 0
 
 

@@ -309,7 +309,8 @@ TINY_VIT = {"image_size": 8, "patch_size": 2, "depth": 1, "dim": 32, "heads": 2}
 
 
 # ------------------------------------------------------------------------------------------------ shipped configs
-SSL_TYPES = {"fixmatch", "flexmatch", "fullmatch", "fullflex"}
+SSL_TYPES = {"fixmatch", "flexmatch", "fullmatch", "fullflex", "freematch", "softmatch", "adamatch", "dash", "uda",
+             "pseudolabel", "pimodel", "meanteacher"}  # fmt: skip
 ROTATION_TYPES = {"hsakd_teacher", "hsakd", "hssakd_online", "sskd_head", "sskd"}  # 4 rotated rows per image
 
 

@@ -81,6 +81,8 @@ def stage_details(scfg: StageConfig, trains: bool) -> list[str]:
     if scfg.prune is not None:
         models = scfg.prune.models or scfg.train
         lines += _wrap("prune", f"{models}: " + ", ".join(f"{k}={_value(v)}" for k, v in scfg.prune if k != "models"))
+    for note in getattr(scfg, "plan_notes", list)():  # a stage type's own remarks on its resolved options
+        lines += _wrap("note", note)
     if scfg.sampler.kind != "random":
         sc = scfg.sampler
         lines += _wrap("sampler", f"{sc.kind}: {sc.m} images of each class drawn, streams {sc.streams}")

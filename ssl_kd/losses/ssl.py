@@ -8,6 +8,9 @@ float/bool tensor over the unlabelled batch. Probabilities are computed in float
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -123,3 +126,130 @@ def flexmatch_class_thresholds(
 ) -> torch.Tensor:
     """Per-class threshold tau * M(beta_c) (the reference's convex mapping), shape (C,)."""
     return tau * convex_mapping(flexmatch_beta(selected_label, num_classes, warmup))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# USB's algorithms (microsoft/Semi-supervised-learning, semilearn 0.3.2 = USB@1ef4cbe, semilearn/algorithms/*):
+# the formulas of their masking, alignment and extra-loss hooks, as pure functions of tensors (no state, no sync).
+
+_EPS_DA = 1e-6  # DistAlignEMAHook's eps in p_target / p_model
+_EPS_FAIR = 1e-12  # FreeMatch's eps inside log of the fairness term
+
+
+def ema_(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
+    """USB's EMA of a statistic, old * m + new * (1 - m), in that operand order (the hooks' arithmetic)."""
+    return old * momentum + new * (1.0 - momentum)
+
+
+def align_distribution(probs: torch.Tensor, p_target: torch.Tensor, p_model: torch.Tensor) -> torch.Tensor:
+    """Distribution alignment (ReMixMatch / AdaMatch / SoftMatch; USB hooks/dist_align.py DistAlignEMAHook):
+    p * (p_target + 1e-6) / (p_model + 1e-6), renormalised per row."""
+    aligned = probs * (p_target + _EPS_DA) / (p_model + _EPS_DA)
+    return aligned / aligned.sum(dim=-1, keepdim=True)
+
+
+def freematch_mask(probs: torch.Tensor, time_p: torch.Tensor, p_model: torch.Tensor) -> torch.Tensor:
+    """FreeMatch's self-adaptive threshold (USB freematch/utils.py): sample b passes when
+    max p_b >= tau_t * p_model[yhat_b] / max_c p_model[c] (global tau_t times the max-normalised local threshold)."""
+    conf, yhat = probs.max(dim=-1)
+    local = p_model / p_model.max(dim=-1)[0]
+    return conf.ge(time_p * local[yhat]).to(conf.dtype)
+
+
+def _inverse_or_zero(x: torch.Tensor) -> torch.Tensor:
+    inv = 1.0 / x
+    return torch.where(torch.isinf(inv), torch.zeros_like(inv), inv)
+
+
+def freematch_fairness_loss(
+    logits_s: torch.Tensor,
+    mask: torch.Tensor,
+    p_model: torch.Tensor,
+    label_hist: torch.Tensor,
+    total: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """FreeMatch's self-adaptive fairness term on the selected samples (USB freematch.py `entropy_loss`):
+
+        h_s = histogram of argmax p^s over the selected samples (normalised), pbar_s = mean p^s over them,
+        L_f = sum_c SumNorm(p_model / label_hist)_c log(SumNorm(pbar_s / h_s)_c + 1e-12)   (1/x = 0 where x = 0)
+
+    Computed with mask weights instead of boolean indexing (no host sync); 0 when nothing is selected (USB skips
+    the term then). `mask` must be 0/1. `total` turns this process's sums (count, histogram, sum of p^s) into the
+    global batch's (the caller's collective); by default the batch is the whole batch.
+    """
+    total = total or (lambda x: x)
+    sel = mask.detach().float()
+    p_s = F.softmax(logits_s.float(), dim=-1)
+    count = total(sel.sum())
+    hist_s = total(torch.zeros_like(p_model).index_add_(0, p_s.argmax(dim=-1), sel))
+    hist_s = hist_s / count.clamp_min(1.0)
+    prob_model = p_model.reshape(1, -1) * _inverse_or_zero(label_hist.reshape(1, -1))
+    prob_model = prob_model / prob_model.sum(dim=-1, keepdim=True)
+    mean_s = total((p_s * sel[:, None]).sum(dim=0, keepdim=True)) / count.clamp_min(1.0)
+    mean_s = mean_s * _inverse_or_zero(hist_s).detach()
+    mean_s = mean_s / mean_s.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(mean_s.dtype).tiny)
+    loss = (prob_model * torch.log(mean_s + _EPS_FAIR)).sum(dim=1).mean()
+    return torch.where(count > 0, loss, torch.zeros_like(loss))
+
+
+def softmatch_weights(probs: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, n_sigma: float) -> torch.Tensor:
+    """SoftMatch's truncated Gaussian (USB softmatch/utils.py): w_b = exp(-min(conf_b - mu, 0)^2 / (2 var / n^2));
+    1 for every sample at or above the mean confidence mu."""
+    conf = probs.max(dim=-1)[0]
+    return torch.exp(-((torch.clamp(conf - mu, max=0.0) ** 2) / (2 * var / (n_sigma**2))))
+
+
+def adamatch_mask(probs_u: torch.Tensor, probs_l: torch.Tensor, tau: float) -> torch.Tensor:
+    """AdaMatch's relative threshold (USB adamatch/utils.py): max p^u_b >= tau * mean_b' max p^l_b'."""
+    cutoff = probs_l.max(dim=-1)[0].mean() * tau
+    conf = probs_u.max(dim=-1)[0]
+    return conf.ge(cutoff).to(conf.dtype)
+
+
+def dash_rho(rho_init: torch.Tensor, updates: int, c: float, gamma: float, rho_min: float) -> torch.Tensor:
+    """Dash's threshold after `updates` decays (USB dash/utils.py): max(C gamma^-n rho_init, rho_min)."""
+    return torch.clamp(c * (gamma ** (-updates)) * rho_init, min=rho_min)
+
+
+def soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample CE against class indices (B,) or soft targets (B, C), in float32 (USB's ce_loss, reduction none)."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    if targets.ndim == 1:
+        return -log_p.gather(1, targets[:, None].long()).squeeze(1)
+    return -(targets.float() * log_p).sum(dim=1)
+
+
+def weighted_consistency(
+    logits_s: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None, kind: str = "ce"
+) -> torch.Tensor:
+    """L_u = (1/B) sum_b w_b l(z_b, t_b) with l = CE (`ce`), the mean squared error between softmax(z) and the
+    target probabilities (`mse`, Pi-model / Mean Teacher: USB consistency_loss 'mse') or KL(t || softmax(z))
+    (`kl`: CE minus the target's entropy, the same gradient as `ce`)."""
+    if kind == "ce":
+        return consistency_loss(logits_s, targets, torch.ones(()) if mask is None else mask)
+    if targets.ndim == 1:
+        targets = F.one_hot(targets.long(), logits_s.shape[1]).float()
+    if kind == "mse":
+        loss = F.mse_loss(F.softmax(logits_s.float(), dim=-1), targets.float(), reduction="none").mean(dim=1)
+    elif kind == "kl":
+        t = targets.float()
+        loss = soft_ce(logits_s, t) + (t * torch.log(t.clamp_min(torch.finfo(t.dtype).tiny))).sum(dim=1)
+    else:
+        raise ValueError(f"unknown consistency loss {kind!r}; valid: ce, mse, kl")
+    return (loss if mask is None else loss * mask.float()).mean()
+
+
+def tsa_threshold(schedule: str, progress: float, num_classes: int) -> float:
+    """UDA's training-signal-annealing threshold (USB uda.py `TSA`): a labelled sample enters the supervised loss
+    while its max probability is <= this; `none` = 1 (every sample)."""
+    if schedule == "none":
+        return 1.0
+    if schedule == "linear":
+        threshold = progress
+    elif schedule == "exp":
+        threshold = math.exp((progress - 1) * 5)
+    elif schedule == "log":
+        threshold = 1 - math.exp(-progress * 5)
+    else:
+        raise ValueError(f"unknown TSA schedule {schedule!r}; valid: none, linear, exp, log")
+    return threshold * (1 - 1 / num_classes) + 1 / num_classes

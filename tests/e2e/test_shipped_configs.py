@@ -91,7 +91,19 @@ TORCHSSL_AUG = {"weak": {"flip": True, "crop_padding": 4, "pad_mode": "reflect"}
 FULLMATCH_AUG = {"weak": {"flip": True, "crop_padding": 4, "pad_mode": "constant"},
                  "strong": {"num_ops": 2, "op_prob": 0.5, "cutout": 0.5, "cutout_random_size": False,
                             "cutout_fill": [127, 127, 127], "order": "after"}}  # fmt: skip
+# USB@1ef4cbe semilearn/datasets/cv_datasets/cifar.py: TorchSSL's ops after flip + crop, ImageNet statistics
+USB_AUG = {"weak": TORCHSSL_AUG["weak"], "strong": {**TORCHSSL_AUG["strong"], "order": "after"}}
+USB_TYPES = {"freematch", "softmatch", "adamatch", "dash", "uda", "pseudolabel", "pimodel", "meanteacher"}
 SSL_PAPER = [p for p in SHIPPED if p.stem.split("_")[0] in SSL_TYPES]
+
+
+def _ssl_reference(path) -> tuple[dict, str]:
+    algo = path.stem.split("_")[0]
+    if algo in ("fixmatch", "flexmatch"):
+        return TORCHSSL_AUG, "TorchSSL"
+    if algo in USB_TYPES or "_on_" in path.stem:  # FullMatch's terms on a USB algorithm: USB's protocol
+        return USB_AUG, "USB"
+    return FULLMATCH_AUG, "FullMatch"
 
 
 @pytest.mark.parametrize("path", SSL_PAPER, ids=lambda p: p.stem)
@@ -99,9 +111,10 @@ def test_ssl_configs_take_their_references_augmentation(path):
     from ssl_kd.config import resolve_config
 
     cfg, _ = resolve_config(path, [])
-    algo = path.stem.split("_")[0]
-    expected, who = (TORCHSSL_AUG, "TorchSSL") if algo in ("fixmatch", "flexmatch") else (FULLMATCH_AUG, "FullMatch")
+    expected, who = _ssl_reference(path)
     assert cfg.data.augment.model_dump() == expected
+    if who == "USB":
+        assert cfg.data.normalize == "imagenet"
     assert f"Follows {who}" in path.read_text().splitlines()[0] or "FullMatch" in path.read_text()[:300]
 
 
