@@ -96,7 +96,7 @@ def _tv_resnet_units(model: ResNet) -> list[Unit]:
 
 
 SUPPORTED = (
-    "the CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4), the KD WRNs (wrn_16_1 ... wrn_40_2) and the "
+    "the CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4), the KD WRNs (wrn_16_1 ... wrn_40_2), the "
     "SSL WRNs (wrn_28_2, wrn_28_8, wrn_var_37_2) and torchvision's ResNets (resnet18, resnet34, resnet50: the inner "
     "convs of each block)"
 )
