@@ -359,6 +359,11 @@ def tiny_overrides(path: Path, data_root: Path) -> list[str]:
     out = [f"data.root={data_root}", "data.num_workers=0", "data.limit_test=50", *fit_labels(raw)]
     if raw.get("data", {}).get("dataset") in ("inat", "imagenet"):
         out.append("data.image_size=32")  # the fake photos are small; 224 px ResNet-50 steps cost a minute
+        out += [
+            f"models.{n}.kwargs.image_size=32"
+            for n, m in raw.get("models", {}).items()
+            if m["arch"] in ("deit_tiny", "deit_small")
+        ]  # fmt: skip  (a ViT's position embedding fixes its size)
     out += [f"models.{n}.pretrained=null" for n, m in raw.get("models", {}).items() if m.get("pretrained")]  # offline
     for name, st in raw.get("stages", {}).items():
         batch = 4 if st.get("type") in ROTATION_TYPES else 16  # the same rows per step

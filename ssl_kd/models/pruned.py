@@ -1,14 +1,16 @@
-"""Physically smaller CIFAR ResNets and WRNs (KD and SSL): the shapes a filter-pruning export builds.
+"""Physically smaller CIFAR ResNets, WRNs (KD and SSL) and torchvision ResNets: the shapes a filter-pruning export
+builds.
 
 `create_model(arch, n, channels={conv name: filters kept})` builds one (the factories in `cifar_resnet.py`,
-`cifar_wrn.py` and `wrn.py` pass `channels` here), so the shape is a constructor spec like any other and a pruned
-model is rebuilt on resume and stage init. Parameter names are those of the full model (a conv keeps its name, only
-its tensors are smaller), plus buffers the export fills:
+`cifar_wrn.py`, `wrn.py` and `resnet.py` pass `channels` here), so the shape is a constructor spec like any other
+and a pruned model is rebuilt on resume and stage init. Parameter names are those of the full model (a conv keeps
+its name, only its tensors are smaller), plus buffers the export fills:
 
-* a conv whose output only feeds the next conv of its block (`conv1`) loses its pruned filters, its BN loses those
-  channels, and the next conv loses those input channels; what a removed channel still fed it (a zero filter's
-  BN outputs a constant, BN(0), after the activation) is folded into that conv's `fold` buffer, a one-channel
-  kernel applied to a map of ones, so zero padding at the borders is reproduced exactly;
+* a conv whose output only feeds the next conv of its block (`conv1`; also a Bottleneck's `conv2`) loses its
+  pruned filters, its BN loses those channels, and the next conv loses those input channels; what a removed
+  channel still fed it (a zero filter's BN outputs a constant, BN(0), after the activation) is folded into that
+  conv's `fold` buffer, a one-channel kernel applied to a map of ones, so zero padding at the borders is
+  reproduced exactly;
 * a conv that writes into the residual stream (the stem, a block's last conv, a shortcut) computes only its kept
   filters and writes them into the stream channels listed in its `index` buffer; a removed channel gets its
   constant (`fill` / `bias2`). The stream keeps its width (he-y's small-model converter does the same, adding the
@@ -254,4 +256,53 @@ def narrow_ssl_wrn(model: nn.Module, arch: str, channels: Mapping[str, int]) -> 
             block.conv2 = _like(block.conv2, c1, kept[p + "conv2"], width, fold=c1 < width)
             if block.shortcut is not None:
                 block.shortcut = _like(block.shortcut, block.shortcut.in_channels, kept[p + "shortcut"], width)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ torchvision ResNet
+def tv_resnet_conv_widths(bottleneck: bool, layers: list[int] | tuple[int, ...]) -> dict[str, int]:
+    """The prunable convs of a torchvision ResNet (resnet.py) by module name, with their full number of filters:
+    the inner convs of each block only (Bottleneck conv1 and conv2, BasicBlock conv1), whose outputs feed the next
+    conv of the same block. The stem, the block outputs (which write the residual stream) and the downsample convs
+    keep their width."""
+    out = {}
+    for s, n in enumerate(layers):
+        planes = 64 * 2**s  # torchvision's width_per_group 64, groups 1
+        for b in range(n):
+            for conv in ("conv1", "conv2") if bottleneck else ("conv1",):
+                out[f"layer{s + 1}.{b}.{conv}"] = planes
+    return out
+
+
+def _narrow(conv: nn.Conv2d, in_ch: int, n: int, fold: bool) -> PrunedConv2d:
+    """A conv like `conv` (kernel, stride, padding, dilation, bias) with in_ch inputs and n filters, torchvision's
+    init; `fold` when its input was narrowed."""
+    args = (conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    new = PrunedConv2d(in_ch, n, *args, bias=conv.bias is not None, fold=fold)
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    return new
+
+
+def narrow_tv_resnet(model: nn.Module, arch: str, channels: Mapping[str, int]) -> nn.Module:
+    """Narrow a torchvision ResNet (resnet.py `ResNet`) in place: each block's inner convs to their kept filters,
+    their BNs to those channels, the convs that read them to those inputs (plus the `fold` of what removed
+    channels still fed them). torchvision's block classes and forward are kept: only the modules' widths change."""
+    from torchvision.models.resnet import Bottleneck
+
+    bottleneck = model._block is Bottleneck
+    full = tv_resnet_conv_widths(bottleneck, model._layers)
+    kept = {**full, **_check(arch, channels, full)}
+    for s, layer in enumerate(model.stages):
+        for b, block in enumerate(layer):
+            p, width = f"layer{s + 1}.{b}.", 64 * 2**s
+            c1 = kept[p + "conv1"]
+            block.conv1 = _narrow(block.conv1, block.conv1.in_channels, c1, fold=False)
+            block.bn1 = nn.BatchNorm2d(c1)
+            if bottleneck:
+                c2 = kept[p + "conv2"]
+                block.conv2 = _narrow(block.conv2, c1, c2, fold=c1 < width)
+                block.bn2 = nn.BatchNorm2d(c2)
+                block.conv3 = _narrow(block.conv3, c2, block.conv3.out_channels, fold=c2 < width)
+            else:
+                block.conv2 = _narrow(block.conv2, c1, block.conv2.out_channels, fold=c1 < width)
     return model

@@ -1,11 +1,15 @@
-"""torchvision ResNet-18/50 under the common output contract.
+"""torchvision ResNet-18/34/50 under the common output contract.
 
 ``cifar_stem=True`` swaps the 7x7/2 conv + max-pool stem for a 3x3/1 conv (no pool), the usual choice for
 32px images; with it ``resnet50`` is the CIFAR "ResNet50" teacher of the KD literature (same layers and
 parameter count as RepDistiller's). Layers come from torchvision so ImageNet weights load by name.
+``channels={conv name: filters kept}`` builds the filter-pruned shape an export makes (each block's inner convs
+narrowed: models/pruned.py), under the same parameter names.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
@@ -68,19 +72,40 @@ class ResNet(ClassifierModel):
         return stage
 
 
+def _build(
+    arch: str, block: type[tv.BasicBlock] | type[tv.Bottleneck], layers: list[int], num_classes: int,
+    cifar_stem: bool, zero_init_residual: bool, channels: Mapping[str, int] | None,
+) -> ResNet:  # fmt: skip
+    model = ResNet(block, layers, num_classes, cifar_stem, zero_init_residual)
+    if channels:  # a filter-pruned shape (ssl_kd.prune's export): {conv name: filters kept}
+        from ssl_kd.models.pruned import narrow_tv_resnet
+
+        narrow_tv_resnet(model, arch, channels)
+    return model
+
+
 @register_model("resnet18")
-def resnet18(num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> ResNet:
+def resnet18(
+    num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False,
+    channels: Mapping[str, int] | None = None,
+) -> ResNet:  # fmt: skip
     """ResNet-18 (BasicBlock, [2, 2, 2, 2])."""
-    return ResNet(tv.BasicBlock, [2, 2, 2, 2], num_classes, cifar_stem, zero_init_residual)
+    return _build("resnet18", tv.BasicBlock, [2, 2, 2, 2], num_classes, cifar_stem, zero_init_residual, channels)
 
 
 @register_model("resnet34")
-def resnet34(num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> ResNet:
+def resnet34(
+    num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False,
+    channels: Mapping[str, int] | None = None,
+) -> ResNet:  # fmt: skip
     """ResNet-34 (BasicBlock, [3, 4, 6, 3]); DM-KD's CIFAR-100 teacher with ``cifar_stem: true``."""
-    return ResNet(tv.BasicBlock, [3, 4, 6, 3], num_classes, cifar_stem, zero_init_residual)
+    return _build("resnet34", tv.BasicBlock, [3, 4, 6, 3], num_classes, cifar_stem, zero_init_residual, channels)
 
 
 @register_model("resnet50")
-def resnet50(num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False) -> ResNet:
+def resnet50(
+    num_classes: int, cifar_stem: bool = False, zero_init_residual: bool = False,
+    channels: Mapping[str, int] | None = None,
+) -> ResNet:  # fmt: skip
     """ResNet-50 (Bottleneck, [3, 4, 6, 3], stride on the 3x3 conv as in torchvision v1.5)."""
-    return ResNet(tv.Bottleneck, [3, 4, 6, 3], num_classes, cifar_stem, zero_init_residual)
+    return _build("resnet50", tv.Bottleneck, [3, 4, 6, 3], num_classes, cifar_stem, zero_init_residual, channels)

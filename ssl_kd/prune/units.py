@@ -2,8 +2,15 @@
 
 A unit is one conv: its BN (the BN that normalises exactly this conv's output channels, masked with it), the conv
 that reads only its output (whose input channels the export cuts), and its role. Supported: the CIFAR ResNets
-(`resnet8` ... `resnet110`, `resnet8x4`, `resnet32x4`), the KD-literature WRNs (`wrn_16_1` ... `wrn_40_2`) and
-the SSL WRNs (`wrn_28_2`, `wrn_28_8`, `wrn_var_37_2`), pruned or not.
+(`resnet8` ... `resnet110`, `resnet8x4`, `resnet32x4`), the KD-literature WRNs (`wrn_16_1` ... `wrn_40_2`), the
+SSL WRNs (`wrn_28_2`, `wrn_28_8`, `wrn_var_37_2`) and torchvision's ResNets (`resnet18`, `resnet34`, `resnet50`),
+pruned or not.
+
+On torchvision's ResNets only the inner convs of each residual block are units (Bottleneck conv1 and conv2,
+BasicBlock conv1: role "inner"); the stem, the block outputs (conv3 / BasicBlock conv2, which write the residual
+stream) and the downsample convs keep their width, the usual choice of ResNet-50 pruning recipes that keep the
+residual stream whole. PGMPF's ImageNet script also masks the stem and the block outputs
+(`--layer_begin 0 --layer_end 156 --layer_inter 3`), so its FLOP reduction at the same keep ratio is larger.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
+from torchvision.models import resnet as tv
 
 from ssl_kd.errors import UserError
 from ssl_kd.models.cifar_resnet import CifarResNet
 from ssl_kd.models.cifar_wrn import CifarWideResNet
-from ssl_kd.models.pruned import resnet_conv_widths, ssl_wrn_conv_widths, wrn_conv_widths
+from ssl_kd.models.pruned import resnet_conv_widths, ssl_wrn_conv_widths, tv_resnet_conv_widths, wrn_conv_widths
+from ssl_kd.models.resnet import ResNet
 from ssl_kd.models.wrn import SSLWideResNet
 
 Role = Literal["inner", "stream", "shortcut"]
@@ -76,9 +85,20 @@ def _ssl_wrn_units(model: SSLWideResNet) -> list[Unit]:
     return units
 
 
+def _tv_resnet_units(model: ResNet) -> list[Unit]:
+    bottleneck = model._block is tv.Bottleneck
+    units = []
+    for name in tv_resnet_conv_widths(bottleneck, model._layers):  # inner convs only: their BN's ReLU feeds the reader
+        p, conv = name.rsplit(".", 1)
+        i = int(conv.removeprefix("conv"))
+        units.append(Unit(name, f"{p}.bn{i}", f"{p}.conv{i + 1}", "inner", act="relu"))
+    return units
+
+
 SUPPORTED = (
-    "the CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4), the KD WRNs (wrn_16_1 ... wrn_40_2) and the "
-    "SSL WRNs (wrn_28_2, wrn_28_8, wrn_var_37_2)"
+    "the CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4), the KD WRNs (wrn_16_1 ... wrn_40_2), the "
+    "SSL WRNs (wrn_28_2, wrn_28_8, wrn_var_37_2) and torchvision's ResNets (resnet18, resnet34, resnet50: the inner "
+    "convs of each block)"
 )
 
 
@@ -92,4 +112,6 @@ def prunable_units(model: nn.Module, where: str = "prune") -> list[Unit]:
         return _wrn_units(len(model.groups[0]) * 6 + 4, model.feat_channels[1] // 16)
     if isinstance(model, SSLWideResNet):
         return _ssl_wrn_units(model)
+    if isinstance(model, ResNet):
+        return _tv_resnet_units(model)
     raise UserError(f"{where}: filter pruning does not know the layers of model '{arch}'; it supports {SUPPORTED}.")

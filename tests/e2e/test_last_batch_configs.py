@@ -29,6 +29,7 @@ KEEP = {  # config -> its stages that keep the last batch
     "imagenet/hsakd_r34_r18": {"teacher_aux", "student"},
     "imagenet/pad_l2_r34_r18": {"student"},
     "imagenet/mixskd_r50": {"mixskd"},
+    "imagenet/ghfp_r50": {"prune"},
     **{f"dynamic_mlp/{m}": {"train"} for m in ("inat21_mini_resnet50_c", "plants32_resnet18_c",
                                                 "plants32_resnet18_concat", "plants32_resnet18_image_only")},
 }  # fmt: skip
