@@ -113,9 +113,9 @@ def write_fake_inat(root: Path, num_classes: int = 4, files_per_class: int = 3, 
     return root
 
 
-def write_fake_imagenet(root: Path, num_classes: int = 10, train_per_class: int = 52, val_per_class: int = 2) -> Path:
+def write_fake_imagenet(root: Path, num_classes: int = 10, train_per_class: int = 104, val_per_class: int = 2) -> Path:
     """ILSVRC2012's extracted layout (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) with small JPEGs of varied shapes and
-    class-dependent colour: 520 training images, as many as the recipes' global batch (512) needs."""
+    class-dependent colour: 1,040 training images, as many as the recipes' largest global batch (1024) needs."""
     from PIL import Image
 
     rng = np.random.default_rng(1000)

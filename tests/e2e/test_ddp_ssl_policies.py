@@ -111,6 +111,7 @@ experiment: {{logger: {{log_every: 3}}}}
 """
 
 
+@pytest.mark.slow  # torchrun; the statistics over the global batch are checked on 2 gloo ranks above
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 @pytest.mark.parametrize(("type_", "port"), [("freematch", 29531), ("adamatch", 29532)])
 def test_presets_run_under_ddp(tmp_path, type_, port):

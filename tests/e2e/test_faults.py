@@ -289,8 +289,8 @@ def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_exactly(tmp_
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert torchrun(*ddp, f"experiment.output_dir={full}", port=29531).wait(timeout=300) == 0
-    proc = torchrun(*ddp, f"experiment.output_dir={cut}", port=29532)
+    assert torchrun(*ddp, f"experiment.output_dir={full}", port=29541).wait(timeout=300) == 0
+    proc = torchrun(*ddp, f"experiment.output_dir={cut}", port=29542)
     _wait_for(proc, lambda: _records(cut) >= 3)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=120)
@@ -298,7 +298,7 @@ def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_exactly(tmp_
     assert err.count("a checkpoint was written") >= 1, err[-3000:]
     ckpt = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2 and ckpt["global_step"] > 0
-    assert torchrun(cut / "config.yaml", "--resume", port=29533).wait(timeout=300) == 0
+    assert torchrun(cut / "config.yaml", "--resume", port=29543).wait(timeout=300) == 0
     assert_same_tree(weights(full), weights(cut))
 
 

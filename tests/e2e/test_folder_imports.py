@@ -72,6 +72,7 @@ def test_load_model_does_not_import_a_folders_code_and_says_how_to(runs):
     assert res.returncode == 0 and imported and res.stdout.strip() == "marked_cnn" and "note" not in res.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter; load_model's test holds the rule in CI
 def test_evaluate_needs_the_import_passed_by_the_user(runs):
     res, imported = python(runs, "e1", "-m", "ssl_kd.evaluate", str(runs / "done"), "--data", "digits")
     assert res.returncode == 2 and not imported
@@ -81,6 +82,7 @@ def test_evaluate_needs_the_import_passed_by_the_user(runs):
     assert res.returncode == 0 and imported and "top-1" in res.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter; load_model's test holds the rule in CI
 def test_resume_imports_only_what_the_user_passes(runs):
     config = str(runs / "cut" / "config.yaml")
     res, imported = python(runs, "r1", "-m", "ssl_kd.run", config, "--resume")

@@ -38,6 +38,7 @@ def test_auto_workers_and_threads_are_in_the_header_and_do_not_change_results(tm
     assert read_records(none) == read_records(auto)
 
 
+@pytest.mark.slow  # the real launcher; the count logic is unit-tested
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's CLI not on PATH")
 def test_accelerate_launch_cpu_with_two_processes_warns_that_one_runs(tmp_path):
     cmd = ["accelerate", "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",

@@ -86,6 +86,7 @@ def test_resume_with_data_workers_is_bit_identical(tmp_path):
     assert_resume_exact([QUICK, *args], 30, tmp_path)
 
 
+@pytest.mark.slow  # test_faults.py kills a real process (-9) and resumes it in CI
 def test_kill_9_then_resume_matches(tmp_path, uninterrupted):
     """A real SIGKILL at an arbitrary moment, then --resume: same final weights as the uninterrupted run."""
     out = tmp_path / "killed"

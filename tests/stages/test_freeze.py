@@ -137,6 +137,7 @@ def test_an_unknown_freeze_part_fails_the_dry_run_naming_the_yaml_path_and_the_v
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # torchrun: the mode hold is a per-module train(); one process shows it
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_a_frozen_part_holds_under_ddp_with_two_processes(tmp_path):
     """DDP wraps the trained model and evaluation toggles the mode on the plain module: the part stays frozen."""
