@@ -56,6 +56,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # torchrun, 13 s on 2 cores; DDP = 1 process is held in CI by test_ddp.py
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_two_processes_hold_one_bank_equal_to_one_process(tmp_path):
     cfg, script = tmp_path / "ctc.yaml", tmp_path / "launch.py"

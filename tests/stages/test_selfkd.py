@@ -207,6 +207,7 @@ stages:
 """
 
 
+@pytest.mark.slow  # torchrun; DDP = 1 process is held in CI by test_ddp.py
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_both_stages_run_under_ddp(tmp_path, fake_data_root):
     """2 processes: the multi-exit model and every trainable stage module (self-teacher, trained critics taking lists
