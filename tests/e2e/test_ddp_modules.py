@@ -19,6 +19,7 @@ ARGS = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # torchrun; DDP = 1 process is held in CI by test_ddp.py
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_learned_temperature_under_ddp_matches_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

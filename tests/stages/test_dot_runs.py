@@ -67,6 +67,7 @@ def dot_one_process(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # torchrun; DDP = 1 process is held in CI by test_ddp.py
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_dot_under_ddp_matches_one_process(tmp_path, dot_one_process):
     """Loss groups under DDP: each group's gradient is all-reduced by hand, so 2 processes train like 1."""
