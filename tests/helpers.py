@@ -337,6 +337,44 @@ def fault_overrides(path: Path, data_root: Path, steps: int) -> list[str]:
     return out
 
 
+def random_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Trained-like BN statistics and affine parameters, so a zeroed filter still outputs BN(0) != 0 (the case a
+    pruning export must fold exactly)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model
+
+
+def ssl_digits_config(
+    path: Path,
+    type_: str,
+    *,
+    iters: int,
+    eval_every: int,
+    log_every: int,
+    checkpoint_every: int | None = None,
+    loss_weights: Mapping[str, float] | None = None,
+) -> Path:
+    """A small SSL run on digits, written to `path`: 20 labels, cnn_small (width 16), batch 10, mu 2, EMA 0.9."""
+    stage: dict[str, Any] = {"type": type_, "train": ["net"], "iters": iters, "batch_size": 10, "uratio": 2,
+                             "ema": {"decay": 0.9}, "eval": {"every": eval_every, "batch_size": 400}}  # fmt: skip
+    if checkpoint_every is not None:
+        stage["checkpoint"] = {"every": checkpoint_every}
+    if loss_weights is not None:
+        stage["loss_weights"] = dict(loss_weights)
+    cfg = {"_base_": str(CONFIGS / "_base_" / "digits.yaml"), "data": {"ssl": {"num_labels": 20}},
+           "models": {"net": {"arch": "cnn_small", "kwargs": {"width": 16}}}, "stages": {"ssl": stage},
+           "experiment": {"logger": {"log_every": log_every}}}  # fmt: skip
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
 def shipped_configs() -> list[Path]:
     """Every runnable YAML under configs/ (the `_base_` pieces are not)."""
     return sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)

@@ -176,6 +176,16 @@ def global_pool(x: Tensor) -> Tensor:
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
+def kaiming_conv_bn_init(module: nn.Module) -> None:
+    """torchvision's (and the KD repos' CIFAR ResNets') conv / BN init: kaiming normal fan_out for ReLU, BN 1 / 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def repdistiller_init(model: nn.Module, linear_std: float | None) -> None:
     """The KD repos' (RepDistiller/mdistiller) init: conv N(0, sqrt(2 / (k*k*out))) i.e. kaiming fan_out, zero conv
     bias, BN 1/0, Linear bias 0 and weight N(0, linear_std) (None keeps torch's default Linear weight init)."""

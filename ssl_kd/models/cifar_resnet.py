@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_kd.models.base import ClassifierModel
+from ssl_kd.models.base import ClassifierModel, kaiming_conv_bn_init
 from ssl_kd.models.registry import check_option, register_model
 
 NARROW = (16, 16, 32, 64)
@@ -77,12 +77,7 @@ class CifarResNet(ClassifierModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         if self._init == "kaiming":  # the KD repos' init; Linear keeps PyTorch's default
-            for m in module.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+            kaiming_conv_bn_init(module)
 
     def build_stage(self, index: int, in_channels: int, stride: int) -> nn.Module:
         """A fresh stage shaped like stage `index` (its width and block count) reading `in_channels` at `stride`:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 from torchvision.models import resnet as tv
 
-from ssl_kd.models.base import ClassifierModel
+from ssl_kd.models.base import ClassifierModel, kaiming_conv_bn_init
 from ssl_kd.models.registry import register_model
 
 
@@ -63,12 +63,7 @@ class ResNet(ClassifierModel):
         blocks = [block(in_channels, planes, stride, down)]
         blocks += [block(width, planes) for _ in range(1, self._layers[index])]
         stage = nn.Sequential(*blocks)
-        for m in stage.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_conv_bn_init(stage)
         return stage
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, run_cli
+from helpers import CONFIGS, ROOT, run_cli, ssl_digits_config
 
 ARGS = [
     "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}", "stages.teacher.epochs=1",
@@ -45,24 +45,11 @@ def test_two_processes_match_one(tmp_path):
     assert sys.executable  # ran with this interpreter's packages
 
 
-SSL_CFG = """
-_base_: {base}
-data: {{ssl: {{num_labels: 20}}}}
-models:
-  net: {{arch: cnn_small, kwargs: {{width: 16}}}}
-stages:
-  ssl: {{type: fullflex, train: [net], iters: 12, batch_size: 10, uratio: 2, ema: {{decay: 0.9}},
-        eval: {{every: 6, batch_size: 400}}, checkpoint: {{every: 5}}}}
-experiment: {{logger: {{log_every: 6}}}}
-"""
-
-
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_fullflex_under_ddp_keeps_one_global_history(tmp_path):
     """The SSL step's cross-rank paths (k max-reduced, FlexMatch history gathered from every rank) run under DDP,
     and rank 0 alone writes the records."""
-    cfg = tmp_path / "ssl.yaml"
-    cfg.write_text(SSL_CFG.format(base=CONFIGS / "_base_" / "digits.yaml"))
+    cfg = ssl_digits_config(tmp_path / "ssl.yaml", "fullflex", iters=12, eval_every=6, checkpoint_every=5, log_every=6)
     out = tmp_path / "ddp"
     cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29519", "-m", "ssl_kd.run", str(cfg),
            f"experiment.output_dir={out}"]  # fmt: skip

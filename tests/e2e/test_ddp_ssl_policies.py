@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as td
 import torch.multiprocessing as mp
-from helpers import CONFIGS, ROOT
+from helpers import ROOT, ssl_digits_config
 
 from ssl_kd.components.dist_align import DIST_ALIGN
 from ssl_kd.components.threshold import THRESHOLD, WeakView
@@ -95,29 +95,13 @@ def test_two_ranks_hold_the_global_batch_statistics(tmp_path):
     assert not torch.isnan(one["dash/rho_init"])
 
 
-if __name__ == "__main__":
-    pytest.main([__file__, "-q"])
-
-
-SSL_CFG = """
-_base_: {base}
-data: {{ssl: {{num_labels: 20}}}}
-models:
-  net: {{arch: cnn_small, kwargs: {{width: 16}}}}
-stages:
-  ssl: {{type: {type}, train: [net], iters: 6, batch_size: 10, uratio: 2, ema: {{decay: 0.9}},
-        loss_weights: {{eml: 1.0, anl: 1.0}}, eval: {{every: 6, batch_size: 400}}}}
-experiment: {{logger: {{log_every: 3}}}}
-"""
-
-
 @pytest.mark.slow  # torchrun; the statistics over the global batch are checked on 2 gloo ranks above
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 @pytest.mark.parametrize(("type_", "port"), [("freematch", 29531), ("adamatch", 29532)])
 def test_presets_run_under_ddp(tmp_path, type_, port):
     """The stage with a gathering policy, alignment, the fairness term's global sums and EML/ANL under torchrun."""
-    cfg = tmp_path / "ssl.yaml"
-    cfg.write_text(SSL_CFG.format(base=CONFIGS / "_base_" / "digits.yaml", type=type_))
+    weights = {"eml": 1.0, "anl": 1.0}
+    cfg = ssl_digits_config(tmp_path / "ssl.yaml", type_, iters=6, eval_every=6, log_every=3, loss_weights=weights)
     cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "-m", "ssl_kd.run", str(cfg),
            f"experiment.output_dir={tmp_path / 'ddp'}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -4,33 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CONFIGS, assert_resume_exact, run_cli
+from helpers import assert_resume_exact, run_cli, ssl_digits_config
 
 from ssl_kd.engine import read_metrics
 
-CFG = """
-_base_: {base}
-data: {{ssl: {{num_labels: 20}}}}
-models:
-  net: {{arch: cnn_small, kwargs: {{width: 16}}}}
-stages:
-  ssl:
-    type: {type}
-    train: [net]
-    iters: 24
-    batch_size: 10
-    uratio: 2
-    ema: {{decay: 0.9}}
-    eval: {{every: 8, batch_size: 400}}
-    checkpoint: {{every: 5}}
-experiment: {{logger: {{log_every: 4}}}}
-"""
-
 
 def write_cfg(tmp_path, type_):
-    p = tmp_path / f"{type_}.yaml"
-    p.write_text(CFG.format(base=CONFIGS / "_base_" / "digits.yaml", type=type_))
-    return p
+    return ssl_digits_config(tmp_path / f"{type_}.yaml", type_, iters=24, eval_every=8, checkpoint_every=5, log_every=4)
 
 
 @pytest.mark.parametrize(

@@ -6,28 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import CONFIGS, assert_resume_exact, run_cli
+from helpers import assert_resume_exact, run_cli, ssl_digits_config
 
 from ssl_kd.engine import read_metrics
 from ssl_kd.report import make_report
-
-CFG = """
-_base_: {base}
-data: {{ssl: {{num_labels: 20}}}}
-models:
-  net: {{arch: cnn_small, kwargs: {{width: 16}}}}
-stages:
-  ssl:
-    type: {type}
-    train: [net]
-    iters: 12
-    batch_size: 10
-    uratio: 2
-    ema: {{decay: 0.9}}
-    eval: {{every: 6, batch_size: 400}}
-    checkpoint: {{every: 4}}
-experiment: {{logger: {{log_every: 2}}}}
-"""
 
 # Dash: a 3-step warm-up estimating rho^, then a decay every 2 steps
 DASH = ["stages.ssl.threshold.warmup_iters=3", "stages.ssl.threshold.estimate_steps=2",
@@ -46,9 +28,7 @@ PRESETS = {
 
 
 def write_cfg(tmp_path, type_):
-    p = tmp_path / f"{type_}.yaml"
-    p.write_text(CFG.format(base=CONFIGS / "_base_" / "digits.yaml", type=type_))
-    return p
+    return ssl_digits_config(tmp_path / f"{type_}.yaml", type_, iters=12, eval_every=6, checkpoint_every=4, log_every=2)
 
 
 def extra(type_):

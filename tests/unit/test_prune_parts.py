@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import random_bn
 from torch import nn
 
 from ssl_kd.callbacks.prune import Prune, decay_schedule, hard_schedule
@@ -208,7 +209,7 @@ def test_asfp_keep_ratio_equals_the_reference_loop(epochs, rate, poly):
 
 class _Runner:
     def __init__(self) -> None:
-        self.models = {"net": _random_bn(create_model("resnet8", 10))}
+        self.models = {"net": random_bn(create_model("resnet8", 10))}
         self.stage = type("S", (), {"ema_models": {}})()
         self.records: list[dict] = []
 
@@ -246,20 +247,10 @@ def test_final_step_decay_follows_the_reference_window(epochs):
 
 
 # ------------------------------------------------------------------ the component on a model
-def _random_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model
 
 
 def test_refresh_scales_soft_filters_zeroes_hard_ones_and_their_bn():
-    model = _random_bn(create_model("resnet8", 10))
+    model = random_bn(create_model("resnet8", 10))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     p = FilterPruner(model)
     assert [u.name for u in p.units] == ["stem.0", *[f"stages.{s}.0.conv{i}" for s in range(3) for i in (1, 2)]]
@@ -283,7 +274,7 @@ def test_zeroed_soft_filters_still_get_a_gradient_hard_ones_do_not():
     assert PruneConfig(method="ghfp", decay=0.5).mask_bn
     x, y = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3])
     for mask_bn in (False, True):
-        model = _random_bn(create_model("resnet8", 10))  # trained-like BN: a channel with bias > 0 passes ReLU
+        model = random_bn(create_model("resnet8", 10))  # trained-like BN: a channel with bias > 0 passes ReLU
         p = FilterPruner(model, mask_bn=mask_bn)
         p.refresh(0.5, 0.5, 0.0)
         nn.functional.cross_entropy(model(x).logits, y).backward()
@@ -303,7 +294,7 @@ def test_unsupported_model_is_a_user_error():
 # ------------------------------------------------------------------ export
 @pytest.mark.parametrize("arch", ["resnet8", "resnet8x4", "wrn_16_2", "wrn_28_2"])
 def test_export_equals_the_masked_model_and_is_rebuilt_from_its_spec(arch, tmp_path):
-    model = _random_bn(create_model(arch, 10), seed=1)
+    model = random_bn(create_model(arch, 10), seed=1)
     FilterPruner(model, include_downsample=True).refresh(0.6, 0.0, 0.0)
     if arch == "wrn_28_2":  # the SSL WRN's convs have biases: a pruned filter's bias is zeroed with it
         assert model.get_submodule("groups.0.0.conv1").bias.eq(0).sum() == int(32 * (1 - 0.6))
@@ -330,9 +321,9 @@ def test_export_equals_the_masked_model_and_is_rebuilt_from_its_spec(arch, tmp_p
 def test_export_keeps_what_zeroed_filters_with_live_bn_still_output(arch):
     """he-y's SFP zeroes the conv only: the channel still outputs BN(0). The export adds that constant into the
     stream (stream writers) or folds it into the next conv (inner convs, exact at the zero-padded borders)."""
-    model = _random_bn(create_model(arch, 10), seed=2)
+    model = random_bn(create_model(arch, 10), seed=2)
     FilterPruner(model, mask_bn=False, include_downsample=True).refresh(0.6, 0.0, 0.0)
-    zeroed_bn = _random_bn(create_model(arch, 10), seed=2)
+    zeroed_bn = random_bn(create_model(arch, 10), seed=2)
     zeroed_bn.load_state_dict(model.state_dict())
     FilterPruner(zeroed_bn, mask_bn=True, include_downsample=True).refresh(0.6, 0.0, 0.0)
     x = torch.randn(2, 3, 16, 16)

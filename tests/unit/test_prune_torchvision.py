@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from helpers import random_bn
 from torch import nn
 from torchvision.models import resnet as tv
 
@@ -41,19 +42,6 @@ def test_units_are_the_inner_convs_of_each_block(arch, count):
     assert not names & {"conv1", "layer1.0.conv3", "layer1.0.downsample.0", "layer2.0.conv2" * (arch != "resnet50")}
 
 
-def _random_bn(model: nn.Module, seed: int) -> nn.Module:
-    """Trained-like BN statistics and affine parameters (a zero filter then still outputs BN(0) != 0)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.3)
-    return model
-
-
 @torch.no_grad()
 def _zero_random_filters(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """Zero a random set of filters of every inner conv (not by norm: any set must export); every other unit also
@@ -74,7 +62,7 @@ def _zero_random_filters(model: nn.Module, seed: int) -> dict[str, torch.Tensor]
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_export_equals_the_masked_model_and_is_rebuilt_from_its_spec(arch, tmp_path):
-    model = _random_bn(create_model(arch, 10), seed=1)
+    model = random_bn(create_model(arch, 10), seed=1)
     kept = _zero_random_filters(model, seed=2)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     model.eval()
@@ -118,7 +106,7 @@ def test_export_equals_the_masked_model_and_is_rebuilt_from_its_spec(arch, tmp_p
 def test_a_small_resnet50_pruned_again_composes():
     """conv2 of a Bottleneck is both a unit and the reader of conv1: after one export it carries a fold, which the
     masks zero with its filters and a second export slices and adds to."""
-    model = _random_bn(create_model("resnet50", 10), seed=4)
+    model = random_bn(create_model("resnet50", 10), seed=4)
     FilterPruner(model, mask_bn=False).refresh(0.6, 0.0, 0.0)
     first = export_pruned(model, input_shape=(3, 64, 64), check_batch=2)
     assert first.channels["layer1.0.conv1"] == 64 - int(64 * 0.4)  # GHFP/SFP prune floor(n (1 - keep)) filters
