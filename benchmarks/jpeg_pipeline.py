@@ -8,7 +8,7 @@ of the per-round ratios, so a machine shared with other work moves both sides of
 from the first batch on (worker start-up excluded) and reported per worker.
 
     python benchmarks/jpeg_pipeline.py [--data DIR] [--workers 1] [--rounds 5] [--images 300] [--size 224]
-    python benchmarks/jpeg_pipeline.py --uint8      # ssl_kd's crops as uint8: the normalise left to the device
+    python benchmarks/jpeg_pipeline.py --float-in-worker   # normalise in the worker (the runner does it on the device)
     python benchmarks/jpeg_pipeline.py --index-tree 100000   # index time of a synthetic tree in /tmp, cold / warm
     python benchmarks/jpeg_pipeline.py --device cuda --batch 256 --images 2560   # the device path
 """
@@ -46,21 +46,22 @@ def torchvision_sets(root: Path, size: int):
     return train, val
 
 
-class Uint8View:
-    """A CropTransform's view before normalisation: what a loader that normalises on the device would ship."""
+class FloatInWorker:
+    """A CropTransform called whole in the worker (normalised floats out), as the host path shipped crops before it
+    deferred the normalisation to the batch on the device (`ViewDataset.finish`)."""
 
     def __init__(self, t) -> None:
         self.t = t
 
     def __call__(self, img, seed: int = 0) -> torch.Tensor:
-        return self.t.crop_uint8(img, seed)
+        return self.t(img, seed)
 
 
-def ssl_kd_sets(root: Path, size: int, fast_decode: bool, uint8: bool = False):
+def ssl_kd_sets(root: Path, size: int, fast_decode: bool, float_in_worker: bool = False):
     transform = {"size": size, "fast_decode": fast_decode}
     cfg = DataConfig(dataset="image_folder", path=str(root), normalize="imagenet", transform=transform)
     bundle = load_dataset(cfg)
-    wrap = Uint8View if uint8 else (lambda t: t)
+    wrap = FloatInWorker if float_in_worker else (lambda t: t)  # default: uint8 crops, as the runner loads them
     train = ViewDataset(bundle.train, {"x": wrap(build_transform("weak", bundle, cfg.augment))})
     val = ViewDataset(bundle.test, {"x": wrap(build_transform("test", bundle, cfg.augment))})
     return train, val
@@ -87,7 +88,7 @@ def images_per_s(dataset, n: int, batch: int, workers: int, keyed: bool, seed: i
 def pipelines(args) -> None:
     root = Path(args.data)
     tv_train, tv_val = torchvision_sets(root, args.size)
-    ours_train, ours_val = ssl_kd_sets(root, args.size, not args.full_decode, args.uint8)
+    ours_train, ours_val = ssl_kd_sets(root, args.size, not args.full_decode, args.float_in_worker)
     rows = {"train": (ours_train, tv_train), "eval": (ours_val, tv_val)}
     res: dict[str, list[tuple[float, float]]] = {k: [] for k in rows}
     for r in range(args.rounds):
@@ -97,9 +98,12 @@ def pipelines(args) -> None:
             res[kind].append((a, b))
             print(f"round {r} {kind:5s}: ssl_kd {a:7.0f} img/s  torchvision {b:7.0f} img/s  ratio {a / b:5.2f}")
     w = max(1, args.workers)
-    print(f"\n{len(tv_train)} train / {len(tv_val)} val files under {root}, output {args.size} px, {args.workers} "
-          f"worker(s), batch {args.batch}, {args.rounds} rounds of {args.images} images, torch threads "
-          f"{torch.get_num_threads()}, fast_decode {not args.full_decode}, uint8 output {args.uint8}")  # fmt: skip
+    print(
+        f"\n{len(tv_train)} train / {len(tv_val)} val files under {root}, output {args.size} px, {args.workers} "
+        f"worker(s), batch {args.batch}, {args.rounds} rounds of {args.images} images, torch threads "
+        f"{torch.get_num_threads()}, fast_decode {not args.full_decode}, "
+        f"ssl_kd output {'float (in the worker)' if args.float_in_worker else 'uint8 (normalised on the device)'}"
+    )
     print("| pipeline | ssl_kd img/s per worker | torchvision img/s per worker | median paired ratio |")
     print("|---|---|---|---|")
     for kind, pairs in res.items():
@@ -188,7 +192,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--full-decode", action="store_true", help="ssl_kd with fast_decode: false")
-    p.add_argument("--uint8", action="store_true", help="ssl_kd's crops before normalising (normalise on the device)")
+    p.add_argument(
+        "--float-in-worker",
+        action="store_true",
+        help="ssl_kd's crops normalised in the worker (before the runner deferred it to the device)",
+    )
     p.add_argument("--index-tree", type=int, default=0, metavar="N", help="time indexing N synthetic files instead")
     p.add_argument("--device", default=None, help="time the device path (e.g. cuda) instead")
     args = p.parse_args()

@@ -38,6 +38,8 @@ class ViewDataset(torch.utils.data.Dataset):
             )
         self.images = images
         self.views = dict(views)
+        # views whose transform finishes on the batch (uint8 out of the worker, normalised on the device)
+        self._finish = {n: t.finish for n, t in self.views.items() if getattr(t, "deferred", lambda: False)()}
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self.targets = images.targets if self.indices is None else images.targets[self.indices]
 
@@ -65,10 +67,20 @@ class ViewDataset(torch.utils.data.Dataset):
                     )  # fmt: skip
         raise UserError(f"no readable image among the {len(self)} samples of this dataset (e.g. {err}).")
 
+    def finish(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch as the model takes it: deferred views (uint8) normalised, where the batch is (the device). Every
+        consumer of this dataset's batches calls it after moving them (the runner's streams, one_pass, evaluation)."""
+        if not self._finish:
+            return batch
+        return {k: self._finish[k](v) if k in self._finish else v for k, v in batch.items()}
+
     def _sample(self, pos: int, seed: int) -> dict[str, torch.Tensor]:
         idx = int(pos) if self.indices is None else int(self.indices[pos])
         img = self.images.image(idx)
-        out = {name: t(img, mix_seed(seed, k)) for k, (name, t) in enumerate(self.views.items())}
+        out = {
+            name: (t.crop_uint8 if name in self._finish else t)(img, mix_seed(seed, k))
+            for k, (name, t) in enumerate(self.views.items())
+        }
         out["y"] = torch.tensor(int(self.images.targets[idx]), dtype=torch.int64)
         out["idx"] = torch.tensor(idx, dtype=torch.int64)
         for name, value in self.images.sample_fields(idx).items():

@@ -36,7 +36,7 @@ from ssl_kd.engine.scoring import Evaluator, Predict, eval_mode
 from ssl_kd.engine.seed import seed_everything
 from ssl_kd.engine.services import DataServices
 from ssl_kd.engine.stage import Prepared, Stage
-from ssl_kd.engine.streams import make_iterators, one_pass, stage_lengths
+from ssl_kd.engine.streams import finish_batch, make_iterators, one_pass, stage_lengths
 from ssl_kd.errors import TrainingStopped, UserError
 from ssl_kd.memory import EMAModel
 from ssl_kd.models import model_spec
@@ -160,7 +160,7 @@ class Runner:
             dataset, batch_size, seed=seed, rank=self.accelerator.process_index, world_size=self.world_size,
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
         ):  # fmt: skip
-            yield send_to_device(batch, self.device, non_blocking=True)
+            yield finish_batch(dataset, send_to_device(batch, self.device, non_blocking=True))
 
     def log(self, record: dict[str, Any]) -> None:
         """Send one metrics record (already reduced across ranks) to every logger."""
@@ -417,6 +417,7 @@ class Runner:
             strategy.start()
             for micro in range(accum):
                 batch = send_to_device({k: next(it) for k, it in iters.items()}, self.device, non_blocking=True)
+                batch = {k: finish_batch(stage.streams[k].dataset, b) for k, b in batch.items()}
                 with self._no_sync(synced, micro < accum - 1 or strategy.hand_sync):
                     with self.accelerator.autocast():
                         losses, diagnostics = _split(stage.train_step(batch))

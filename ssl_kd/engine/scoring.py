@@ -20,6 +20,7 @@ from torch import nn
 from ssl_kd.data import ViewDataset
 from ssl_kd.engine.interrupt import ignore_stop_signals
 from ssl_kd.engine.services import DataServices
+from ssl_kd.engine.streams import finish_batch
 
 Predict = Callable[[Mapping[str, torch.Tensor]], torch.Tensor | dict[str, torch.Tensor]]
 
@@ -67,8 +68,9 @@ class Evaluator:
         acc = self.accelerator
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), dtype=torch.float64, device=acc.device)
-        for batch in self.loader(batch_size):
-            batch = send_to_device(batch, acc.device, non_blocking=True)
+        loader = self.loader(batch_size)
+        for batch in loader:
+            batch = finish_batch(loader.dataset, send_to_device(batch, acc.device, non_blocking=True))
             with acc.autocast():
                 out = predict(batch)
             named = out if isinstance(out, dict) else {"": out}

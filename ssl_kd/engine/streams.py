@@ -108,6 +108,13 @@ def check_streams(stage: Stage, world_size: int) -> None:
         _sampler(stage, sname, micro_batch(stage, sname, world_size), 0, 0, world_size, 0)
 
 
+def finish_batch(dataset, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch of `dataset` as the model takes it, after it was moved to the device: views the dataset deferred
+    (uint8 crops of the large-image path) are normalised here, on the batch (`ViewDataset.finish`)."""
+    finish = getattr(dataset, "finish", None)
+    return finish(batch) if finish is not None else batch
+
+
 def _check_sampler_streams(stage: Stage) -> None:
     sc = stage.cfg.sampler
     missing = sorted(set(sc.streams) - set(stage.streams)) if sc.kind != "random" else []

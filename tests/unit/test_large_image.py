@@ -123,6 +123,30 @@ def test_views_are_a_pure_function_of_the_seed(tmp_path):
     assert not torch.equal(ref[0][0]["w"], ref[1][0]["w"])  # another epoch, another view
 
 
+def test_views_leave_the_worker_as_uint8_and_finish_to_the_same_floats(tmp_path):
+    """The crops travel as uint8 (a quarter of the bytes) and are normalised on the batch (`ViewDataset.finish`,
+    where the batch is): bit-identical to normalising each sample; `lighting` (a per-sample float shift) stays float."""
+    for i in range(4):
+        write_jpeg(tmp_path / "train" / f"c{i % 2}" / f"{i}.jpg", 140 + 10 * i, 100, seed=i)
+        write_jpeg(tmp_path / "val" / f"c{i % 2}" / f"{i}.jpg", 100, 120, seed=9 + i)
+    cfg = DataConfig(dataset="image_folder", path=str(tmp_path), transform={"size": 32}, normalize="imagenet")
+    bundle = load_dataset(cfg)
+    views = {k: build_transform(k, bundle, cfg) for k in ("weak", "strong", "test")}
+    ds = ViewDataset(bundle.train, views)
+    keys = [(p, mix_seed(3, p)) for p in range(4)]
+    raw = torch.utils.data.default_collate([ds[k] for k in keys])
+    assert all(raw[k].dtype == torch.uint8 for k in views)
+    done = ds.finish(raw)
+    for k, (name, t) in enumerate(views.items()):
+        want = torch.stack([t(bundle.train.image(p), mix_seed(seed, k)) for p, seed in keys])
+        assert done[name].dtype == torch.float32 and torch.equal(done[name], want), name
+    lit = DataConfig(dataset="image_folder", path=str(tmp_path), transform={"size": 32, "lighting": 0.1})
+    b2 = load_dataset(lit)
+    ds2 = ViewDataset(b2.train, {"w": build_transform("weak", b2, lit), "x": build_transform("test", b2, lit)})
+    sample = ds2[(0, 1)]
+    assert sample["w"].dtype == torch.float32 and sample["x"].dtype == torch.uint8
+
+
 # ---------------------------------------------------------------- pixels vs torchvision
 def test_crops_equal_torchvision_on_the_same_box():
     """Full decode: exactly `v2.functional.resized_crop` on torchvision's decode (the same uint8 antialias kernel);
