@@ -254,9 +254,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import gc
-
-    import torch  # noqa: F401  (its import-time objects, never garbage, are what a full collect would walk)
-
-    gc.freeze()  # accelerate's free_memory at each stage end runs gc.collect: keep it to the run's own objects
     sys.exit(main())

@@ -29,7 +29,8 @@ def _frozen_heap():
     """Each stage end calls accelerate's free_memory, a full gc.collect that walks every object of the process: torch's
     import-time objects and the session's fixtures, ~0.2 s a time, hundreds of times in a session. Moving what is
     alive at a module's start into the permanent generation (after collecting the garbage) makes those collects walk
-    only the module's own objects; nothing that is garbage is kept (the CLI does the same after its imports)."""
+    only the module's own objects; nothing that is garbage is kept. (Only in the tests: a CLI process that froze its
+    heap aborted at exit under torchrun, its gloo threads torn down out of order.)"""
     gc.collect()
     gc.freeze()
     yield

@@ -40,6 +40,12 @@ class StopRequests:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old = {}
+        if self._group is not None:  # a live gloo group's threads abort the interpreter at exit
+            import torch.distributed as tdist
+
+            if tdist.is_initialized():
+                tdist.destroy_process_group(self._group)
+            self._group = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum and signum == signal.SIGINT:  # the second Ctrl-C: stop now
@@ -54,10 +60,13 @@ class StopRequests:
             return self.signum
         import torch.distributed as tdist
 
-        if self._group is None:
-            self._group = tdist.new_group(backend="gloo")
+        group = None  # the default group when it is gloo already (CPU); else a small gloo group of the same ranks
+        if tdist.get_backend() != "gloo":
+            if self._group is None:
+                self._group = tdist.new_group(backend="gloo")
+            group = self._group
         flag = torch.tensor([self.signum], dtype=torch.int64)
-        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=self._group)
+        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=group)
         return int(flag.item())
 
     def stop(self, signum: int, where: str) -> RunInterrupted:
