@@ -187,9 +187,20 @@ def _main(argv: list[str]) -> int:
         runner = make_runner(cfg, run_dir, resolved, accelerator, resume=from_checkpoint)
         with runner.stop_requests:
             runner.run()
+        _close_process_group()
     finally:
         run_dir.unlock()
     return 0
+
+
+def _close_process_group() -> None:
+    """Under a launcher, end the process group before the interpreter does: left to interpreter teardown, gloo's
+    threads could be destroyed while still joinable, aborting a rank at exit (std::terminate)."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
 
 
 def _claim(run_dir, resume: bool, accelerator, resolved: dict[str, Any]) -> bool:

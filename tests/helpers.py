@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,14 @@ def one_line_error(capsys: Any, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], f"{n!r} not in {lines[0]!r}"
     return lines[0]
+
+
+def torchrun_cli(*args: Any, port: int, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m ssl_kd.run ARGS`: two CPU processes (gloo) with this checkout on the path and
+    the tests' one intra-op thread (a run compared with one in this process reduces in the same order)."""
+    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "-m", "ssl_kd.run", *map(str, args)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 class Crash(Callback):

@@ -3,14 +3,12 @@ is split across processes, so a model without batch statistics trains to the sam
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, run_cli, ssl_digits_config
+from helpers import CONFIGS, run_cli, ssl_digits_config, torchrun_cli
 
 ARGS = [
     "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}", "stages.teacher.epochs=1",
@@ -22,13 +20,7 @@ ARGS = [
 def test_two_processes_match_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(CONFIGS / "quickstart.yaml", *ARGS, f"experiment.output_dir={one}") == 0
-    cmd = [
-        "torchrun", "--nproc_per_node", "2", "--master_port", "29517", "-m", "ssl_kd.run",
-        str(CONFIGS / "quickstart.yaml"), *ARGS,
-        f"experiment.output_dir={two}",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun_cli(CONFIGS / "quickstart.yaml", *ARGS, f"experiment.output_dir={two}", port=29517)
     assert res.returncode == 0, res.stderr[-3000:]
     a = torch.load(one / "checkpoints/last.pt", weights_only=True)
     b = torch.load(two / "checkpoints/last.pt", weights_only=True)
@@ -51,10 +43,7 @@ def test_fullflex_under_ddp_keeps_one_global_history(tmp_path):
     and rank 0 alone writes the records."""
     cfg = ssl_digits_config(tmp_path / "ssl.yaml", "fullflex", iters=12, eval_every=6, checkpoint_every=5, log_every=6)
     out = tmp_path / "ddp"
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29519", "-m", "ssl_kd.run", str(cfg),
-           f"experiment.output_dir={out}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun_cli(str(cfg), f"experiment.output_dir={out}", port=29519)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert ckpt["global_step"] == 12 and len(ckpt["rng"]) == 2

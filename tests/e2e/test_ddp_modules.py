@@ -3,13 +3,11 @@ the same student and temperature as 1, and the module is saved in the stage's we
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, run_cli
+from helpers import CONFIGS, run_cli, torchrun_cli
 
 ARGS = [
     "models.teacher.arch=mlp", "models.teacher.kwargs={hidden: 32, depth: 1}", "stages.teacher.epochs=1",
@@ -24,10 +22,7 @@ ARGS = [
 def test_learned_temperature_under_ddp_matches_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(CONFIGS / "quickstart.yaml", *ARGS, f"experiment.output_dir={one}") == 0
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29523", "-m", "ssl_kd.run",
-           str(CONFIGS / "quickstart.yaml"), *ARGS, f"experiment.output_dir={two}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun_cli(str(CONFIGS / "quickstart.yaml"), *ARGS, f"experiment.output_dir={two}", port=29523)
     assert res.returncode == 0, res.stderr[-3000:]
     a = torch.load(one / "checkpoints/distill/last.pt", weights_only=True)
     b = torch.load(two / "checkpoints/distill/last.pt", weights_only=True)

@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 
 import pytest
 import torch
 import torch.distributed as td
 import torch.multiprocessing as mp
-from helpers import ROOT, ssl_digits_config
+from helpers import ssl_digits_config, torchrun_cli
 
 from ssl_kd.components.dist_align import DIST_ALIGN
 from ssl_kd.components.threshold import THRESHOLD, WeakView
@@ -102,10 +101,7 @@ def test_presets_run_under_ddp(tmp_path, type_, port):
     """The stage with a gathering policy, alignment, the fairness term's global sums and EML/ANL under torchrun."""
     weights = {"eml": 1.0, "anl": 1.0}
     cfg = ssl_digits_config(tmp_path / "ssl.yaml", type_, iters=6, eval_every=6, log_every=3, loss_weights=weights)
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", str(port), "-m", "ssl_kd.run", str(cfg),
-           f"experiment.output_dir={tmp_path / 'ddp'}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun_cli(str(cfg), f"experiment.output_dir={tmp_path / 'ddp'}", port=port)
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints/last.pt", weights_only=True)
     assert ckpt["global_step"] == 6

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import ROOT, SHARED_DATA, run_cli
+from helpers import SHARED_DATA, run_cli, torchrun_cli
 
 
 @pytest.mark.slow
@@ -35,10 +34,7 @@ def test_two_processes_match_one_on_jpeg_crops(tmp_path, pipeline):
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     one, two = tmp_path / "one", tmp_path / "two"
     assert run_cli(path, f"experiment.output_dir={one}") == 0
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29531", "-m", "ssl_kd.run", str(path),
-           f"experiment.output_dir={two}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun_cli(str(path), f"experiment.output_dir={two}", port=29531)
     assert res.returncode == 0, res.stderr[-3000:]
     a = torch.load(one / "checkpoints/last.pt", weights_only=True)["models"]["net"]
     b = torch.load(two / "checkpoints/last.pt", weights_only=True)["models"]["net"]

@@ -3,13 +3,11 @@ process, gradient accumulation matches one batch."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, run_cli
+from helpers import CONFIGS, run_cli, torchrun_cli
 
 QUICK = CONFIGS / "quickstart.yaml"
 
@@ -73,10 +71,7 @@ def test_dot_under_ddp_matches_one_process(tmp_path, dot_one_process):
     """Loss groups under DDP: each group's gradient is all-reduced by hand, so 2 processes train like 1."""
     args = DOT_ARGS
     one, two = dot_one_process, tmp_path / "two"
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29521", "-m", "ssl_kd.run", str(QUICK), *args,
-           f"experiment.output_dir={two}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun_cli(str(QUICK), *args, f"experiment.output_dir={two}", port=29521)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = _student(one), _student(two)
     for k, v in a.items():

@@ -5,13 +5,11 @@ Every model kind: a CIFAR ResNet, a WRN, a ViT with a distillation token (DeiT),
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 
 import pytest
 import torch
-from helpers import ROOT, TINY_VIT, assert_resume_exact, run_cli, tiny_config
+from helpers import TINY_VIT, assert_resume_exact, run_cli, tiny_config, torchrun_cli
 
 import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.engine import Callback
@@ -143,10 +141,7 @@ def test_a_frozen_part_holds_under_ddp_with_two_processes(tmp_path):
     """DDP wraps the trained model and evaluation toggles the mode on the plain module: the part stays frozen."""
     cfg = tiny_config(tmp_path / "c.yaml", {"m": {"arch": "resnet8"}}, _stages("stem"))
     out = tmp_path / "r"
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29531", "-m", "ssl_kd.run", str(cfg),
-           f"experiment.output_dir={out}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun_cli(str(cfg), f"experiment.output_dir={out}", port=29531)
     assert res.returncode == 0, res.stderr[-3000:]
     warm = torch.load(out / "checkpoints" / "warm" / "last.pt", weights_only=True)["models"]["m"]
     frozen = torch.load(out / "checkpoints" / "frozen" / "last.pt", weights_only=True)["models"]["m"]

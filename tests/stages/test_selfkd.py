@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ROOT, assert_resume_exact, run_cli
+from helpers import assert_resume_exact, run_cli, torchrun_cli
 
 from ssl_kd.data.mixing import (
     box_lam,
@@ -214,10 +212,7 @@ def test_both_stages_run_under_ddp(tmp_path, fake_data_root):
     of maps, the RoI head) go through DDP and train to the end."""
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(DDP.format(root=fake_data_root, multi=MULTI, plain=PLAIN))
-    cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29531", "-m", "ssl_kd.run", str(cfg),
-           f"experiment.output_dir={tmp_path / 'two'}"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    res = torchrun_cli(str(cfg), f"experiment.output_dir={tmp_path / 'two'}", port=29531, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     a = torch.load(tmp_path / "two/checkpoints/mixskd/last.pt", weights_only=True)["modules"]
     b = torch.load(tmp_path / "two/checkpoints/rm/last.pt", weights_only=True)["modules"]
