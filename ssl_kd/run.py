@@ -163,7 +163,10 @@ def _main(argv: list[str]) -> int:
         # a second run in the same process (tests, notebooks) may change precision; the process group stays
         AcceleratorState._reset_state(reset_partial_state=False)
         # without a GPU, accelerate only forms a (gloo) process group when told it runs on CPU
-        accelerator = Accelerator(mixed_precision=cfg.experiment.precision, cpu=not torch.cuda.is_available())
+        from ssl_kd.engine.resources import choose_speed, device_type_here
+
+        precision = choose_speed(cfg.experiment.precision, cfg.experiment.channels_last, device_type_here()).precision
+        accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     except ValueError as e:
         raise UserError(f"experiment.precision: '{cfg.experiment.precision}' is not usable here ({e}). "
                         f"Use 'no' or 'bf16' on CPU.") from None  # fmt: skip

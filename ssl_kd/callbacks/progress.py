@@ -69,7 +69,10 @@ class ProgressLogger(Callback):
         n = runner.world_size
         resources = getattr(runner, "resources", None)
         machine = f"; {resources.describe()}" if resources is not None else ""
-        self._print(f"Experiment '{runner.cfg.experiment.name}': {n} process(es) on {runner.device.type}{machine}")
+        speed = getattr(runner, "speed", None)
+        numerics = f"\n  numerics: {speed.describe(runner.device.type)}" if speed is not None else ""
+        name = runner.cfg.experiment.name
+        self._print(f"Experiment '{name}': {n} process(es) on {runner.device.type}{machine}{numerics}")
         warning = launch_mismatch(n)
         if warning is not None:
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)

@@ -40,8 +40,10 @@ class ExperimentConfig(Strict):
     imports: list[str] = Field(default_factory=list)
     seed: int = 0
     output_dir: str | None = None  # default: runs/<name>
-    precision: Literal["no", "fp16", "bf16"] = "no"
-    channels_last: bool = False  # models and device-made batches in NHWC memory layout (faster convs on GPUs)
+    # "auto": bf16 autocast on GPUs that support it, fp32 elsewhere (engine/resources.py: choose_speed); "no" = fp32
+    precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    # models and device-made batches in NHWC memory layout (faster convs on GPUs); "auto": on for a GPU
+    channels_last: bool | Literal["auto"] = "auto"
     # torch.compile the models a stage trains: "default", or "reduce-overhead" (adds CUDA graphs) / "max-autotune"
     compile: Literal["no", "default", "reduce-overhead", "max-autotune"] = "no"
     deterministic: bool = False

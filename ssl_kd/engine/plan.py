@@ -17,6 +17,7 @@ from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.data.augment import describe_views
 from ssl_kd.engine.build import build_models, check_module_init, check_stage_files, take_snapshots
 from ssl_kd.engine.freeze import check_freeze_parts
+from ssl_kd.engine.resources import choose_speed
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.seed import seed_everything
@@ -180,10 +181,10 @@ def plan(
     """The dry run's text: the `preflight` (every check a real run makes before its first stage), then what each
     stage would do."""
     exp = cfg.experiment
-    speed = "channels_last, " if exp.channels_last else ""
+    speed = choose_speed(exp.precision, exp.channels_last, device.type).describe(device.type) + ", "
     speed += f"compile {exp.compile}, " if exp.compile != "no" else ""
     lines = [
-        f"Experiment '{exp.name}' (seed {exp.seed}, precision {exp.precision}, {speed}{world_size} process(es))",
+        f"Experiment '{exp.name}' (seed {exp.seed}, {speed}{world_size} process(es))",
         f"  run folder: {run_dir.root}",
     ]
     if run_dir.holds_run():

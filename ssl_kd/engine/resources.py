@@ -109,3 +109,52 @@ def launch_mismatch(num_processes: int, env: Mapping[str, str] | None = None) ->
             "whatever --num_processes says; for several CPU processes use torchrun --nproc_per_node N -m ssl_kd.run ..."
         )
     return None
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The numeric settings a run uses on its device: `experiment.precision` and `experiment.channels_last` with
+    `auto` resolved (`choose_speed`)."""
+
+    precision: str  # accelerate's mixed_precision: "no", "bf16" or "fp16"
+    channels_last: bool
+    auto: tuple[str, ...] = ()  # the fields `auto` chose
+
+    def describe(self, device_type: str) -> str:
+        """One line for the run header: what runs, and which of it `auto` picked (experiment.precision /
+        channels_last set it explicitly)."""
+
+        def mark(field: str) -> str:
+            return " (auto)" if field in self.auto else ""
+
+        parts = [("fp32" if self.precision == "no" else f"{self.precision} autocast") + mark("precision")]
+        if self.channels_last:
+            parts.append("channels_last" + mark("channels_last"))
+        if device_type == "cuda":
+            parts.append("fused optimizers (optimizer.impl: auto)")
+        return ", ".join(parts)
+
+
+def bf16_supported(device_type: str) -> bool:
+    """Whether autocast to bf16 runs natively here (Ampere or newer GPUs)."""
+    return device_type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def choose_speed(precision: str, channels_last: bool | str, device_type: str, bf16: bool | None = None) -> Speed:
+    """`auto` = the fastest settings that are safe on the device: on a GPU, bf16 autocast where it is supported
+    (no loss scaling needed, so every optimizer strategy works) and NHWC memory for convolutions; on a CPU, fp32 and
+    NCHW (bf16 on CPUs is slow without AMX, and CPU results are the ones the reference-equality tests compare)."""
+    bf16 = bf16_supported(device_type) if bf16 is None else bf16
+    auto = []
+    if precision == "auto":
+        precision = "bf16" if bf16 else "no"
+        auto.append("precision")
+    if channels_last == "auto":
+        channels_last = device_type == "cuda"
+        auto.append("channels_last")
+    return Speed(precision, bool(channels_last), tuple(auto))
+
+
+def device_type_here() -> str:
+    """The device a run started here trains on (the CLI puts accelerate on CPU when no GPU is present)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

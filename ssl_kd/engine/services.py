@@ -29,6 +29,7 @@ from ssl_kd.data import (
     ssl_split,
     to_device_transform,
 )
+from ssl_kd.engine.resources import choose_speed
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError
 
@@ -68,7 +69,8 @@ class DataServices:
         key = id(images)
         if key not in self._device_images:  # one device copy per image set, shared by its streams
             self._device_images[key] = (images, DeviceImages(images, self.device))
-        cl = self.cfg.experiment.channels_last
+        exp = self.cfg.experiment
+        cl = choose_speed(exp.precision, exp.channels_last, self.device.type).channels_last
         return DeviceViewDataset(
             self._device_images[key][1], {k: to_device_transform(t, cl) for k, t in views.items()}, indices
         )

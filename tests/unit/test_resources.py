@@ -11,7 +11,7 @@ from helpers import CONFIGS
 
 from ssl_kd.config import load_yaml
 from ssl_kd.data import DataConfig
-from ssl_kd.engine.resources import choose_resources, launch_mismatch, local_processes
+from ssl_kd.engine.resources import choose_resources, choose_speed, launch_mismatch, local_processes
 
 
 @pytest.fixture
@@ -89,3 +89,37 @@ def test_a_launcher_asking_for_more_processes_than_run_is_a_warning(env, n, warn
     assert (warning is not None) == warns
     if warns:
         assert "\n" not in warning and str(n) in warning
+
+
+@pytest.mark.parametrize(
+    ("device", "bf16", "precision", "channels_last", "expected"),
+    [
+        ("cuda", True, "auto", "auto", ("bf16", True, ("precision", "channels_last"))),
+        ("cuda", False, "auto", "auto", ("no", True, ("precision", "channels_last"))),  # pre-Ampere: fp32, no scaler
+        ("cpu", False, "auto", "auto", ("no", False, ("precision", "channels_last"))),
+        ("cuda", True, "no", False, ("no", False, ())),  # an explicit choice is kept
+        ("cpu", False, "bf16", True, ("bf16", True, ())),
+        ("cuda", True, "fp16", "auto", ("fp16", True, ("channels_last",))),
+    ],
+)
+def test_auto_numerics_are_the_fastest_safe_settings_of_the_device(device, bf16, precision, channels_last, expected):
+    speed = choose_speed(precision, channels_last, device, bf16=bf16)
+    assert (speed.precision, speed.channels_last, speed.auto) == expected
+
+
+def test_the_header_says_which_numerics_auto_chose():
+    assert choose_speed("auto", "auto", "cuda", bf16=True).describe("cuda") == (
+        "bf16 autocast (auto), channels_last (auto), fused optimizers (optimizer.impl: auto)"
+    )
+    assert choose_speed("auto", "auto", "cpu", bf16=False).describe("cpu") == "fp32 (auto)"
+    assert choose_speed("no", True, "cpu", bf16=False).describe("cpu") == "fp32, channels_last"
+
+
+def test_numerics_default_to_auto_and_reject_other_words():
+    from ssl_kd.config.schema import ExperimentConfig
+
+    exp = ExperimentConfig()
+    assert (exp.precision, exp.channels_last) == ("auto", "auto")
+    for bad in ({"channels_last": "fast"}, {"precision": "fp8"}, {"precision": "fp32"}):
+        with pytest.raises(ValueError):
+            ExperimentConfig.model_validate(bad)
