@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,10 +27,17 @@ from ssl_kd.engine import resume as ckpt_io
 from ssl_kd.engine.build import apply_init, apply_module_init, build_models, check_stage_files, take_snapshots
 from ssl_kd.engine.callback import Callback
 from ssl_kd.engine.checkpoint_io import save_atomic
+from ssl_kd.engine.feed import DeviceFeed
 from ssl_kd.engine.freeze import check_freeze_parts, freeze_part
 from ssl_kd.engine.interrupt import StopRequests
 from ssl_kd.engine.plan import plan, preflight
-from ssl_kd.engine.resources import apply_threads, choose_resources, local_processes
+from ssl_kd.engine.resources import (
+    apply_threads,
+    choose_resources,
+    choose_speed,
+    device_type_here,
+    local_processes,
+)
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.scoring import Evaluator, Predict, eval_mode
@@ -114,8 +122,14 @@ class Runner:
         self.run_dir = run_dir
         self.resolved = resolved
         self.resume = resume
-        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.experiment.precision)
+        exp = cfg.experiment
+        if accelerator is None:
+            accelerator = Accelerator(mixed_precision=choose_speed(exp.precision, "auto", device_type_here()).precision)
+        self.accelerator = accelerator
         self.device = self.accelerator.device
+        # precision / channels_last with `auto` resolved for this device; the precision is the accelerator's own
+        speed = choose_speed(exp.precision, exp.channels_last, self.device.type)
+        self.speed = replace(speed, precision=str(accelerator.mixed_precision))
         self.is_main = self.accelerator.is_main_process
         self.world_size = self.accelerator.num_processes
         self.state = RunState()
@@ -292,7 +306,7 @@ class Runner:
         cfg = stage.cfg
         exp = self.cfg.experiment
         for n in (*cfg.uses, *cfg.train):
-            if exp.channels_last:
+            if self.speed.channels_last:
                 self.models[n].to(memory_format=torch.channels_last)
         for n in cfg.uses:
             self.models[n].eval().requires_grad_(False)
@@ -402,6 +416,9 @@ class Runner:
         synced = [*(ready.models[n] for n in stage.cfg.train), *ready.modules.values()]
         strategy = self.backward
         prog = stage.progress
+        # micro-batch t+1 is drawn, moved and finished while step t runs (on a side stream on CUDA)
+        datasets = {k: stage.streams[k].dataset for k in iters}
+        feed = DeviceFeed(iters, datasets, self.device, (total - prog.step) * accum)
 
         def after_backward() -> None:  # the step's gradient is in .grad (once per loss group for grouped strategies)
             stage.after_backward()
@@ -416,8 +433,7 @@ class Runner:
             terms: dict[str, torch.Tensor] = {}
             strategy.start()
             for micro in range(accum):
-                batch = send_to_device({k: next(it) for k, it in iters.items()}, self.device, non_blocking=True)
-                batch = {k: finish_batch(stage.streams[k].dataset, b) for k, b in batch.items()}
+                batch = feed.take()
                 with self._no_sync(synced, micro < accum - 1 or strategy.hand_sync):
                     with self.accelerator.autocast():
                         losses, diagnostics = _split(stage.train_step(batch))
@@ -428,6 +444,7 @@ class Runner:
                             f"stage '{stage.name}' ({stage.type_name}) returned no term {e.args[0]} but has a "
                             f"weight for it"
                         ) from None
+                feed.prefetch()  # the step's kernels are queued: the next batch's work overlaps them
                 out = {k: v.detach() for k, v in {**losses, **diagnostics}.items()}
                 out["loss"] = loss.detach()
                 for k, v in out.items():
