@@ -86,3 +86,42 @@ def test_optimizers_build(name):
 
     p = torch.nn.Parameter(torch.ones(2))
     assert build_optimizer(OptimizerConfig(name=name, lr=0.1), [("w", p)]).param_groups[0]["lr"] == 0.1
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the aten ops (each one or more kernel launches on a GPU) run inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _update_ops(depth: int) -> list[str]:
+    from ssl_kd.optim.config import OptimizerConfig
+
+    net = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(depth)])
+    named = list(net.named_parameters())
+    opt = build_optimizer(OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, nesterov=True, impl="fused"), named)
+    ema = EMAModel(net, 0.999, average_buffers=False)
+    for _ in range(2):  # the second step has momentum buffers: the steady state
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+        with _CountOps() as count:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update()
+    return count.ops
+
+
+def test_the_optimizer_step_and_ema_update_are_a_few_kernels_whatever_the_model_size():
+    """The FixMatch family's per-step update (fused SGD, `optimizer.impl: auto` on CUDA, then the EMA's one
+    `_foreach_lerp_`) launches the same few ops for 4 or 40 parameter tensors: nothing per parameter, so little
+    is left for a CUDA graph to save."""
+    small, large = _update_ops(2), _update_ops(20)
+    assert small == large
+    assert len(small) <= 6, small
+    assert any("_fused_sgd" in op for op in small) and any("_foreach_lerp" in op for op in small)
