@@ -223,14 +223,30 @@ class Transform:
         self._scale = (1.0 / (255.0 * std)).astype(np.float32)
         self._bias = (-mean / std).astype(np.float32)
 
+    def augment(self, img: np.ndarray, seed: int = 0) -> np.ndarray:
+        """The view as a uint8 HWC image, before normalisation."""
+        return _rgb(img)
+
     def __call__(self, img: np.ndarray, seed: int = 0) -> torch.Tensor:
-        return self.to_tensor(_rgb(img))
+        return self.to_tensor(self.augment(img, seed))
 
     def to_tensor(self, img: np.ndarray) -> torch.Tensor:
         x = img.transpose(2, 0, 1).astype(np.float32, order="C")
         x *= self._scale
         x += self._bias
         return torch.from_numpy(x)
+
+    def crop_uint8(self, img: np.ndarray, seed: int = 0) -> torch.Tensor:
+        """The view as a uint8 CHW tensor: what leaves a loader worker when normalisation is deferred to the batch
+        on the device (`ViewDataset(defer_normalize=True)`): a quarter of the bytes to pin and copy."""
+        return torch.from_numpy(np.ascontiguousarray(self.augment(img, seed).transpose(2, 0, 1)))
+
+    def finish(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> the float batch `__call__` makes image by image: the same float32 multiply, then
+        add, element by element, so the values are identical on any device."""
+        scale = torch.from_numpy(self._scale).to(batch.device).unsqueeze(0)
+        bias = torch.from_numpy(self._bias).to(batch.device).unsqueeze(0)
+        return batch.to(torch.float32).mul_(scale).add_(bias)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
@@ -258,9 +274,9 @@ class WeakTransform(Transform):
             img = Fcrop.crop(padded, left, top, left + w, top + h)
         return img
 
-    def __call__(self, img: np.ndarray, seed: int = 0) -> torch.Tensor:
+    def augment(self, img: np.ndarray, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(int(seed) & _MASK64)
-        return self.to_tensor(self.geometric(_rgb(img), rng))
+        return self.geometric(_rgb(img), rng)
 
 
 class StrongTransform(WeakTransform):
@@ -287,14 +303,12 @@ class StrongTransform(WeakTransform):
         side = (c[0] * s.cutout if s.cutout_random_size else s.cutout) * w
         return cutout(img, side, c[1] * w, c[2] * h, self._fill)
 
-    def __call__(self, img: np.ndarray, seed: int = 0) -> torch.Tensor:
+    def augment(self, img: np.ndarray, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(int(seed) & _MASK64)
         img = _rgb(img)
         if self.strong.order == "before":
-            img = self.geometric(self.randaugment(img, rng), rng)
-        else:
-            img = self.randaugment(self.geometric(img, rng), rng)
-        return self.to_tensor(img)
+            return self.geometric(self.randaugment(img, rng), rng)
+        return self.randaugment(self.geometric(img, rng), rng)
 
 
 def describe_views(cfg: DataConfig, bundle) -> str:

@@ -29,7 +29,10 @@ class ViewDataset(torch.utils.data.Dataset):
     (e.g. `meta`) pass through un-augmented under their own names.
     """
 
-    def __init__(self, images: ImageSet, views: Mapping[str, Transform], indices: np.ndarray | None = None):
+    def __init__(
+        self, images: ImageSet, views: Mapping[str, Transform], indices: np.ndarray | None = None,
+        defer_normalize: bool = False,
+    ):  # fmt: skip
         clash = [k for k in views if k in RESERVED_KEYS or k in images.fields]
         if clash:
             raise ValueError(
@@ -38,8 +41,10 @@ class ViewDataset(torch.utils.data.Dataset):
             )
         self.images = images
         self.views = dict(views)
-        # views whose transform finishes on the batch (uint8 out of the worker, normalised on the device)
-        self._finish = {n: t.finish for n, t in self.views.items() if getattr(t, "deferred", lambda: False)()}
+        # views whose transform finishes on the batch (uint8 out of the worker, normalised on the device): large-image
+        # crops always; the other views when `defer_normalize` (the runner asks for it on a GPU: a quarter of the
+        # bytes to pin and copy, and the values are identical)
+        self._finish = {n: t.finish for n, t in self.views.items() if _defers(t, defer_normalize)}
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self.targets = images.targets if self.indices is None else images.targets[self.indices]
 
@@ -86,3 +91,10 @@ class ViewDataset(torch.utils.data.Dataset):
         for name, value in self.images.sample_fields(idx).items():
             out[name] = torch.as_tensor(value)
         return out
+
+
+def _defers(t: Transform, defer_normalize: bool) -> bool:
+    deferred = getattr(t, "deferred", None)
+    if deferred is not None:  # the transform decides (large-image crops: unless `lighting` needs the float scale)
+        return bool(deferred())
+    return defer_normalize and hasattr(t, "crop_uint8")

@@ -47,7 +47,8 @@ class Evaluator:
         """This rank's share of the test split (every world_size-th image), in fixed order."""
         if batch_size not in self._loaders:
             acc = self.accelerator
-            ds = ViewDataset(self.services.data.test, {"x": self.services.transform("test")})
+            on_gpu = acc.device.type == "cuda"  # test images travel as uint8 and are normalised there
+            ds = ViewDataset(self.services.data.test, {"x": self.services.transform("test")}, defer_normalize=on_gpu)
             mine = list(range(acc.process_index, len(ds), acc.num_processes))
             batches = [[(i, 0) for i in mine[s : s + batch_size]] for s in range(0, len(mine), batch_size)]
             self._loaders[batch_size] = torch.utils.data.DataLoader(

@@ -62,8 +62,8 @@ class DataServices:
     def view_dataset(self, images: ImageSet, views: Mapping[str, Transform], indices: np.ndarray | None = None):
         """The dataset a stream reads views from: per-image in loader workers (`data.pipeline: host`), or whole
         batches on the device (`device`), with the same views, options and per-sample seeding either way."""
-        if self.data_cfg.pipeline == "host":
-            return ViewDataset(images, views, indices)
+        if self.data_cfg.pipeline == "host":  # on a GPU the views travel as uint8 and are normalised there
+            return ViewDataset(images, views, indices, defer_normalize=self.device.type == "cuda")
         if isinstance(images, EncodedImageSet):  # image files: decoded and cropped per batch on the device
             return DeviceJpegViewDataset(images, views, self.device, indices)
         key = id(images)
