@@ -13,27 +13,41 @@ from ssl_kd.errors import TrainingStopped
 
 class NanGuard(Callback):
     """Flags accumulate on the device every step (no host sync); they are read when something would act on the
-    weights (log, eval, checkpoint, stage end), so a diverged model is never saved or reported."""
+    weights (log, eval, checkpoint, stage end), so a diverged model is never saved or reported. Per step, the
+    scalar terms are checked as one stacked vector (a few kernels, not several per term)."""
 
     order = CallbackOrder.GUARD
 
     def __init__(self) -> None:
-        self.first: dict[str, torch.Tensor] = {}  # per term: the first step it was non-finite, -1 if never
+        self.keys: tuple[str, ...] = ()
+        self.steps: torch.Tensor | None = None  # per term of `keys`: the first step it was non-finite, -1 if never
+
+    @property
+    def first(self) -> dict[str, torch.Tensor]:
+        return {} if self.steps is None else dict(zip(self.keys, self.steps.unbind()))
 
     def on_step_end(self, runner, terms: dict[str, Any]) -> None:
+        if not terms:
+            return
         step = runner.stage.progress.step
-        for k, v in terms.items():
-            nf = ~torch.isfinite(v).all()
-            first = self.first.get(k)
-            if first is None:
-                first = self.first[k] = torch.full((), -1, dtype=torch.long, device=v.device)
-            self.first[k] = torch.where((first < 0) & nf, step, first)
+        keys = tuple(terms)
+        if keys != self.keys:  # the first step, or the stage's terms changed: keep what is known by name
+            known = self.first
+            device = next(iter(terms.values())).device
+            fresh = torch.full((), -1, dtype=torch.long, device=device)
+            self.keys = keys
+            self.steps = torch.stack([known.get(k, fresh) for k in keys])
+        values = list(terms.values())
+        if all(v.dim() == 0 for v in values):
+            bad = ~torch.isfinite(torch.stack(values))  # promoted to the widest dtype: no value changes class
+        else:
+            bad = torch.stack([~torch.isfinite(v).all() for v in values])
+        self.steps = torch.where((self.steps < 0) & bad, step, self.steps)
 
     def check(self, runner) -> None:
-        if not self.first:
+        if self.steps is None:
             return
-        names = sorted(self.first)
-        steps = dict(zip(names, torch.stack([self.first[k] for k in names]).tolist()))
+        steps = dict(sorted(zip(self.keys, self.steps.tolist())))
         bad = {k: s for k, s in steps.items() if s >= 0}
         if not bad:
             return
