@@ -424,3 +424,24 @@ def test_ops_per_batch_are_few_and_do_not_depend_on_the_draws(variant):
     assert logs[0] == logs[1] == logs[2]  # the same op sequence, whatever the draws pick
     reference = ops_per_batch(old, x, every_kind)
     assert len(logs[0]) <= OPS_BOUND < len(reference), (len(logs[0]), len(reference))
+
+
+# ------------------------------------------------------------------ the CUDA-graph option stays off the CPU
+def test_device_graph_option_is_parsed_and_never_used_off_cuda():
+    from ssl_kd.data import DataConfig, DeviceImages, DeviceViewDataset, ImageSet
+
+    assert DataConfig().device_graph == "auto"
+    assert DataConfig(device_graph=False).device_graph is False and DataConfig(device_graph=True).device_graph is True
+    with pytest.raises(ValueError, match="device_graph"):
+        DataConfig(device_graph="sometimes")
+    x = adversarial_images().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = DeviceImages(ImageSet(x, np.arange(len(x)) % 3), torch.device("cpu"))
+    new, _ = strong_pair("usb")
+    pos, seeds = np.arange(6), np.arange(6, dtype=np.uint64) + 7
+    batches = []
+    for graph in ("auto", True, False):
+        ds = DeviceViewDataset(images, {"s": new}, graph=graph)
+        assert ds.graph is False  # a CPU device: always eager
+        batches.append(ds.batch(pos, seeds)["s"])
+        assert not ds._graphs
+    assert torch.equal(batches[0], batches[1]) and torch.equal(batches[0], batches[2])
