@@ -28,10 +28,11 @@ value that leaves an image exactly unchanged, so every image goes through every 
 - neighbourhood blend: Color (blend with gray(x)) and Sharpness (blend with SMOOTH(x)) are one blend with a
   degenerate image chosen per sample, factor 1 (exactly x) for the other ops.
 The per-sample parameters of all slots come from one small table indexed by op id (parameter = a + b * magnitude).
-A slot is thus ~100 kernels whatever the draws (the per-op version: ~216), with static shapes and no host sync, so a
-batch can be captured in a CUDA graph. Every table stage repeats the per-pixel op's
-float32 / float64 roundings on the 256 levels, so the outputs are bit for bit those of the per-op implementation
-(tests/unit/test_device_augment_fused.py holds a transcription of it and compares on real and adversarial images).
+A slot is thus 90 kernels whatever the draws (the per-op version: 216), with static shapes and no host sync, so a
+batch can be captured in a CUDA graph (`data.device_graph`, device_dataset.CapturedViews). Every table stage repeats
+the per-pixel op's float32 / float64 roundings on the 256 levels, so the outputs are bit for bit those of the per-op
+implementation (tests/unit/test_device_augment_fused.py holds a transcription of it and compares them on real and
+adversarial images). The flip + crop and Cutout index maps, and the constants, are made once per shape and device.
 
 Randomness: the draws of sample b are `uniform(mix_seed(seed_b, j))` for j = 0, 1, ... (a counter-based hash of
 the sample's stream seed, computed on the host with NumPy in a few microseconds per batch): first the geometry
@@ -96,7 +97,7 @@ def _blend(degenerate: Tensor, x: Tensor, f: Tensor) -> Tensor:
 # ---------------------------------------------------------------- one RandAugment slot as three op families
 # Per-sample parameters of the families, one row per op (+ a last row for "no op"): parameter = a + b * magnitude.
 # Each parameter's neutral value leaves an image exactly unchanged, so every family can run on every image.
-_PARAMS = ("f_flat", "contrast", "autocontrast", "bits", "threshold", "equalize", "f_near", "sharpness", "angle",
+_PARAMS = ("f_flat", "threshold", "f_near", "contrast", "autocontrast", "bits", "equalize", "sharpness", "angle",
            "zero_0", "shear_x", "shift_x", "shear_y", "zero_1", "shift_y")  # fmt: skip
 _AFFINE_ADD = slice(_PARAMS.index("zero_0"), _PARAMS.index("shift_y") + 1)  # added to the rotation's (B, 6) matrix
 _P = {name: i for i, name in enumerate(_PARAMS)}
@@ -186,74 +187,77 @@ def _smooth(x: Tensor) -> Tensor:
     return torch.where(_grid(h, w, x.device)[1], F.pad(s, (1, 1, 1, 1)), x)
 
 
-def _point_lut(yi: Tensor, g: Tensor, p: Tensor, pf: Tensor) -> Tensor:
+def _point_lut(yi: Tensor, g: Tensor, p: dict[str, Tensor]) -> Tensor:
     """(B, 3, 256) float32: each sample's point op as a lookup table per channel, the ramp for other samples.
 
     One chain of table stages, each neutral except for the sample's own op: a blend with a flat image (Identity,
     Brightness: 0, Contrast: the mean gray level), AutoContrast, Posterize, Solarize, Equalize. A stage computes
     on the 256 levels exactly what the per-pixel op computes on a pixel of that level (the same float32 / float64
-    roundings), so looking the image up in the table equals applying the op. p / pf: the parameters in float64 /
-    float32, (B, P, 1, 1)."""
+    roundings), so looking the image up in the table equals applying the op. p: the parameters, (B, 1, 1) each."""
     b, c, n = yi.shape
     dev = yi.device
     hist = torch.zeros(b, c, 256, dtype=torch.int64, device=dev)
-    hist.scatter_add_(2, yi, torch.ones((), dtype=torch.int64, device=dev).expand_as(yi))
+    hist.scatter_add_(2, yi, _const((1,), torch.int64, dev).view(()).expand_as(yi))
     below = hist.cumsum(2)
     lo = (below == 0).sum(2, keepdim=True, dtype=torch.float64)  # darkest level present, per channel
     hi = (below < n).sum(2, keepdim=True)  # brightest level present
     below -= hist  # pixels below each level
-    levels, n_, c255 = _const(tuple(range(256)), torch.float32, dev), _const((n,), torch.float64, dev), _const(
-        (255.0,), torch.float64, dev)  # fmt: skip
+    levels, n_ = _const(tuple(range(256)), torch.float32, dev), _const((n,), torch.float64, dev)
     # Identity / Brightness / Contrast: PIL's blend with a flat image at 0 or at int(mean gray + 0.5)
-    mean = torch.floor(g.double().sum(dim=(1, 2, 3)) / n_ + 0.5).view(b, 1, 1)  # an IEEE division (not 1 / n)
-    t = _blend((mean * p[:, _P["contrast"]]).float(), levels, pf[:, _P["f_flat"]])  # (B, 1, 256)
+    mean = torch.floor(g.sum(dim=(1, 2, 3), dtype=torch.float64) / n_ + 0.5).view(b, 1, 1)  # IEEE division
+    t = _blend((mean * p["contrast"]).float(), levels, p["f_flat32"])  # (B, 1, 256)
     # AutoContrast: per channel trunc(level * 255 / span - lo * 255 / span) in float64; scale 1, offset 0 when the
     # channel is flat or the op is another
-    span = (hi - lo) * p[:, _P["autocontrast"]]
+    span = (hi - lo) * p["autocontrast"]
     live = span > 0
-    scale = c255 / torch.where(live, span, 255.0)
-    offset = torch.where(live, -lo, 0.0) * scale
+    scale = _const((255.0,), torch.float64, dev) / torch.where(live, span, 255.0)
+    offset = -(lo * live) * scale
     t = torch.trunc((t.double() * scale + offset).clamp_(0, 255))  # (B, 3, 256)
-    # Posterize: keep the top max(1, int(v)) bits (8 = all): floor(t / q) q with q = 2^(8 - bits), exact
-    q = torch.exp2(8 - torch.clamp(torch.trunc(p[:, _P["bits"]]), min=1, max=8))
-    t = torch.floor(t / q).mul_(q).float()
+    # Posterize: keep the top max(1, int(v)) bits: floor(t / q) q with q = 2^(8 - bits) (1 = all), exact
+    t = torch.floor(t / p["step"]).mul_(p["step"]).float()
     # Solarize: invert the levels >= v (256 = none)
-    t = torch.where(t < pf[:, _P["threshold"]], t, 255 - t)
+    t = torch.where(t < p["threshold32"], t, 255 - t)
     # Equalize (PIL ImageOps.equalize): step = (N - #top level) // 255, lut[i] = (step // 2 + #below i) // step;
     # step 0 leaves the image alone
     step = (n - hist.gather(2, hi)) // 255
     safe = step.clamp_min(1)
-    eq = torch.clamp((safe // 2 + below) // safe, max=255).float()
-    return torch.where(step * p[:, _P["equalize"]] > 0, eq, t)
+    eq = torch.clamp((safe // 2 + below) // safe, max=255)
+    return torch.where(step * p["equalize"] > 0, eq, t)
 
 
-def slot_params(op: Tensor, v: Tensor, apply: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The families' per-sample parameters of any number of slots at once (op ids, magnitudes, apply flags of shape
-    (B, k)): float64 (B, k, P), the same in float32, and the affine matrices (B, k, 6)."""
+def slot_params(op: Tensor, v: Tensor, apply: Tensor, h: int, w: int) -> Tensor:
+    """The families' per-sample parameters of any number of slots at once, from op ids, magnitudes and apply flags
+    of shape (B, k): (B, k, P + 7) float64 = the parameters, Posterize's step 2^(8 - bits), the affine map (6)."""
     tab = _param_table(h, w, op.device)[torch.where(apply, op, NO_OP)]  # (B, k, 2, P)
     p = torch.addcmul(tab[..., 0, :], tab[..., 1, :], v.double().unsqueeze(-1))  # a + b v: exact (a = 0 or b = 0)
-    return p, p.float(), _affine(p, h, w)
+    step = torch.exp2(8 - torch.clamp(torch.trunc(p[..., _P["bits"]]), min=1, max=8))
+    return torch.cat([p, step.unsqueeze(-1), _affine(p, h, w)], -1)
 
 
-def fused_slot(x: Tensor, p: Tensor, pf: Tensor, m: Tensor) -> Tensor:
-    """One slot given its parameters (slot_params()[i][:, j]): geometry (one warp) -> point ops (one table lookup)
-    -> Color / Sharpness (one blend), each family neutral for the samples of the others."""
+_EXTRA = ("step", "m0", "m1", "m2", "m3", "m4", "m5")
+_FLOAT32 = slice(0, 3)  # f_flat, threshold, f_near: used in float32, as the per-op code did
+
+
+def fused_slot(x: Tensor, params: Tensor) -> Tensor:
+    """One slot given its parameters (`slot_params(...)[:, j]`): geometry (one warp) -> point ops (one table
+    lookup) -> Color / Sharpness (one blend), each family neutral for the samples of the others."""
     b, c, h, w = x.shape
-    y = warp_affine(x, m)
-    p, pf = p.view(b, -1, 1, 1), pf.view(b, -1, 1, 1)
+    y = warp_affine(x, params[:, len(_PARAMS) + 1 :])
+    cols = params.view(b, -1, 1, 1).unbind(1)
+    p = dict(zip(_PARAMS + _EXTRA, cols))
+    p["f_flat32"], p["threshold32"], p["f_near32"] = params[:, _FLOAT32].float().view(b, 3, 1, 1).unbind(1)
     g = gray(y)
     yi = y.to(torch.int64).view(b, c, h * w)
-    z = _point_lut(yi, g, p, pf).gather(2, yi).view(b, c, h, w)
-    d = torch.where(p[:, _P["sharpness"], None] > 0, _smooth(y), g)
-    return _blend(d, z, pf[:, _P["f_near"], None])
+    z = _point_lut(yi, g, p).gather(2, yi).view(b, c, h, w)
+    d = torch.where(p["sharpness"].unsqueeze(1) > 0, _smooth(y), g)
+    return _blend(d, z, p["f_near32"].unsqueeze(1))
 
 
 def randaugment_slot(x: Tensor, op: Tensor, v: Tensor, apply: Tensor) -> Tensor:
     """One RandAugment op per image (op ids, magnitudes, apply flags per image) as three op families, each run once
     on the whole batch with per-sample parameters: a fixed sequence of kernels whatever the draws (no host sync,
     static shapes)."""
-    p, pf, m = slot_params(op.unsqueeze(1), v.unsqueeze(1), apply.unsqueeze(1), *x.shape[-2:])
-    return fused_slot(x, p[:, 0], pf[:, 0], m[:, 0])
+    return fused_slot(x, slot_params(op.unsqueeze(1), v.unsqueeze(1), apply.unsqueeze(1), *x.shape[-2:])[:, 0])
 
 
 def apply_op(x: Tensor, name: str, v: Tensor) -> Tensor:
@@ -369,9 +373,9 @@ class DeviceStrong(DeviceWeak):
             pick, keep, mag = u[:, : 3 * s.num_ops].reshape(b, s.num_ops, 3).unbind(2)
             op = torch.trunc(pick * len(OPS)).long()
             lo, span = _const(self._lo, torch.float64, x.device), _const(self._span, torch.float64, x.device)
-            p, pf, m = slot_params(op, lo[op] + span[op] * mag, keep < s.op_prob, h, w)
+            params = slot_params(op, lo[op] + span[op] * mag, keep < s.op_prob, h, w)
             for i in range(s.num_ops):
-                x = fused_slot(x, p[:, i], pf[:, i], m[:, i])
+                x = fused_slot(x, params[:, i])
         c = u[:, -3:]
         side = (c[:, 0] * s.cutout if s.cutout_random_size else torch.full_like(c[:, 0], s.cutout)) * w
         fill = _const(tuple(float(f) for f in s.cutout_fill), torch.float32, x.device)

@@ -74,7 +74,7 @@ class CapturedViews:
                 make_views(self.images, self.views, self.idx, self.u)
         torch.cuda.current_stream(dev).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other threads may use CUDA meanwhile
             self.out = make_views(self.images, self.views, self.idx, self.u)
 
     @classmethod
