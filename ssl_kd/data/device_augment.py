@@ -230,7 +230,8 @@ def slot_params(op: Tensor, v: Tensor, apply: Tensor, h: int, w: int) -> Tensor:
     of shape (B, k): (B, k, P + 7) float64 = the parameters, Posterize's step 2^(8 - bits), the affine map (6)."""
     tab = _param_table(h, w, op.device)[torch.where(apply, op, NO_OP)]  # (B, k, 2, P)
     p = torch.addcmul(tab[..., 0, :], tab[..., 1, :], v.double().unsqueeze(-1))  # a + b v: exact (a = 0 or b = 0)
-    step = torch.exp2(8 - torch.clamp(torch.trunc(p[..., _P["bits"]]), min=1, max=8))
+    bits = torch.clamp(torch.trunc(p[..., _P["bits"]]), min=1, max=8).long()
+    step = torch.bitwise_left_shift(_const((1,), torch.int64, op.device), 8 - bits).double()  # integer: exact
     return torch.cat([p, step.unsqueeze(-1), _affine(p, h, w)], -1)
 
 

@@ -299,6 +299,7 @@ VARIANTS = {
                   {"num_ops": 2, "op_prob": 0.5, "cutout_random_size": False, "cutout_fill": [127, 127, 127]}),
     "one_op_no_cutout": ({"flip": False, "crop_padding": 0}, {"num_ops": 1, "cutout": 0.0}),
     "never_applied": ({}, {"num_ops": 2, "op_prob": 0.0}),
+    "no_ops": ({}, {"num_ops": 0}),
 }  # fmt: skip
 
 
@@ -425,8 +426,8 @@ def ops_per_batch(t, x: torch.Tensor, u: torch.Tensor) -> list[str]:
     return log.ops
 
 
-# A strong TorchSSL batch (flip + crop, 3 RandAugment ops, cutout, normalize) launches 332 aten ops (views left out;
-# 476 with them; FullMatch's 2 ops: 247), 90 per RandAugment slot, whatever the draws. The implementation this
+# A strong TorchSSL batch (flip + crop, 3 RandAugment ops, cutout, normalize) launches 334 aten ops (views left out;
+# 478 with them; FullMatch's 2 ops: 249), 90 per RandAugment slot, whatever the draws. The implementation this
 # replaced (ssl_kd@54cd557, OldStrong above: each of the 8 color ops run on every image and selected by torch.where)
 # launched 750 (1,076 with views; FullMatch: 513), 216 per slot.
 OPS_BOUND = 340
