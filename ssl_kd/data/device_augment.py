@@ -112,7 +112,7 @@ _OP_PARAMS = {  # op -> {parameter: (a, b)}; "w" / "h" stand for the image width
 NO_OP = len(OPS)  # the table row of a drawn op that is not applied
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors
 def _param_table(h: int, w: int, device: torch.device) -> Tensor:
     """(len(OPS) + 1, 2, len(_PARAMS)) float64: rows (a, b) per op, the last row "no op". Built once per device."""
     tab = np.zeros((len(OPS) + 1, 2, len(_PARAMS)))
@@ -124,7 +124,7 @@ def _param_table(h: int, w: int, device: torch.device) -> Tensor:
     return torch.tensor(tab, dtype=torch.float64, device=device)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors
 def _const(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A small constant on the device, copied once (a host-to-device copy per call could not be captured)."""
     return torch.tensor(values, dtype=dtype, device=device)
@@ -142,7 +142,7 @@ def _affine(p: Tensor, h: int, w: int) -> Tensor:
     return torch.cat([rot, shift.unsqueeze(-1)], -1).view(*t.shape, 6) + p[..., _AFFINE_ADD]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors
 def _grid(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Pixel indices (x, y) as float64 (2, H, W), and the interior mask (all but the 1-px border), made once."""
     ys, xs = torch.meshgrid(
@@ -279,7 +279,7 @@ def cutout(x: Tensor, side: Tensor, cx: Tensor, cy: Tensor, fill: Tensor) -> Ten
     return torch.where(box.unsqueeze(1), fill.to(x.dtype).view(1, c, 1, 1), x)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors
 def _crop_maps(h: int, w: int, pad: int, reflect: bool, device: torch.device) -> tuple[Tensor, ...]:
     """Per crop offset (0 .. 2 pad): the source row of each output row (2p+1, H) and whether it is inside the image,
     the same for columns, unflipped and flipped (2, 2p+1, W). Made once per shape and device."""
