@@ -469,3 +469,22 @@ def test_device_graph_option_is_parsed_and_never_used_off_cuda():
         batches.append(ds.batch(pos, seeds)["s"])
         assert not ds._graphs
     assert torch.equal(batches[0], batches[1]) and torch.equal(batches[0], batches[2])
+
+
+def test_a_failed_capture_falls_back_to_eager_with_one_note(caplog):
+    """Forced on where capturing cannot work (a CPU device), the dataset logs one note and stays eager for good."""
+    from ssl_kd.data import DeviceImages, DeviceViewDataset, ImageSet
+
+    x = adversarial_images().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = DeviceImages(ImageSet(x, np.arange(len(x)) % 3), torch.device("cpu"))
+    new, _ = strong_pair("fullmatch")
+    ds = DeviceViewDataset(images, {"s": new}, graph=False)
+    pos, seeds = np.arange(6), np.arange(6, dtype=np.uint64) + 7
+    eager = ds.batch(pos, seeds)["s"]
+    ds.graph = True  # as on CUDA
+    with caplog.at_level("WARNING", logger="ssl_kd.data"):
+        first, second = ds.batch(pos, seeds)["s"], ds.batch(pos, seeds)["s"]
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert ds.graph is False and ds._graphs == {6: None}
+    notes = [r for r in caplog.records if "device_graph" in r.getMessage()]
+    assert len(notes) == 1 and "eagerly" in notes[0].getMessage()
