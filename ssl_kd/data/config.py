@@ -242,6 +242,12 @@ class DataConfig(Strict):
         "training images as one tensor on the accelerator, whole batches augmented there (device_augment.py); "
         "with `transform`, JPEGs decoded and cropped on the accelerator per batch (device_jpeg.py)",
     )
+    device_graph: bool | Literal["auto"] = Field(
+        "auto",
+        description="pipeline: device on CUDA: make each batch's views (gather, augmentation, normalisation) by "
+        "replaying a CUDA graph captured once per batch size (the same bits as eager, one launch instead of "
+        "hundreds); auto = on for CUDA; never used on other devices",
+    )
     normalize: Literal["dataset", "imagenet", "none"] = Field(
         "dataset", description="dataset = TorchSSL's per-dataset constants (USB uses imagenet for CIFAR)"
     )

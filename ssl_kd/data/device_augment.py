@@ -15,6 +15,25 @@ the same parameters:
   fixed-point remap, which differs from PIL on exact ties of the sampling grid).
 `benchmarks/augment_fidelity.py` measures each op against the CPU op and PIL on real CIFAR images.
 
+How a RandAugment slot runs (one op per image, 14 op kinds): not op by op (every op's kernels on every image, then a
+per-image select, which made the kernel count and the time grow with the number of op kinds), but as three op
+FAMILIES, each computed once for the whole batch with per-sample parameters. Each family's parameters have a neutral
+value that leaves an image exactly unchanged, so every image goes through every family and no select is needed:
+- geometry: Rotate, ShearX/Y, TranslateX/Y are one affine map (a rotation plus shears and shifts; the identity for
+  the other ops), applied by one gather;
+- point ops: Identity, Brightness, Contrast, AutoContrast, Posterize, Solarize, Equalize are functions of the pixel
+  level per channel, so each sample gets one 256-entry table per channel, built by a fixed chain of small (B, 3, 256)
+  stages (a blend with a flat image, a linear stretch, a bit mask, an inversion above a threshold, the Equalize
+  table), each neutral except for the sample's own op; the image is then looked up in its table by one gather;
+- neighbourhood blend: Color (blend with gray(x)) and Sharpness (blend with SMOOTH(x)) are one blend with a
+  degenerate image chosen per sample, factor 1 (exactly x) for the other ops.
+The per-sample parameters of all slots come from one small table indexed by op id (parameter = a + b * magnitude).
+A slot is thus 90 kernels whatever the draws (the per-op version: 216), with static shapes and no host sync, so a
+batch can be captured in a CUDA graph (`data.device_graph`, device_dataset.CapturedViews). Every table stage repeats
+the per-pixel op's float32 / float64 roundings on the 256 levels, so the outputs are bit for bit those of the per-op
+implementation (tests/unit/test_device_augment_fused.py holds a transcription of it and compares them on real and
+adversarial images). The flip + crop and Cutout index maps, and the constants, are made once per shape and device.
+
 Randomness: the draws of sample b are `uniform(mix_seed(seed_b, j))` for j = 0, 1, ... (a counter-based hash of
 the sample's stream seed, computed on the host with NumPy in a few microseconds per batch): first the geometry
 (flip, top, left), then per RandAugment op (which op, apply?, magnitude), then the cutout size and centre. A sample's
@@ -25,6 +44,7 @@ distributions), so the two paths see different augmentations of the same sample.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -58,183 +78,235 @@ def uniforms(seeds: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- batched ops on (B, 3, H, W) integer-valued float
-def _per_sample(v: Tensor, x: Tensor) -> Tensor:
-    return v.to(x.dtype).view(-1, 1, 1, 1)
-
-
-def _blend(degenerate: Tensor, x: Tensor, factor: Tensor) -> Tensor:
-    """PIL Image.blend for 0 <= factor <= 1: trunc(d + f (x - d)) in float32."""
-    f = _per_sample(factor.float(), x)
-    return torch.trunc(degenerate + f * (x - degenerate))
-
-
 def gray(x: Tensor) -> Tensor:
-    """PIL convert('L') on integer-valued RGB: (19595 R + 38470 G + 7471 B + 2^15) >> 16, shape (B, 1, H, W)."""
-    r, g, b = x.to(torch.int64).unbind(1)
-    return ((r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2] + 0x8000) >> 16).unsqueeze(1).to(x.dtype)
+    """PIL convert('L') on integer-valued RGB: (19595 R + 38470 G + 7471 B + 2^15) >> 16, shape (B, 1, H, W).
+
+    In float32, exactly: every partial sum is an integer below 255 * 2^16 + 2^15 < 2^24, and the shift is a division
+    by a power of two (so a fused multiply-add, or any order of the sums, gives the same integers)."""
+    r, g, b = x.unbind(1)
+    s = (r * _LUMA[0]).add_(g, alpha=_LUMA[1]).add_(b, alpha=_LUMA[2]).add_(0x8000)
+    return s.mul_(2.0**-16).floor_().unsqueeze(1)
 
 
-def brightness(x: Tensor, v: Tensor) -> Tensor:
-    return _blend(torch.zeros_like(x), x, v)
+def _blend(degenerate: Tensor, x: Tensor, f: Tensor) -> Tensor:
+    """PIL Image.blend for 0 <= f <= 1: trunc(d + f (x - d)) in float32, as three roundings (no fused multiply-add).
+    f = 1 returns x exactly (x - d and d + (x - d) are exact on integers 0..255)."""
+    return (x - degenerate).mul_(f).add_(degenerate).trunc_()
 
 
-def color(x: Tensor, v: Tensor) -> Tensor:
-    return _blend(gray(x).expand_as(x), x, v)
+# ---------------------------------------------------------------- one RandAugment slot as three op families
+# Per-sample parameters of the families, one row per op (+ a last row for "no op"): parameter = a + b * magnitude.
+# Each parameter's neutral value leaves an image exactly unchanged, so every family can run on every image.
+_PARAMS = ("f_flat", "threshold", "f_near", "contrast", "autocontrast", "bits", "equalize", "sharpness", "angle",
+           "zero_0", "shear_x", "shift_x", "shear_y", "zero_1", "shift_y")  # fmt: skip
+_AFFINE_ADD = slice(_PARAMS.index("zero_0"), _PARAMS.index("shift_y") + 1)  # added to the rotation's (B, 6) matrix
+_P = {name: i for i, name in enumerate(_PARAMS)}
+_NEUTRAL = {"f_flat": 1.0, "bits": 8.0, "threshold": 256.0, "f_near": 1.0}  # the others: 0
+_OP_PARAMS = {  # op -> {parameter: (a, b)}; "w" / "h" stand for the image width / height
+    "AutoContrast": {"autocontrast": (1, 0)}, "Brightness": {"f_flat": (0, 1)}, "Color": {"f_near": (0, 1)},
+    "Contrast": {"f_flat": (0, 1), "contrast": (1, 0)}, "Equalize": {"equalize": (1, 0)}, "Identity": {},
+    "Posterize": {"bits": (0, 1)}, "Rotate": {"angle": (0, 1)}, "Sharpness": {"f_near": (0, 1), "sharpness": (1, 0)},
+    "ShearX": {"shear_x": (0, 1)}, "ShearY": {"shear_y": (0, 1)}, "Solarize": {"threshold": (0, 1)},
+    "TranslateX": {"shift_x": (0, "w")}, "TranslateY": {"shift_y": (0, "h")},
+}  # fmt: skip
+NO_OP = len(OPS)  # the table row of a drawn op that is not applied
 
 
-def contrast(x: Tensor, v: Tensor) -> Tensor:
-    """Blend with a flat image at the mean gray level rounded half up (PIL's int(mean + 0.5))."""
-    g = gray(x).double().sum(dim=(1, 2, 3))
-    mean = torch.floor(g / torch.full_like(g, x.shape[-2] * x.shape[-1]) + 0.5).to(x.dtype)  # IEEE division
-    return _blend(mean.view(-1, 1, 1, 1).expand_as(x), x, v)
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors
+def _param_table(h: int, w: int, device: torch.device) -> Tensor:
+    """(len(OPS) + 1, 2, len(_PARAMS)) float64: rows (a, b) per op, the last row "no op". Built once per device."""
+    tab = np.zeros((len(OPS) + 1, 2, len(_PARAMS)))
+    for name, value in _NEUTRAL.items():
+        tab[:, 0, _P[name]] = value
+    for i, name in enumerate(OPS):
+        for param, (a, b) in _OP_PARAMS[name].items():
+            tab[i, :, _P[param]] = (a, {"w": w, "h": h}.get(b, b))
+    return torch.tensor(tab, dtype=torch.float64, device=device)
 
 
-def sharpness(x: Tensor, v: Tensor) -> Tensor:
-    """Blend with PIL's SMOOTH filter (3x3 ones, centre 5, / 13, rounded; the 1-px border keeps the original)."""
-    p = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    h, w = x.shape[-2:]
-    s = sum(p[..., i : i + h, j : j + w] for i in range(3) for j in range(3)) + 4 * x  # integers <= 3315: exact
-    smooth = torch.floor((2 * s + 13) / 26)  # round(s / 13): (2s + 13) / 26 is never within 1/26 of an integer
-    smooth[..., 0, :], smooth[..., -1, :] = x[..., 0, :], x[..., -1, :]
-    smooth[..., :, 0], smooth[..., :, -1] = x[..., :, 0], x[..., :, -1]
-    return _blend(smooth, x, v)
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors
+def _const(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant on the device, copied once (a host-to-device copy per call could not be captured)."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
-def posterize(x: Tensor, v: Tensor) -> Tensor:
-    """Keep the top max(1, int(v)) bits (v >= 8 leaves the image unchanged)."""
-    bits = torch.clamp(torch.trunc(v), min=1, max=8).to(torch.int64)
-    mask = torch.bitwise_left_shift(torch.full_like(bits, 0xFF), 8 - bits) & 0xFF
-    return (x.to(torch.int64) & mask.view(-1, 1, 1, 1)).to(x.dtype)
-
-
-def solarize(x: Tensor, v: Tensor) -> Tensor:
-    return torch.where(x < _per_sample(v, x), x, 255 - x)
-
-
-def auto_contrast(x: Tensor, v: Tensor | None = None) -> Tensor:
-    """Per channel, stretch [min, max] to [0, 255] by trunc(p * 255 / span - lo * 255 / span) in float64."""
-    lo = x.amin(dim=(2, 3), keepdim=True).double()
-    span = x.amax(dim=(2, 3), keepdim=True).double() - lo
-    live = span > 0
-    # an IEEE division, as NumPy's (torch computes `scalar / tensor` as a reciprocal times the scalar)
-    scale = torch.where(live, torch.full_like(span, 255.0) / torch.where(live, span, torch.ones_like(span)), 1.0)
-    offset = torch.where(live, -lo * scale, torch.zeros_like(span))
-    return torch.trunc((x.double() * scale + offset).clamp(0, 255)).to(x.dtype)
-
-
-def equalize(x: Tensor, v: Tensor | None = None) -> Tensor:
-    """PIL ImageOps.equalize per channel: step = (N - #top bin) // 255, lut[i] = (step // 2 + #below i) // step."""
-    b, c, h, w = x.shape
-    xi = x.to(torch.int64).reshape(b * c, h * w)
-    hist = torch.zeros(b * c, 256, dtype=torch.int64, device=x.device).scatter_add_(1, xi, torch.ones_like(xi))
-    top_bin = 255 - torch.argmax((hist.flip(1) > 0).to(torch.int8), dim=1)
-    top = hist.gather(1, top_bin[:, None])[:, 0]
-    step = (h * w - top) // 255
-    safe = step.clamp_min(1)[:, None]
-    below = torch.cumsum(hist, dim=1) - hist
-    ramp = torch.arange(256, device=x.device).expand(b * c, 256)
-    lut = torch.where(step[:, None] > 0, torch.clamp((safe // 2 + below) // safe, max=255), ramp)
-    return lut.gather(1, xi).view(b, c, h, w).to(x.dtype)
-
-
-def affine_matrices(op: Tensor, v: Tensor, h: int, w: int) -> Tensor:
-    """(B, 2, 3) float64 inverse maps (PIL's Image.transform data) of the affine ops; identity for other ops."""
-    v = v.double()
-    n = v.shape[0]
-    m = torch.zeros(n, 2, 3, dtype=torch.float64, device=v.device)
-    m[:, 0, 0] = m[:, 1, 1] = 1.0
-    is_ = {name: op == OPS.index(name) for name in AFFINE}
-    # Rotate: PIL rotates counter-clockwise about the centre by v degrees
-    t = -v * (math.pi / 180.0)
+def _affine(p: Tensor, h: int, w: int) -> Tensor:
+    """(B, 6) float64 inverse maps (PIL's Image.transform data) of Rotate, ShearX/Y, TranslateX/Y in one formula:
+    a rotation by `angle` about the centre, plus the shears and shifts. With the other parameters at 0 each reduces
+    exactly to its op's matrix (cos 0 = 1, sin 0 = 0, and x + 0 = x), and with all at 0 to the identity."""
+    t = -p[..., _P["angle"]] * (math.pi / 180.0)  # PIL rotates counter-clockwise
     cs, sn = torch.cos(t), torch.sin(t)
-    cx, cy = w / 2.0, h / 2.0
-    rot = torch.stack([cs, sn, cs * -cx + sn * -cy + cx, -sn, cs, -sn * -cx + cs * -cy + cy], 1).view(n, 2, 3)
-    m = torch.where(is_["Rotate"].view(-1, 1, 1), rot, m)
-    m[:, 0, 1] = torch.where(is_["ShearX"], v, m[:, 0, 1])
-    m[:, 1, 0] = torch.where(is_["ShearY"], v, m[:, 1, 0])
-    m[:, 0, 2] = torch.where(is_["TranslateX"], v * w, m[:, 0, 2])
-    m[:, 1, 2] = torch.where(is_["TranslateY"], v * h, m[:, 1, 2])
-    return m
+    rot = torch.stack([cs, sn, -sn, cs], -1).view(*t.shape, 2, 2)
+    centre = _const((w / 2.0, h / 2.0), torch.float64, p.device)
+    shift = (rot * -centre).sum(-1) + centre  # (cs * -cx + sn * -cy) + cx, (-sn * -cx + cs * -cy) + cy
+    return torch.cat([rot, shift.unsqueeze(-1)], -1).view(*t.shape, 6) + p[..., _AFFINE_ADD]
+
+
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors
+def _grid(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Pixel indices (x, y) as float64 (2, H, W), and the interior mask (all but the 1-px border), made once."""
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device, dtype=torch.float64),
+        torch.arange(w, device=device, dtype=torch.float64),
+        indexing="ij",
+    )
+    inner = torch.zeros(h, w, dtype=torch.bool, device=device)
+    inner[1:-1, 1:-1] = True
+    return torch.stack([xs, ys]), inner
 
 
 def warp_affine(x: Tensor, m: Tensor, fill: float = 0.0) -> Tensor:
     """PIL Image.transform(AFFINE, NEAREST): output pixel centre (x + .5, y + .5) reads input floor(m @ centre);
-    outside the image -> fill. One gather for the whole batch."""
+    outside the image -> fill. One gather for the whole batch; the identity map returns x exactly."""
     b, c, h, w = x.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=x.device, dtype=torch.float64) + 0.5,
-        torch.arange(w, device=x.device, dtype=torch.float64) + 0.5,
-        indexing="ij",
+    xs, ys = (_grid(h, w, x.device)[0] + 0.5).unbind(0)  # pixel centres (exact)
+    m = m.view(b, 2, 3, 1, 1)
+    src = torch.floor(m[:, :, 0] * xs + m[:, :, 1] * ys + m[:, :, 2]).long()  # (B, 2, H, W): source x, y
+    near = src.clamp(
+        _const((0, 0), torch.int64, x.device).view(1, 2, 1, 1),
+        _const((w - 1, h - 1), torch.int64, x.device).view(1, 2, 1, 1),
     )
-    m = m.view(b, 6, 1, 1)
-    sx = torch.floor(m[:, 0] * xs + m[:, 1] * ys + m[:, 2]).long()
-    sy = torch.floor(m[:, 3] * xs + m[:, 4] * ys + m[:, 5]).long()
-    inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
-    flat = (sy.clamp(0, h - 1) * w + sx.clamp(0, w - 1)).view(b, 1, h * w).expand(b, c, h * w)
-    out = x.reshape(b, c, h * w).gather(2, flat).view(b, c, h, w)
-    return torch.where(inside.unsqueeze(1), out, torch.full_like(out, fill))
+    inside = (src == near).all(1, keepdim=True)
+    flat = (near * _const((1, w), torch.int64, x.device).view(1, 2, 1, 1)).sum(1).view(b, 1, h * w)
+    out = x.reshape(b, c, h * w).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
+    return torch.where(inside, out, fill)
 
 
-COLOR_OPS = {
-    "AutoContrast": auto_contrast, "Brightness": brightness, "Color": color, "Contrast": contrast,
-    "Equalize": equalize, "Posterize": posterize, "Sharpness": sharpness, "Solarize": solarize,
-}  # fmt: skip
+def _smooth(x: Tensor) -> Tensor:
+    """PIL's SMOOTH filter (3x3 ones, centre 5, / 13, rounded; the 1-px border keeps the original), exactly: separable
+    integer box sums (<= 3315, exact in float32), round(s / 13) as floor((s + 6.5) / 13) (never within 1/26 of an
+    integer), the border by a static mask."""
+    h, w = x.shape[-2:]
+    if h < 3 or w < 3:
+        return x
+    r = x[..., :, :-2] + x[..., :, 1:-1]
+    r += x[..., :, 2:]
+    s = r[..., :-2, :] + r[..., 1:-1, :]
+    s += r[..., 2:, :]
+    s = s.add_(x[..., 1:-1, 1:-1], alpha=4).add_(6.5).div_(13).floor_()
+    return torch.where(_grid(h, w, x.device)[1], F.pad(s, (1, 1, 1, 1)), x)
+
+
+def _point_lut(yi: Tensor, g: Tensor, p: dict[str, Tensor]) -> Tensor:
+    """(B, 3, 256) float32: each sample's point op as a lookup table per channel, the ramp for other samples.
+
+    One chain of table stages, each neutral except for the sample's own op: a blend with a flat image (Identity,
+    Brightness: 0, Contrast: the mean gray level), AutoContrast, Posterize, Solarize, Equalize. A stage computes
+    on the 256 levels exactly what the per-pixel op computes on a pixel of that level (the same float32 / float64
+    roundings), so looking the image up in the table equals applying the op. p: the parameters, (B, 1, 1) each."""
+    b, c, n = yi.shape
+    dev = yi.device
+    hist = torch.zeros(b, c, 256, dtype=torch.int64, device=dev)
+    hist.scatter_add_(2, yi, _const((1,), torch.int64, dev).view(()).expand_as(yi))
+    below = hist.cumsum(2)
+    lo = (below == 0).sum(2, keepdim=True, dtype=torch.float64)  # darkest level present, per channel
+    hi = (below < n).sum(2, keepdim=True)  # brightest level present
+    below -= hist  # pixels below each level
+    levels, n_ = _const(tuple(range(256)), torch.float32, dev), _const((n,), torch.float64, dev)
+    # Identity / Brightness / Contrast: PIL's blend with a flat image at 0 or at int(mean gray + 0.5)
+    mean = torch.floor(g.sum(dim=(1, 2, 3), dtype=torch.float64) / n_ + 0.5).view(b, 1, 1)  # IEEE division
+    t = _blend((mean * p["contrast"]).float(), levels, p["f_flat32"])  # (B, 1, 256)
+    # AutoContrast: per channel trunc(level * 255 / span - lo * 255 / span) in float64; scale 1, offset 0 when the
+    # channel is flat or the op is another
+    span = (hi - lo) * p["autocontrast"]
+    live = span > 0
+    scale = _const((255.0,), torch.float64, dev) / torch.where(live, span, 255.0)
+    offset = -(lo * live) * scale
+    t = torch.trunc((t.double() * scale + offset).clamp_(0, 255))  # (B, 3, 256)
+    # Posterize: keep the top max(1, int(v)) bits: floor(t / q) q with q = 2^(8 - bits) (1 = all), exact
+    t = torch.floor(t / p["step"]).mul_(p["step"]).float()
+    # Solarize: invert the levels >= v (256 = none)
+    t = torch.where(t < p["threshold32"], t, 255 - t)
+    # Equalize (PIL ImageOps.equalize): step = (N - #top level) // 255, lut[i] = (step // 2 + #below i) // step;
+    # step 0 leaves the image alone
+    step = (n - hist.gather(2, hi)) // 255
+    safe = step.clamp_min(1)
+    eq = torch.clamp((safe // 2 + below) // safe, max=255)
+    return torch.where(step * p["equalize"] > 0, eq, t)
+
+
+def slot_params(op: Tensor, v: Tensor, apply: Tensor, h: int, w: int) -> Tensor:
+    """The families' per-sample parameters of any number of slots at once, from op ids, magnitudes and apply flags
+    of shape (B, k): (B, k, P + 7) float64 = the parameters, Posterize's step 2^(8 - bits), the affine map (6)."""
+    tab = _param_table(h, w, op.device)[torch.where(apply, op, NO_OP)]  # (B, k, 2, P)
+    p = torch.addcmul(tab[..., 0, :], tab[..., 1, :], v.double().unsqueeze(-1))  # a + b v: exact (a = 0 or b = 0)
+    bits = torch.clamp(torch.trunc(p[..., _P["bits"]]), min=1, max=8).long()
+    step = torch.bitwise_left_shift(_const((1,), torch.int64, op.device), 8 - bits).double()  # integer: exact
+    return torch.cat([p, step.unsqueeze(-1), _affine(p, h, w)], -1)
+
+
+_EXTRA = ("step", "m0", "m1", "m2", "m3", "m4", "m5")
+_FLOAT32 = slice(0, 3)  # f_flat, threshold, f_near: used in float32, as the per-op code did
+
+
+def fused_slot(x: Tensor, params: Tensor) -> Tensor:
+    """One slot given its parameters (`slot_params(...)[:, j]`): geometry (one warp) -> point ops (one table
+    lookup) -> Color / Sharpness (one blend), each family neutral for the samples of the others."""
+    b, c, h, w = x.shape
+    y = warp_affine(x, params[:, len(_PARAMS) + 1 :])
+    cols = params.view(b, -1, 1, 1).unbind(1)
+    p = dict(zip(_PARAMS + _EXTRA, cols))
+    p["f_flat32"], p["threshold32"], p["f_near32"] = params[:, _FLOAT32].float().view(b, 3, 1, 1).unbind(1)
+    g = gray(y)
+    yi = y.to(torch.int64).view(b, c, h * w)
+    z = _point_lut(yi, g, p).gather(2, yi).view(b, c, h, w)
+    d = torch.where(p["sharpness"].unsqueeze(1) > 0, _smooth(y), g)
+    return _blend(d, z, p["f_near32"].unsqueeze(1))
+
+
+def randaugment_slot(x: Tensor, op: Tensor, v: Tensor, apply: Tensor) -> Tensor:
+    """One RandAugment op per image (op ids, magnitudes, apply flags per image) as three op families, each run once
+    on the whole batch with per-sample parameters: a fixed sequence of kernels whatever the draws (no host sync,
+    static shapes)."""
+    return fused_slot(x, slot_params(op.unsqueeze(1), v.unsqueeze(1), apply.unsqueeze(1), *x.shape[-2:])[:, 0])
 
 
 def apply_op(x: Tensor, name: str, v: Tensor) -> Tensor:
     """One named op on every image of the batch (magnitude v per image): for tests and the fidelity benchmark."""
-    if name == "Identity":
-        return x
-    if name in AFFINE:
-        op = torch.full_like(v, OPS.index(name), dtype=torch.int64)
-        return warp_affine(x, affine_matrices(op, v, *x.shape[-2:]))
-    return COLOR_OPS[name](x, v)
-
-
-def randaugment_slot(x: Tensor, op: Tensor, v: Tensor, apply: Tensor) -> Tensor:
-    """One RandAugment op per image (op ids, magnitudes, apply flags per image), without a host sync: the affine
-    ops share one warp (identity for the other images), each color op runs on the batch and is selected per image."""
-    out = warp_affine(x, affine_matrices(torch.where(apply, op, -1), v, *x.shape[-2:]))
-    for name, fn in COLOR_OPS.items():
-        sel = (apply & (op == OPS.index(name))).view(-1, 1, 1, 1)
-        out = torch.where(sel, fn(x, v), out)
-    return out
+    op = torch.full(v.shape, OPS.index(name), dtype=torch.int64, device=x.device)
+    return randaugment_slot(x, op, v.to(x.device), torch.ones_like(op, dtype=torch.bool))
 
 
 def cutout(x: Tensor, side: Tensor, cx: Tensor, cy: Tensor, fill: Tensor) -> Tensor:
     """TorchSSL/USB CutoutAbs per image: corner = int(max(0, centre - side/2)), far corner = int(min(size, corner +
-    side)), both included; side <= 0 leaves the image alone."""
+    side)), both included; side <= 0 leaves the image alone. Both axes at once."""
     b, c, h, w = x.shape
-    side, cx, cy = side.double(), cx.double(), cy.double()
-    x0 = torch.trunc(torch.clamp(cx - side / 2.0, min=0.0))
-    y0 = torch.trunc(torch.clamp(cy - side / 2.0, min=0.0))
-    x1 = torch.trunc(torch.clamp(x0 + side, max=float(w)))
-    y1 = torch.trunc(torch.clamp(y0 + side, max=float(h)))
-    cols = torch.arange(w, device=x.device, dtype=torch.float64).view(1, 1, w)
-    rows = torch.arange(h, device=x.device, dtype=torch.float64).view(1, h, 1)
-    box = (
-        (cols >= x0.view(-1, 1, 1)) & (cols <= x1.view(-1, 1, 1)) & (rows >= y0.view(-1, 1, 1))
-        & (rows <= y1.view(-1, 1, 1)) & (side > 0).view(-1, 1, 1)
-    )  # fmt: skip
+    side = side.double().unsqueeze(1)
+    near = torch.trunc(torch.clamp(torch.stack([cx, cy], 1).double() - side / 2.0, min=0.0))  # (B, 2): x0, y0
+    far = torch.trunc(torch.minimum(near + side, _const((float(w), float(h)), torch.float64, x.device)))
+    xy = _grid(h, w, x.device)[0]
+    box = ((xy >= near.view(b, 2, 1, 1)) & (xy <= far.view(b, 2, 1, 1))).all(1) & (side > 0).view(b, 1, 1)
     return torch.where(box.unsqueeze(1), fill.to(x.dtype).view(1, c, 1, 1), x)
+
+
+@functools.cache  # never evicted: a captured CUDA graph reads these tensors
+def _crop_maps(h: int, w: int, pad: int, reflect: bool, device: torch.device) -> tuple[Tensor, ...]:
+    """Per crop offset (0 .. 2 pad): the source row of each output row (2p+1, H) and whether it is inside the image,
+    the same for columns, unflipped and flipped (2, 2p+1, W). Made once per shape and device."""
+
+    def axis(n: int) -> tuple[np.ndarray, np.ndarray]:
+        src = np.arange(n)[None, :] + np.arange(2 * pad + 1)[:, None] - pad
+        inside = (src >= 0) & (src < n)
+        if reflect:  # reflect-101: -1 -> 1, n -> n - 2 (pad < size)
+            src = np.where(src < 0, -src, np.where(src >= n, 2 * (n - 1) - src, src))
+            inside[:] = True
+        return np.clip(src, 0, n - 1), inside
+
+    (rows, rows_in), (cols, cols_in) = axis(h), axis(w)
+    arrays = (rows, rows_in, np.stack([cols, w - 1 - cols]), cols_in)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays)
 
 
 def flip_pad_crop(x: Tensor, flip: Tensor, top: Tensor, left: Tensor, pad: int, reflect: bool) -> Tensor:
     """Horizontal flip where `flip`, then pad by `pad` (reflect-101 or zeros) and crop back at (top, left):
-    one gather per image."""
+    one gather for the whole batch, its indices looked up in small per-offset maps."""
     b, c, h, w = x.shape
-    rows = torch.arange(h, device=x.device).view(1, h, 1) + top.view(-1, 1, 1) - pad
-    cols = torch.arange(w, device=x.device).view(1, 1, w) + left.view(-1, 1, 1) - pad
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    if reflect:  # reflect-101: -1 -> 1, h -> h - 2 (pad < size)
-        rows = torch.where(rows < 0, -rows, torch.where(rows >= h, 2 * (h - 1) - rows, rows))
-        cols = torch.where(cols < 0, -cols, torch.where(cols >= w, 2 * (w - 1) - cols, cols))
-        inside = torch.ones_like(inside)
-    rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-    cols = torch.where(flip.view(-1, 1, 1), w - 1 - cols, cols)
-    flat = (rows * w + cols).view(b, 1, h * w).expand(b, c, h * w)
-    out = x.reshape(b, c, h * w).gather(2, flat).view(b, c, h, w)
-    return torch.where(inside.unsqueeze(1), out, torch.zeros_like(out))
+    rows, rows_in, cols, cols_in = _crop_maps(h, w, pad, reflect, x.device)
+    flat = (rows[top] * w).unsqueeze(2) + cols[flip.long(), left].unsqueeze(1)  # (B, H, W)
+    out = x.reshape(b, c, h * w).gather(2, flat.view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+    if reflect:
+        return out
+    return torch.where((rows_in[top].unsqueeze(2) & cols_in[left].unsqueeze(1)).unsqueeze(1), out, 0.0)
 
 
 # ---------------------------------------------------------------- the batched transforms
@@ -251,8 +323,8 @@ class DeviceTransform:
         self.channels_last = channels_last
 
     def normalize(self, x: Tensor) -> Tensor:
-        scale = torch.as_tensor(self._scale, device=x.device).view(1, 3, 1, 1)
-        bias = torch.as_tensor(self._bias, device=x.device).view(1, 3, 1, 1)
+        scale = _const(tuple(self._scale.tolist()), torch.float32, x.device).view(1, 3, 1, 1)
+        bias = _const(tuple(self._bias.tolist()), torch.float32, x.device).view(1, 3, 1, 1)
         out = x.float() * scale + bias
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
@@ -274,11 +346,10 @@ class DeviceWeak(DeviceTransform):
 
     def geometric(self, x: Tensor, u: Tensor) -> Tensor:
         p = self.weak.crop_padding
-        flip = (u[:, 0] < 0.5) & self.weak.flip
-        top = torch.trunc(u[:, 1] * (2 * p + 1)).long()
-        left = torch.trunc(u[:, 2] * (2 * p + 1)).long()
         if p == 0 and not self.weak.flip:
             return x
+        flip = (u[:, 0] < 0.5) & self.weak.flip
+        top, left = torch.trunc(u[:, 1:3] * (2 * p + 1)).long().unbind(1)
         return flip_pad_crop(x, flip, top, left, p, self.weak.pad_mode == "reflect")
 
     def augment(self, x: Tensor, u: Tensor) -> Tensor:
@@ -293,20 +364,22 @@ class DeviceStrong(DeviceWeak):
         super().__init__(mean, std, weak, channels_last)
         self.strong = strong
         self.num_draws = 3 + 3 * strong.num_ops + 3
-        lo = torch.tensor([RANGES[n][0] for n in OPS], dtype=torch.float64)
-        self._lo, self._span = lo, torch.tensor([RANGES[n][1] for n in OPS], dtype=torch.float64) - lo
+        self._lo = tuple(RANGES[n][0] for n in OPS)
+        self._span = tuple(float(np.float64(RANGES[n][1]) - RANGES[n][0]) for n in OPS)
 
     def randaugment(self, x: Tensor, u: Tensor) -> Tensor:
         s = self.strong
-        lo, span = self._lo.to(x.device), self._span.to(x.device)
-        for i in range(s.num_ops):
-            pick, keep, mag = u[:, 3 * i], u[:, 3 * i + 1], u[:, 3 * i + 2]
+        b, _, h, w = x.shape
+        if s.num_ops:  # the parameters of every slot at once, then one fused slot after the other
+            pick, keep, mag = u[:, : 3 * s.num_ops].reshape(b, s.num_ops, 3).unbind(2)
             op = torch.trunc(pick * len(OPS)).long()
-            x = randaugment_slot(x, op, lo[op] + span[op] * mag, keep < s.op_prob)
+            lo, span = _const(self._lo, torch.float64, x.device), _const(self._span, torch.float64, x.device)
+            params = slot_params(op, lo[op] + span[op] * mag, keep < s.op_prob, h, w)
+            for i in range(s.num_ops):
+                x = fused_slot(x, params[:, i])
         c = u[:, -3:]
-        h, w = x.shape[-2:]
         side = (c[:, 0] * s.cutout if s.cutout_random_size else torch.full_like(c[:, 0], s.cutout)) * w
-        fill = torch.tensor(s.cutout_fill, device=x.device)
+        fill = _const(tuple(float(f) for f in s.cutout_fill), torch.float32, x.device)
         return cutout(x, side, c[:, 1] * w, c[:, 2] * h, fill)
 
     def augment(self, x: Tensor, u: Tensor) -> Tensor:

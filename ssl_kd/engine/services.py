@@ -72,8 +72,9 @@ class DataServices:
         exp = self.cfg.experiment
         cl = choose_speed(exp.precision, exp.channels_last, self.device.type).channels_last
         return DeviceViewDataset(
-            self._device_images[key][1], {k: to_device_transform(t, cl) for k, t in views.items()}, indices
-        )
+            self._device_images[key][1], {k: to_device_transform(t, cl) for k, t in views.items()}, indices,
+            graph=self.data_cfg.device_graph,
+        )  # fmt: skip
 
     def ssl_split(self, stage_name: str | None) -> tuple[np.ndarray, np.ndarray]:
         if self._split is None:
