@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _usb  # noqa: E402
+from throughput import GpuBusy  # noqa: E402
 
 
 def write_torchvision_cifar10(npz: Path, root: Path) -> None:
@@ -112,6 +113,7 @@ def main() -> int:
     alg.call_hook("before_run")
     alg.it = 0
     stamps = []
+    busy = GpuBusy()
     for data_lb, data_ulb in zip(alg.loader_dict["train_lb"], alg.loader_dict["train_ulb"]):
         if alg.it == total:
             break
@@ -122,10 +124,13 @@ def main() -> int:
         if not args.smoke:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
+        if alg.it == args.warmup:
+            busy.start()
+    busy_pct = busy.stop()
     it_s = args.steps / (stamps[-1] - stamps[args.warmup - 1]) if args.warmup else args.steps / (stamps[-1] - stamps[0])
     print(json.dumps({"usb_fixmatch_it_s": it_s, "steps": args.steps, "workers": args.workers, "amp": args.amp,
                       "loss": float(alg.log_dict.get("train/sup_loss", float("nan"))),
-                      "logger_standins": bool(note)}))  # fmt: skip
+                      "gpu_busy": busy_pct, "logger_standins": bool(note)}))  # fmt: skip
     return 0
 
 
