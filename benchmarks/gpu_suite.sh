@@ -78,7 +78,7 @@ LOG="$WORK/suite.log"
 say() { echo "[suite $(date +%T) +${SECONDS}s] $*" | tee -a "$LOG"; }
 
 WHEELS=${SUITE_WHEELS:-}
-if [ -z "$WHEELS" ]; then
+if [ -z "$WHEELS" ] && [ "$DRY" != 1 ]; then  # the wheels are for the GPU image (Python 3.12); a dry run names them
   for d in .gpu_suite/wheels wheels; do
     if compgen -G "$d/*.whl" >/dev/null; then WHEELS=$d; break; fi
   done
@@ -97,7 +97,7 @@ USB_SITE=${SUITE_USB_SITE:-}
 DATA=${SUITE_DATA:-}
 if [ -z "$DATA" ]; then
   for d in .gpu_suite/data "${SSL_KD_DATA:-}" ../shared/data; do
-    if [ -n "$d" ] && [ -f "$d/cifar10.npz" ]; then DATA=$d; break; fi
+    if [ -n "$d" ] && [ -f "$d/cifar10.npz" ]; then DATA=$(cd "$d" && pwd); break; fi
   done
 fi
 export SSL_KD_DATA=${DATA:-/nonexistent} WANDB_MODE=disabled PYTHONUNBUFFERED=1
@@ -157,9 +157,11 @@ for i in "${!WORKERS[@]}"; do
   w=${WORKERS[$i]}
   json="$WORK/throughput_w$w.json"
   rm -f "$json"
+  once=()
+  ((i > 0)) && once=(--no-compute-alone) # the compute alone does not depend on the workers: timed in the first call
   run "throughput, $w workers" "${caps[$i]}" "$WORK/throughput_w$w.log" $PY benchmarks/throughput.py "${TP[@]}" \
     --precision bf16 --channels-last --compile no,default,reduce-overhead --pipelines host,device --workers "$w" \
-    ${USB_SITE:+--usb-site "$USB_SITE"} --json "$json"
+    ${once[@]+"${once[@]}"} ${USB_SITE:+--usb-site "$USB_SITE"} --json "$json"
   JSONS+=("$json")
 done
 

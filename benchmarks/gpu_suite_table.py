@@ -17,8 +17,8 @@ from pathlib import Path
 KIND_ORDER = {"usb": 0, "compute alone": 1, "host pipeline alone": 2, "ssl_kd": 3}
 PIPELINE_ORDER = {None: 0, "host": 1, "device": 2}
 COMPILE_ORDER = {None: 0, "no": 1, "default": 2, "reduce-overhead": 3, "max-autotune": 4}
-COLUMNS = ["run", "data path", "compile", "workers", "it/s", "images/s", "2^20 it", "GPU busy", "host syncs/step",
-           "x USB"]  # fmt: skip
+COLUMNS = ["run", "data path", "compile", "workers", "it/s", "images/s", "2^20 it", "GPU busy",
+           "host syncs/step (off log steps)", "x USB"]  # fmt: skip
 
 
 def _key(row: dict) -> tuple:
@@ -29,6 +29,13 @@ def _key(row: dict) -> tuple:
 
 def _num(v: float | None, fmt: str, suffix: str = "") -> str:
     return "-" if v is None else f"{v:{fmt}}{suffix}"
+
+
+def _syncs(row: dict) -> str:
+    if row.get("syncs_per_step") is None:
+        return "-"
+    off = row.get("syncs_off_log_steps")
+    return f"{row['syncs_per_step']:.2g}" + (f" ({off})" if off is not None else "")
 
 
 def _cells(row: dict) -> list[str]:
@@ -44,7 +51,7 @@ def _cells(row: dict) -> list[str]:
         _num(row.get("images_s"), ",.0f"),
         _num(row.get("hours_2_20"), ".1f", " h"),
         _num(row.get("gpu_busy"), ".0f", " %"),
-        _num(row.get("syncs_per_step"), ".2g"),
+        _syncs(row),
         _num(row.get("x_usb"), ".1f", "x"),
     ]
 
@@ -53,7 +60,7 @@ def _meta_line(meta: dict) -> str:
     return (f"{meta['device']}, torch {meta['torch']}, {meta['arch']}, {meta['images_per_step']} images/step (batch "
             f"{meta['batch']} + 2 x {meta['batch'] * meta['uratio']}), {meta['data']}, precision {meta['precision']}"
             f"{', channels_last' if meta['channels_last'] else ''}, {meta['warmup']} warm-up + {meta['steps']} timed "
-            f"steps, {meta['cpu_count']} cores, {meta['date']}")  # fmt: skip
+            f"steps, {meta['cpu_count']} cores")  # fmt: skip
 
 
 def render(docs: list[dict], checks: list[tuple[str, int | None, str]] = (), title: str = "GPU suite") -> str:
@@ -68,12 +75,14 @@ def render(docs: list[dict], checks: list[tuple[str, int | None, str]] = (), tit
     out = [f"# {title}", ""]
     if any(not d["meta"].get("cuda") for d in docs):
         out += ["**CPU dry run: this checks that the suite runs end to end; its numbers are not speed figures.**", ""]
-    out += [f"- {m}" for m in metas] + [""]
+    out += [f"- {m}" for m in metas]
+    out += [f"- measured {', '.join(d['meta']['date'] for d in docs)}", ""] if docs else [""]
     out += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     out += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
     out += ["", "it/s: steps per second between two synchronised points; images/s: it/s x images per step; 2^20 it: "
             "hours for 2^20 steps at that rate; GPU busy: mean utilisation sampled while timing; host syncs/step: "
-            "syncs counted by torch.cuda.set_sync_debug_mode while timing (CUDA, end-to-end rows); x USB: it/s over "
+            "syncs counted by torch.cuda.set_sync_debug_mode while timing (CUDA, end-to-end rows), in brackets the "
+            "number at steps that do not log (experiment.logger.log_every); x USB: it/s over "
             "USB's at the same worker count, measured in the same call."]  # fmt: skip
     notes = sorted({r["note"] for r in rows if r.get("note")})
     out += [f"USB: {n}." for n in notes]

@@ -6,8 +6,8 @@ pipeline alone (loaders only) and the compute alone (one batch, step repeated), 
 importable (from the environment or `--usb-site DIR`), USB's FixMatch as USB trains it (benchmarks/usb_fixmatch.py,
 in a subprocess, at the same worker count). For each: it/s, images/s (960 per step), the time 2^20 iterations would
 take, the GPU's busy share while timing (nvidia-smi / pynvml samples, when available), the host syncs counted while
-timing (CUDA: `torch.cuda.set_sync_debug_mode("warn")` between the two timing points, end-to-end rows) and the ratio
-to USB.
+timing (CUDA: `torch.cuda.set_sync_debug_mode("warn")` between the two timing points, end-to-end rows; in all and
+at the steps that do not log) and the ratio to USB.
 
 `--pipelines`, `--compile` and `--workers` take comma lists: every combination is one row, the compute alone is
 timed once per compile mode, the host pipeline alone and USB once per worker count. `--json OUT` writes the rows
@@ -51,9 +51,9 @@ COMPILE_MODES = ("no", "default", "reduce-overhead", "max-autotune")
 
 
 def make_npz(root: Path, data_root: Path) -> tuple[Path, str]:
-    shared = data_root / "cifar10.npz"
+    shared = data_root.resolve() / "cifar10.npz"
     if shared.exists():
-        return shared, "real CIFAR-10"
+        return shared, f"real CIFAR-10 ({len(np.load(shared)['y_train']):,} training images)"
     rng = np.random.default_rng(0)
     path = root / "cifar_like.npz"
     y = np.repeat(np.arange(10), 500)
@@ -138,42 +138,55 @@ def build(args, raw: dict, out: Path, extra=()):
 
 def end_to_end(args, npz: Path, pipeline: str, out: Path) -> dict:
     """The runner as `python -m ssl_kd.run` drives it; timed between two synchronised points, nothing per step. On
-    CUDA the host syncs between those points are counted (sync debug mode "warn": one warning per sync)."""
+    CUDA the host syncs between those points are counted (sync debug mode "warn": one warning per sync), in all and
+    at the steps that do not log (`experiment.logger.log_every`: metrics are read on the host only at logging steps)."""
     from ssl_kd.engine import Callback
 
     warm, n = args.warmup, args.steps
     cuda = torch.cuda.is_available()
+    caught: list[warnings.WarningMessage] = []
+
+    def is_sync(w: warnings.WarningMessage) -> bool:
+        return "synchroniz" in str(w.message).lower()
 
     class Clock(Callback):
-        order = 10_000
+        order = 10_000  # after the loggers: a logging step's reads fall into that step's count
 
         def __init__(self) -> None:
             self.t0 = self.t1 = 0.0
             self.busy = GpuBusy()
             self.busy_pct: float | None = None
+            self.seen = 0
+            self.off_log_steps = 0
 
         def on_step_end(self, runner, terms) -> None:
-            if runner.global_step not in (warm, warm + n):
-                return
-            if cuda:
-                torch.cuda.synchronize()
-            if runner.global_step == warm:
+            step = runner.global_step
+            if warm < step <= warm + n:
+                new = sum(1 for w in caught[self.seen :] if is_sync(w))
+                self.seen = len(caught)
+                if step % runner.cfg.experiment.logger.log_every:
+                    self.off_log_steps += new
+            if step == warm:
                 if cuda:
+                    torch.cuda.synchronize()
                     torch.cuda.set_sync_debug_mode("warn")
                 self.busy.start()
                 self.t0 = time.perf_counter()
-            else:
-                self.t1 = time.perf_counter()
+            elif step == warm + n:
                 if cuda:
                     torch.cuda.set_sync_debug_mode("default")
+                    torch.cuda.synchronize()
+                self.t1 = time.perf_counter()
                 self.busy_pct = self.busy.stop()
 
     clock = Clock()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught_here:
         warnings.simplefilter("always")
+        caught = caught_here
         build(args, config(args, npz, pipeline, warm + n), out, extra=[clock]).run()
-    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
-    return {"s": (clock.t1 - clock.t0) / n, "busy": clock.busy_pct, "syncs": syncs if cuda else None}
+    syncs = [str(w.message).splitlines()[0] for w in caught if is_sync(w)]
+    return {"s": (clock.t1 - clock.t0) / n, "busy": clock.busy_pct, "syncs": syncs if cuda else None,
+            "syncs_off_log_steps": clock.off_log_steps if cuda else None}  # fmt: skip
 
 
 def host_pipeline_alone(args, npz: Path, out: Path) -> dict:
@@ -187,7 +200,8 @@ def host_pipeline_alone(args, npz: Path, out: Path) -> dict:
         batch = {k: next(it) for k, it in iters.items()}
     data_s = (time.perf_counter() - t0) / args.steps
     for it in iters.values():  # stop the prefetching workers before timing compute on the same cores
-        it._shutdown_workers()
+        if hasattr(it, "_shutdown_workers"):  # none with 0 workers
+            it._shutdown_workers()
     return {"s": data_s, "batch": batch}
 
 
@@ -304,6 +318,7 @@ def measure(args, npz: Path, tmp: Path, write) -> list[dict]:
             if r.get("syncs") is not None:
                 row["host_syncs"] = len(r["syncs"])
                 row["syncs_per_step"] = len(r["syncs"]) / args.steps
+                row["syncs_off_log_steps"] = r.get("syncs_off_log_steps")
                 row["sync_examples"] = sorted(set(r["syncs"]))[:5]
             peer = next((p for p in rows if p["kind"] == "usb" and p["workers"] == row["workers"]), None)
             if kind == "ssl_kd" and peer is not None and peer["s_per_step"]:
@@ -320,7 +335,7 @@ def measure(args, npz: Path, tmp: Path, write) -> list[dict]:
         if args.parts:
             got = attempt("host pipeline alone", host_pipeline_alone, (a, npz, tmp / f"data_{workers}"),
                           pipeline="host", workers=workers)  # fmt: skip
-            for mode in args.compile if wi == 0 and got else []:
+            for mode in args.compile if wi == 0 and got and args.compute_alone else []:
                 c = argparse.Namespace(**{**vars(a), "compile": mode})
                 attempt("compute alone", compute_alone, (c, npz, tmp / f"compute_{mode}", got["batch"]),
                         compile=mode)  # fmt: skip
@@ -374,6 +389,8 @@ def main() -> int:
     ap.add_argument("--compile", default="no", help="comma list of " + ", ".join(COMPILE_MODES))
     ap.add_argument("--pipelines", default="host,device", help="comma list of host, device")
     ap.add_argument("--no-parts", dest="parts", action="store_false", help="skip the host-alone / compute-alone rows")
+    ap.add_argument("--no-compute-alone", dest="compute_alone", action="store_false",
+                    help="skip the compute-alone rows (another call with the same settings has them)")  # fmt: skip
     ap.add_argument("--no-usb", action="store_true", help="skip USB even when semilearn is importable")
     ap.add_argument("--usb-site", default=None, help="folder with semilearn 0.3.2 (pip install --no-deps --target)")
     ap.add_argument("--sync-debug", action="store_true", help="print where the counted host syncs happened")

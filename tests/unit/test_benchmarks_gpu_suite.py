@@ -45,9 +45,9 @@ def test_table_writer_gives_the_expected_markdown():
         _row("host pipeline alone", 0.01, pipeline="host", workers=12),
         _row("compute alone", 0.0125, compile="reduce-overhead"),
         _row("ssl_kd", 0.025, pipeline="device", compile="no", workers=12, gpu_busy=71.4, host_syncs=0,
-             syncs_per_step=0.0, x_usb=2.5),
+             syncs_per_step=0.0, syncs_off_log_steps=0, x_usb=2.5),
         _row("ssl_kd", 0.015625, pipeline="host", compile="reduce-overhead", workers=12, gpu_busy=90.0, host_syncs=3,
-             syncs_per_step=0.05, x_usb=4.0),
+             syncs_per_step=0.05, syncs_off_log_steps=1, x_usb=4.0),
     ]}  # fmt: skip
     w4 = {"meta": META, "rows": [
         _row("usb", 0.0625, workers=4, amp=True),
@@ -60,18 +60,18 @@ def test_table_writer_gives_the_expected_markdown():
     assert lines[0] == "# T"
     assert "CPU dry run" not in text  # a CUDA run carries no CPU label
     assert lines[2] == ("- NVIDIA H100 80GB HBM3, torch 2.11.0, wrn_28_2, 960 images/step (batch 64 + 2 x 448), real "
-                        "CIFAR-10, precision bf16, channels_last, 20 warm-up + 60 timed steps, 16 cores, "
-                        "2026-12-06 02:00 UTC")  # fmt: skip
+                        "CIFAR-10, precision bf16, channels_last, 20 warm-up + 60 timed steps, 16 cores")  # fmt: skip
+    assert lines[3] == "- measured 2026-12-06 02:00 UTC, 2026-12-06 02:00 UTC"
     start = lines.index("| run | data path | compile | workers | it/s | images/s | 2^20 it | GPU busy | "
-                        "host syncs/step | x USB |")  # fmt: skip
+                        "host syncs/step (off log steps) | x USB |")  # fmt: skip
     assert lines[start + 1] == "|---|---|---|---|---|---|---|---|---|---|"
     assert lines[start + 2 : start + 9] == [
         "| USB FixMatch (semilearn), amp | - | - | 12 | 16.0 | 15,360 | 18.2 h | 55 % | - | - |",
         "| USB FixMatch (semilearn), amp | - | - | 4 | 16.0 | 15,360 | 18.2 h | - | - | - |",
         "| compute alone | - | reduce-overhead | - | 80.0 | 76,800 | 3.6 h | - | - | - |",
         "| host pipeline alone | host | - | 12 | 100.0 | 96,000 | 2.9 h | - | - | - |",
-        "| ssl_kd | host | reduce-overhead | 12 | 64.0 | 61,440 | 4.6 h | 90 % | 0.05 | 4.0x |",
-        "| ssl_kd | device | eager | 12 | 40.0 | 38,400 | 7.3 h | 71 % | 0 | 2.5x |",
+        "| ssl_kd | host | reduce-overhead | 12 | 64.0 | 61,440 | 4.6 h | 90 % | 0.05 (1) | 4.0x |",
+        "| ssl_kd | device | eager | 12 | 40.0 | 38,400 | 7.3 h | 71 % | 0 (0) | 2.5x |",
         "| ssl_kd | device | default | 4 | failed: RuntimeError: CUDA out of memory / x |  |  |  |  |  |",
     ]
     assert lines[start + 9] == ""
@@ -164,3 +164,24 @@ def test_gpu_suite_script_parses():
     """bash -n on the suite (its dry run is benchmarks/results/gpu_suite_dry_run_cpu.md, minutes: not in CI)."""
     res = subprocess.run(["bash", "-n", str(BENCH / "gpu_suite.sh")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_throughput_rows_on_cpu(tmp_path, monkeypatch):
+    """throughput.py end to end on a tiny CPU run (random CIFAR-shaped images, cnn_small, 1 + 1 steps): every row of
+    the matrix is measured (none failed) and written to --json with the fields the table reads; no host syncs are
+    counted on a CPU (that is CUDA's debug mode)."""
+    tp = _load("throughput")
+    out = tmp_path / "rows.json"
+    argv = ["throughput.py", "--arch", "cnn_small", "--batch", "2", "--uratio", "1", "--steps", "1", "--warmup", "1",
+            "--workers", "0", "--compile", "no", "--pipelines", "host,device", "--no-usb", "--data-root",
+            str(tmp_path), "--json", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    assert tp.main() == 0
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["images_per_step"] == 6 and doc["meta"]["data"] == "random CIFAR-shaped images"
+    got = [(r["kind"], r["pipeline"], r["compile"], r["workers"]) for r in doc["rows"]]
+    assert got == [("host pipeline alone", "host", None, 0), ("compute alone", None, "no", None),
+                   ("ssl_kd", "host", "no", 0), ("ssl_kd", "device", "no", 0)]  # fmt: skip
+    for r in doc["rows"]:
+        assert "error" not in r and r["it_s"] > 0 and r["images_s"] == pytest.approx(6 * r["it_s"])
+        assert r["host_syncs"] is None and r["x_usb"] is None
