@@ -13,7 +13,7 @@
 # worker count: ~8 min. A hard budget (SUITE_BUDGET, 540 s) caps every step; rows are written as they finish, so
 # a cut-off call still leaves a table of what ran.
 #
-#   bash benchmarks/gpu_suite.sh --prepare   # here, with network and ../shared/data: wheels + a data subset into
+#   bash benchmarks/gpu_suite.sh --prepare   # here, with network and $SSL_KD_DATA: wheels + a data subset into
 #                                            # .gpu_suite/ (git-ignored through .git/info/exclude), ~40 MB
 #   bash benchmarks/gpu_suite.sh             # on the GPU machine (carry .gpu_suite); table + JSON + logs to $OUT
 #   bash benchmarks/gpu_suite.sh --dry-run   # here, on the CPU (or SUITE_DRY=1): the same steps with 1 + 1 steps,
