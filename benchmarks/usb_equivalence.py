@@ -28,6 +28,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _usb  # noqa: E402
 
 from ssl_kd.engine import Stage  # noqa: E402
 from ssl_kd.engine.stage import Progress  # noqa: E402
@@ -78,8 +81,7 @@ class _StubBase:
 def load_usb(site: str) -> dict[str, type]:
     """semilearn's algorithm classes with a stub AlgorithmBase: its package __init__ (datasets, nets, trainers and
     their dependencies) is not run; the algorithm files, hooks and losses are semilearn's own."""
-    sys.path.insert(0, site)
-    root = Path(site) / "semilearn"
+    root = _usb.use_site(site) / "semilearn"
     for name, sub in [("semilearn", ""), ("semilearn.algorithms", "algorithms"), ("semilearn.core", "core"),
                       ("semilearn.core.hooks", "core/hooks"), ("semilearn.core.utils", "core/utils")]:  # fmt: skip
         m = types.ModuleType(name)
@@ -321,8 +323,6 @@ def main() -> None:
     ap.add_argument("--classes", type=int, nargs="+", default=[10, 100])
     ap.add_argument("--only", nargs="*", default=None)
     args = ap.parse_args()
-    if not (Path(args.usb) / "semilearn").is_dir():
-        sys.exit(f"semilearn not found under {args.usb}: pip install --no-deps --target {args.usb} semilearn==0.3.2")
     torch.set_num_threads(1)
     usb = load_usb(args.usb)
     print(f"ssl_kd vs semilearn 0.3.2: {args.steps} steps, seeds {args.seeds}, B_l={N_LB}, B_u={N_ULB}")

@@ -6,7 +6,14 @@ USB reads CIFAR-10 through torchvision (download=True); offline, the batches are
 from `../shared/data/cifar10.npz` and torchvision's md5 check is skipped (the pixels are the same, the pickles
 are not byte-identical).
 
-    python benchmarks/usb_fixmatch.py --steps 50 --warmup 10 --workers 8 [--amp]
+semilearn 0.3.2 imports `aim` and `wandb` at import time, only for its AimHook / WandBHook, which this benchmark
+never enables. Where either is missing (a GPU image without them), an empty stand-in module is put in its place
+(benchmarks/_usb.py) so that semilearn imports; the output then says "aim / wandb missing: empty stand-ins
+installed, USB's loggers are not used". semilearn itself comes from the environment or from `--usb-site DIR`
+(`pip install --no-deps --target DIR semilearn==0.3.2`); of its other dependencies the import needs progress,
+ruamel.yaml, scikit-image, timm, transformers, torchaudio and tensorboard (nets and datasets this run never uses).
+
+    python benchmarks/usb_fixmatch.py --steps 50 --warmup 10 --workers 8 [--amp] [--usb-site DIR]
     python benchmarks/usb_fixmatch.py --smoke      # a few steps on CPU: checks the adapter, not a speed figure
 """
 
@@ -25,6 +32,10 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _usb  # noqa: E402
+from throughput import GpuBusy  # noqa: E402
 
 
 def write_torchvision_cifar10(npz: Path, root: Path) -> None:
@@ -59,8 +70,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--amp", action="store_true", help="USB's --amp (fp16 autocast + GradScaler)")
     ap.add_argument("--smoke", action="store_true", help="run on the CPU (the adapter check; not a speed figure)")
+    ap.add_argument("--usb-site", default=None, help="folder with semilearn 0.3.2 (pip install --no-deps --target)")
     args = ap.parse_args()
 
+    _usb.use_site(args.usb_site)
+    note = _usb.standin_message(_usb.install_logger_standins())
+    if note:
+        print(note, flush=True)
     import torchvision
     from semilearn import get_algorithm, get_config, get_net_builder
 
@@ -97,6 +113,7 @@ def main() -> int:
     alg.call_hook("before_run")
     alg.it = 0
     stamps = []
+    busy = GpuBusy()
     for data_lb, data_ulb in zip(alg.loader_dict["train_lb"], alg.loader_dict["train_ulb"]):
         if alg.it == total:
             break
@@ -107,9 +124,13 @@ def main() -> int:
         if not args.smoke:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
+        if alg.it == args.warmup:
+            busy.start()
+    busy_pct = busy.stop()
     it_s = args.steps / (stamps[-1] - stamps[args.warmup - 1]) if args.warmup else args.steps / (stamps[-1] - stamps[0])
     print(json.dumps({"usb_fixmatch_it_s": it_s, "steps": args.steps, "workers": args.workers, "amp": args.amp,
-                      "loss": float(alg.log_dict.get("train/sup_loss", float("nan")))}))  # fmt: skip
+                      "loss": float(alg.log_dict.get("train/sup_loss", float("nan"))),
+                      "gpu_busy": busy_pct, "logger_standins": bool(note)}))  # fmt: skip
     return 0
 
 
