@@ -104,3 +104,13 @@ def test_trap_ignores_dataloader_work_and_labels_steps():
     assert [e.what for e in trap.events] == ["tolist"] and trap.events[0].step == 7
     assert not trap.active and torch.cuda.synchronize.__module__.startswith("torch")
 
+
+def test_device_batch_inputs_are_copied_without_a_sync():
+    """The device path's per-step host arrays (indices, draws) go to the device non_blocking, on every device."""
+    from ssl_kd.data.device_dataset import to_device
+
+    a = np.arange(5)
+    with SyncTrap() as trap:
+        t = to_device(a, torch.device("cpu"))
+    assert not trap.events, trap.summary()
+    assert torch.equal(t, torch.arange(5))
