@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from helpers import CONFIGS, run_cli, write_fake_npz
+from helpers import CONFIGS, run_cli, shipped_configs, small_overrides, write_fake_npz
 from sync_trap import SyncEvent, SyncTrap
 
 import ssl_kd.callbacks as callbacks_mod
@@ -128,3 +128,37 @@ def test_device_augmentation_is_sync_free(tmp_path, monkeypatch):
     trap = run_trapped(tmp_path, "fullmatch_cifar10_40", "device", monkeypatch)
     found = [e for e in trap.events if elsewhere(e)]
     assert not found, f"{len(found)} host syncs in the device augmentation:\n{trap.summary(found)}"
+
+
+# Reads of values that live on the host on every device: a mix's draws from torch's global CPU generator
+# (data/mixing.py, checkpointed per process by design) and torch optimizers' step counters (host tensors unless
+# `capturable` / `fused`). On a CPU-only machine the trap cannot tell them from device reads.
+HOST_DRAWS = ("ssl_kd/data/mixing.py:",)
+HOST_DRAW_FUNCTIONS = (" in _lam", " in sample_cutmix", " in sample_paste_box", " in sample_mix")
+
+
+def host_only(e: SyncEvent) -> bool:
+    if e.where.startswith(HOST_DRAWS) and e.where.endswith(HOST_DRAW_FUNCTIONS):
+        return True
+    return e.what == "item" and "/torch/optim/" in e.site and e.site.endswith(" in _get_value")
+
+
+def at_epoch_end(e: SyncEvent) -> bool:
+    """An epoch end (where evaluation, checkpoints and the NaN guard's check are scheduled), not a step."""
+    return any(f.endswith((" in on_epoch_end", " in check")) and "ssl_kd/callbacks/" in f for f in e.stack)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: str(p.relative_to(CONFIGS).with_suffix("")))
+def test_shipped_config_steps_are_sync_free(tmp_path, fake_data_root, path):
+    """Every shipped config (the small stand-in models, host data path), 7 steps per stage, trapped from each
+    stage's second step to its last: no sync but the metrics' at log boundaries and the epoch ends' checks."""
+    args = [*small_overrides(path, fake_data_root), "experiment.logger.log_every=3", "experiment.logger.progress=false"]
+    for st in load_yaml(path).get("stages", {}):
+        args += [f"stages.{st}.iters=7", f"stages.{st}.eval.every=1000", f"stages.{st}.eval.unit=steps",
+                 f"stages.{st}.checkpoint.every=1000", f"stages.{st}.checkpoint.unit=steps"]  # fmt: skip
+    trap = SyncTrap()
+    with trapped(trap):
+        assert run_cli(path, *args, f"experiment.output_dir={tmp_path / 'run'}") == 0
+    stray = [e for e in trap.events if not (at_log_boundary(e) or at_epoch_end(e) or host_only(e) or elsewhere(e))]
+    assert not stray, f"{len(stray)} host syncs inside training steps:\n{trap.summary(stray)}"
