@@ -11,7 +11,7 @@ What counts (the synchronising calls of the CUDA backend, torch 2.x):
 - copies between host and device that are not `non_blocking`: `.cpu()`, `.cuda()`, `.to(device)`, `copy_` across
   devices, `torch.tensor(..., device=)`, `torch.as_tensor(..., device=)` (a pageable copy waits for the device; on
   a CPU-only machine every tensor is on the host, so any `.to(device)` is recorded: keep device constants on the
-  device instead of copying them per step); `torch.cuda.synchronize`.
+  device instead of copying them per step); `torch.cuda.synchronize`, `Stream.synchronize`, `Event.synchronize`.
 
 Host-side data work is not a GPU sync: calls made under `torch/utils/data` (the DataLoader's fetch, a dataset's
 `__getitem__`, its collate) are ignored.
@@ -138,7 +138,7 @@ class SyncTrap(TorchFunctionMode):
         self.events: list[SyncEvent] = []
         self.step: int | None = None
         self.active = False
-        self._cuda_sync = None
+        self._saved: list[tuple[Any, str, Any]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -157,19 +157,26 @@ class SyncTrap(TorchFunctionMode):
             return  # torch's or accelerate's own move of a tensor to its own device
         self.events.append(SyncEvent(what, self.step, ours[0] if ours else "-", text[0], tuple(text)))
 
+    # explicit waits for the device (not torch functions: patched while the trap is entered)
+    _WAITS = ((torch.cuda, "synchronize"), (torch.cuda.Stream, "synchronize"), (torch.cuda.Event, "synchronize"))
+
     def __enter__(self) -> SyncTrap:
         self.active = True
-        self._cuda_sync = torch.cuda.synchronize
-
-        def synchronize(*a, **k):
-            self.record("torch.cuda.synchronize")
-            return self._cuda_sync(*a, **k)
-
-        torch.cuda.synchronize = synchronize
+        self._saved = [(owner, name, getattr(owner, name)) for owner, name in self._WAITS]
+        for owner, name, original in self._saved:
+            setattr(owner, name, self._recording(f"{getattr(owner, '__name__', owner)}.{name}", original))
         return super().__enter__()
 
+    def _recording(self, what: str, original):
+        def wait(*a, **k):
+            self.record(what)
+            return original(*a, **k)
+
+        return wait
+
     def __exit__(self, *exc) -> None:
-        torch.cuda.synchronize = self._cuda_sync
+        for owner, name, original in self._saved:
+            setattr(owner, name, original)
         self.active = False
         return super().__exit__(*exc)
 

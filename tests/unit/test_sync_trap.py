@@ -105,6 +105,17 @@ def test_trap_ignores_dataloader_work_and_labels_steps():
     assert not trap.active and torch.cuda.synchronize.__module__.startswith("torch")
 
 
+def test_trap_records_explicit_waits_and_puts_them_back():
+    originals = (torch.cuda.synchronize, torch.cuda.Stream.synchronize, torch.cuda.Event.synchronize)
+    with SyncTrap() as trap:
+        assert torch.cuda.synchronize is not originals[0]
+        with pytest.raises(Exception):  # noqa: B017  (no GPU here, or a GPU: either way the call is recorded)
+            torch.cuda.synchronize()
+            raise RuntimeError("synchronized")
+    assert [e.what for e in trap.events] == ["torch.cuda.synchronize"]
+    assert (torch.cuda.synchronize, torch.cuda.Stream.synchronize, torch.cuda.Event.synchronize) == originals
+
+
 def test_device_batch_inputs_are_copied_without_a_sync():
     """The device path's per-step host arrays (indices, draws) go to the device non_blocking, on every device."""
     from ssl_kd.data.device_dataset import to_device
