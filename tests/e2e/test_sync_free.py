@@ -32,6 +32,7 @@ CASES = {
     "dash_cifar10_40": ["{s}.threshold.rho_init=0.3", "{s}.threshold.update_every=2", "{s}.threshold.rho_min=0.2"],
     **{f"fixmatch_cifar10_40+{t}": [f"{{s}}.type={t}"] for t in ("pseudolabel", "pimodel", "meanteacher")},
     "fullmatch_cifar10_40+bf16+accum": ["{s}.grad_accum=2", "experiment.precision=bf16"],  # autocast, accumulation
+    "adamatch_cifar10_40+interpolation": ["{s}.logit_interpolation=true"],  # hashed per-logit draws on the device
 }  # fmt: skip
 
 
