@@ -82,7 +82,8 @@ class FixedNormaliser:
             means = torch.stack([s.detach().float().mean() for s in exp_scores])
             self.z = dist.all_reduce_mean(means) * self.num_data
             self.fixed = True
-        self.z = self.z.to(exp_scores[0].device)
+        if self.z.device != exp_scores[0].device:  # once, after a resume (a copy per step would sync)
+            self.z = self.z.to(exp_scores[0].device)
         return self.z
 
     def state_dict(self) -> dict[str, Any]:

@@ -35,11 +35,12 @@ class DeviceImages:
 
 
 def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A small host array on the device without blocking the host (pinned staging on CUDA)."""
+    """A small host array on the device without blocking the host (pinned staging on CUDA; on the CPU the array's
+    own memory, as before). One code path on every device, so the CPU tests' sync trap sees what a GPU runs."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def make_views(

@@ -85,7 +85,7 @@ def splitmix64_tensor(x: torch.Tensor) -> torch.Tensor:
 def hash_keys(seed: int, rows: torch.Tensor, n: int) -> torch.Tensor:
     """(B, n) int64 keys in [0, 2**63): key[b, j] = splitmix64(splitmix64(seed ^ rows[b]) ^ j) >> 1, on the device
     of `rows` with no host synchronisation."""
-    base = torch.tensor(_signed(seed), dtype=torch.int64, device=rows.device)
+    base = torch.full((), _signed(seed), dtype=torch.int64, device=rows.device)  # a fill: no copy from the host
     row = splitmix64_tensor(base ^ rows.to(torch.int64))
     cols = torch.arange(n, dtype=torch.int64, device=rows.device)
     return _shr(splitmix64_tensor(row[:, None] ^ cols[None, :]), 1)

@@ -221,8 +221,22 @@ class CropTransform(Transform):
     def finish(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> the float batch `__call__` would have made sample by sample (the same element-wise
         float32 operations in the same order, so the values are identical)."""
-        inv, bias = self._inv.to(batch.device), self._bias.to(batch.device)
+        inv, bias = self._constants_on(batch.device)
         return batch.contiguous().to(torch.float32).mul_(inv).add_(bias)
+
+    def _constants_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 / (255 std), -mean / std) on `device`, copied there once: a copy per batch makes the host wait for
+        the GPU every step."""
+        cached = self.__dict__.get("_on_device")
+        if cached is None or cached[0].device != device:
+            cached = self._on_device = (self._inv.to(device), self._bias.to(device))
+        return cached
+
+    def __getstate__(self) -> dict:
+        """DataLoader workers get the host constants only (never a copy on the GPU)."""
+        state = dict(self.__dict__)
+        state.pop("_on_device", None)
+        return state
 
     def __call__(self, img: EncodedImage | np.ndarray, seed: int = 0) -> torch.Tensor:
         x = self.normalize(self.crop_uint8(img, seed))

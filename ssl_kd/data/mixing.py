@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -64,6 +64,20 @@ class MixParams:
     def area(self) -> float:
         """Fraction of the image taken by the partner (1 - lam)."""
         return 1.0 - self.lam
+
+    def to(self, device: torch.device) -> MixParams:
+        """The same mix with its permutation on `device` (drawn on the host: see `on_device`)."""
+        return self if self.perm is None else replace(self, perm=on_device(self.perm, device))
+
+
+def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (a drawn permutation) on `device` without making the host wait for the GPU: staged in
+    pinned memory and copied non_blocking on CUDA; the tensor itself when it is there already."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -179,7 +193,7 @@ def mix_tensors(
         else:
             if mix.perm is None:
                 raise ValueError("mix_tensors: the mix has no permutation, so give the partner tensors")
-            other = t[mix.perm.to(t.device)]
+            other = t[on_device(mix.perm, t.device)]
         if mix.box is not None and is_spatial(key, t):
             size = image_size or tuple(t.shape[-2:])
             out[key] = _paste(t, other, _scaled(mix.box, size, tuple(t.shape[-2:])), mix)

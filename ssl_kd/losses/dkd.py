@@ -34,13 +34,17 @@ def dkd_parts(
     t = as_column(temperature)
     target = target.reshape(-1).long()
     zs, zt = student_logits.float() / t, teacher_logits.float() / t
-    is_target = F.one_hot(target, zs.shape[1]).bool()
-    b, c = zs.shape
+    c = zs.shape[1]
+    # the non-target classes of each row in class order: column j < y is j, column j >= y is j + 1 (a gather of
+    # fixed shape, not boolean-mask indexing, whose value-dependent size makes the host wait for the GPU)
+    cols = torch.arange(c - 1, device=zs.device).expand(len(target), c - 1)
+    other_cols = cols + (cols >= target[:, None]).long()
 
     def parts(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        others = z[~is_target].reshape(b, c - 1)  # exact exclusion of the target class (no -1000 trick)
+        others = z.gather(1, other_cols)  # exact exclusion of the target class (no -1000 trick)
         log_all, log_others = z.logsumexp(dim=1), others.logsumexp(dim=1)
-        log_binary = torch.stack([z[is_target] - log_all, log_others - log_all], dim=1)  # log [p_y, 1 - p_y]
+        log_target = z.gather(1, target[:, None]).squeeze(1)
+        log_binary = torch.stack([log_target - log_all, log_others - log_all], dim=1)  # log [p_y, 1 - p_y]
         return log_binary, F.log_softmax(others, dim=1)
 
     bin_s, non_s = parts(zs)

@@ -24,12 +24,12 @@ from ssl_kd.losses.kd import kd_loss
 def mixup_ce(logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
     """lam CE(logits, y) + (1 - lam) CE(logits, y[perm]) with hard labels (Self-KD-Lib ``mixup_criterion``)."""
     logits = logits.float()
-    return lam * F.cross_entropy(logits, y) + (1.0 - lam) * F.cross_entropy(logits, y[perm.to(y.device)])
+    return lam * F.cross_entropy(logits, y) + (1.0 - lam) * F.cross_entropy(logits, y[perm])
 
 
 def interpolate_rows(t: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
     """lam t + (1 - lam) t[perm]: the 'mix of the originals' of logits or maps."""
-    return lam * t + (1.0 - lam) * t[perm.to(t.device)]
+    return lam * t + (1.0 - lam) * t[perm]
 
 
 def mixskd_losses(
@@ -49,7 +49,8 @@ def mixskd_losses(
     clean, mixed: the K exits' logits on x and on x~ (last = backbone exit), each (B, C); teacher_hat,
     teacher_tilde: the self-teacher's logits on F^ and on F~; feats_hat: the K interpolated maps
     F^_k = lam F_k + (1 - lam) F_k[perm] (already interpolated, as the teacher read them); feats_tilde: the K maps
-    of x~; y: (B,) class indices; perm, lam: the mixup's permutation and lambda.
+    of x~; y: (B,) class indices; perm, lam: the mixup's permutation (on the tensors' device: a host one is
+    copied at every use, a wait for the GPU each time) and lambda.
     """
     if not (len(clean) == len(mixed) == len(feats_hat) == len(feats_tilde)) or len(clean) < 1:
         raise ValueError(

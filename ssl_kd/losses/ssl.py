@@ -109,13 +109,23 @@ def convex_mapping(beta: torch.Tensor) -> torch.Tensor:
     return beta / (2.0 - beta)
 
 
-def flexmatch_beta(selected_label: torch.Tensor, num_classes: int, warmup: bool = True) -> torch.Tensor:
-    """Learning effect beta_c from the history (-1 = never selected), with torch.bincount on the device.
+def history_counts(selected_label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C + 1,) int64: [# never selected (-1), # last selected as class 0, ..., class C - 1]. A scatter-add into a
+    fixed number of bins, not `torch.bincount`, which reads the labels' max on the host (a sync on CUDA)."""
+    bins = selected_label.long() + 1
+    return torch.zeros(num_classes + 1, dtype=torch.long, device=bins.device).index_add_(0, bins, torch.ones_like(bins))
+
+
+def flexmatch_beta(
+    selected_label: torch.Tensor, num_classes: int, warmup: bool = True, counts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Learning effect beta_c from the history (-1 = never selected), on the device (`counts`: its
+    `history_counts`, when the caller has them).
 
     With warm-up, the count of unused samples takes part in the normaliser, so thresholds rise slowly while
     most of the data has never been confidently predicted. At the start (all unused) beta = 0.
     """
-    counts = torch.bincount(selected_label.long() + 1, minlength=num_classes + 1).float()
+    counts = (history_counts(selected_label, num_classes) if counts is None else counts).float()
     unused, per_class = counts[0], counts[1:]
     denom = torch.maximum(unused, per_class.max()) if warmup else per_class.max()
     return per_class / denom.clamp_min(1.0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ssl_kd.losses.ssl import convex_mapping, flexmatch_beta
+from ssl_kd.losses.ssl import convex_mapping, flexmatch_beta, history_counts
 
 
 class PseudoLabelHistory:
@@ -25,9 +25,9 @@ class PseudoLabelHistory:
 
     def class_thresholds(self) -> torch.Tensor:
         """tau * M(beta_c) for the current history, shape (C,)."""
-        counts = torch.bincount(self.selected_label + 1, minlength=self.num_classes + 1)
+        counts = history_counts(self.selected_label, self.num_classes)  # no bincount: no host sync
         degenerate = counts.max() >= self.selected_label.numel()  # all entries one value: keep the old beta
-        fresh = flexmatch_beta(self.selected_label, self.num_classes, self.warmup)
+        fresh = flexmatch_beta(self.selected_label, self.num_classes, self.warmup, counts=counts)
         self.beta = torch.where(degenerate, self.beta, fresh)
         return self.tau * convex_mapping(self.beta)
 

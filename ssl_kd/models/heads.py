@@ -65,7 +65,9 @@ def roi_features(feature_map: Tensor, box: tuple[int, int, int, int], image_size
     (the width ratio only), sampling_ratio adaptive, aligned=True. Flattened rather than ``squeeze()``d, so a batch
     of one keeps its batch dimension (the reference drops it)."""
     n = feature_map.shape[0]
-    boxes = torch.tensor([box], dtype=feature_map.dtype, device=feature_map.device).expand(n, 4)
+    # four fills, not a copy from the host (which makes the host wait for the GPU)
+    boxes = torch.stack([torch.full((), float(v), dtype=feature_map.dtype, device=feature_map.device) for v in box])
+    boxes = boxes[None].expand(n, 4)
     rois = torch.cat([torch.arange(n, device=feature_map.device, dtype=feature_map.dtype)[:, None], boxes], dim=1)
     scale = feature_map.shape[-1] / image_size[1]
     out = roi_align(feature_map, rois, output_size=(1, 1), spatial_scale=scale, sampling_ratio=-1, aligned=True)

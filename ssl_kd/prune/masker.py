@@ -37,6 +37,20 @@ class FilterPruner:
             n = self._conv(model, u).out_channels
             self.kept[u.name] = torch.ones(n, dtype=torch.bool)
             self.hard[u.name] = torch.zeros(n, dtype=torch.bool)
+        self._masks_changed()
+
+    def _masks_changed(self) -> None:
+        """The per-step masking reads the hard masks from here: whether a unit has any (decided on the host when
+        the masks change), and their copies on the device (made once), so a step neither reads a value nor copies."""
+        self._any_hard = {name: bool(h.any()) for name, h in self.hard.items()}
+        self._hard_on_device: dict[tuple[str, torch.device], Tensor] = {}
+
+    def _hard_on(self, name: str, like: Tensor) -> Tensor:
+        """Unit `name`'s hard mask on `like`'s device, shaped to broadcast over its filters (dim 0)."""
+        key = (name, like.device)
+        if key not in self._hard_on_device:
+            self._hard_on_device[key] = self.hard[name].to(like.device)
+        return self._hard_on_device[key].view(-1, *([1] * (like.dim() - 1)))
 
     @staticmethod
     def _conv(model: nn.Module, unit: Unit) -> nn.Conv2d:
@@ -52,6 +66,7 @@ class FilterPruner:
             kept, hard = zip(*(ghfp_masks(w, keep_ratio, hard_fraction) for w in weights))
         for u, k, h in zip(self.units, kept, hard):
             self.kept[u.name], self.hard[u.name] = k.cpu(), h.cpu()
+        self._masks_changed()
 
     @torch.no_grad()
     def apply(self, decay: float, models: Iterable[nn.Module] = (), mask_bn: bool | None = None) -> None:
@@ -85,26 +100,22 @@ class FilterPruner:
     def mask_grads(self) -> None:
         """GHFP: a hard filter gets no gradient (reference: `grad[mat_hard == 0] = 0` after backward)."""
         for u in self.units:
-            h = self.hard[u.name]
-            if not h.any():
+            if not self._any_hard[u.name]:
                 continue
             conv = self._conv(self.model, u)
             for p in (conv.weight, conv.bias):
                 if p is not None and p.grad is not None:
-                    p.grad[h.to(p.grad.device)] = 0
+                    p.grad.masked_fill_(self._hard_on(u.name, p.grad), 0)
 
     @torch.no_grad()
     def zero_hard(self) -> None:
         """Put the hard filters back to exactly zero (after an optimizer step moved them through momentum)."""
         for u in self.units:
-            h = self.hard[u.name]
-            if h.any():
+            if self._any_hard[u.name]:
                 conv = self._conv(self.model, u)
-                conv.weight[h.to(conv.weight.device)] = 0
-                if conv.bias is not None:
-                    conv.bias[h.to(conv.bias.device)] = 0
-                if getattr(conv, "fold", None) is not None:
-                    conv.fold[h.to(conv.fold.device)] = 0
+                for t in (conv.weight, conv.bias, getattr(conv, "fold", None)):
+                    if t is not None:
+                        t.masked_fill_(self._hard_on(u.name, t), 0)
 
     def stats(self) -> dict[str, float]:
         """Fraction of the prunable filters kept, and fraction hard."""
@@ -124,3 +135,4 @@ class FilterPruner:
                 raise ValueError(f"prune masks of another model: units {sorted(state[key])} vs {sorted(current)}")
             for name, mask in state[key].items():
                 current[name] = mask.to(torch.bool).cpu()
+        self._masks_changed()

@@ -116,7 +116,7 @@ class CSKD(TeacherStudent):
         losses = cskd_terms(out.logits, token, y, t_out.logits, *dense, beta, **self.term_opts)
         logs = {"acc": accuracy(out.logits, y)}
         if self.dense:
-            logs["beta"] = torch.tensor(beta, device=x.device)
+            logs["beta"] = torch.full((), beta, device=x.device)  # a fill, not a copy from the host
         return losses, logs  # beta only with the patch term: it weighs nothing else
 
     def predict(self, name: str, model: torch.nn.Module, batch) -> Prediction:

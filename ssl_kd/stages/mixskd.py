@@ -98,7 +98,7 @@ class MixSKD(Stage):
         x, y = part["x"], part["y"]
         n = len(y)
         raw = self.raw_model(self.net)
-        mix = sample_mixup(n, c.alpha, c.fallback_lam)
+        mix = sample_mixup(n, c.alpha, c.fallback_lam).to(x.device)  # perm moved once, without a sync
         extra = self.inputs(self.net, part)
         mixed = mix_tensors({"x": x, **extra}, mix)  # metadata, if any, mixed with the same lambda and perm
         both = {k: torch.cat([extra[k], mixed[k]]) for k in extra}
@@ -114,7 +114,7 @@ class MixSKD(Stage):
                                c.temperature)  # fmt: skip
         if c.gan != "off":
             losses["gan"] = self.module("critics")(maps_hat, maps_tilde)
-        diagnostics = {"lam": torch.tensor(mix.lam, device=x.device)}
+        diagnostics = {"lam": torch.full((), mix.lam, device=x.device)}  # a fill, not a copy from the host
         for name, z in zip(self.exits, clean):
             diagnostics["acc" if name == "backbone" else f"acc_{name}"] = accuracy(z, y)
         return losses, diagnostics

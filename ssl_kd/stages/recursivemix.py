@@ -101,8 +101,8 @@ class RecursiveMix(Stage):
             roi_ce = roi = 0.0 * head(out.feat.detach()).sum()
         hist.update(x=x, y=soft, z=z, **extra)
         diagnostics = {
-            "lam": torch.tensor(lam, device=z.device),
-            "area": torch.tensor(1.0 - lam, device=z.device),
+            "lam": torch.full((), lam, device=z.device),  # fills, not copies from the host
+            "area": torch.full((), 1.0 - lam, device=z.device),
             "roi_ce": roi_ce.detach(),
             "acc": accuracy(z, y),
         }

@@ -92,4 +92,4 @@ class Supervised(Stage):
 
     @staticmethod
     def _diag(logits: torch.Tensor, y: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
-        return {"acc": accuracy(logits, y), "lam": torch.tensor(float(lam), device=logits.device)}
+        return {"acc": accuracy(logits, y), "lam": torch.full((), float(lam), device=logits.device)}

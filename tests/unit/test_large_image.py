@@ -8,6 +8,7 @@ import io
 import logging
 import math
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torchvision
 import torchvision.transforms as T
 from helpers import SHARED_DATA
 from PIL import Image
+from sync_trap import SyncTrap
 from torchvision.transforms.v2 import functional as F
 
 from ssl_kd.config import validate_config
@@ -140,6 +142,10 @@ def test_views_leave_the_worker_as_uint8_and_finish_to_the_same_floats(tmp_path)
     for k, (name, t) in enumerate(views.items()):
         want = torch.stack([t(bundle.train.image(p), mix_seed(seed, k)) for p, seed in keys])
         assert done[name].dtype == torch.float32 and torch.equal(done[name], want), name
+    with SyncTrap() as trap:  # the constants went to the batch's device once: later batches copy nothing
+        again = ds.finish(raw)
+    assert not trap.events and all(torch.equal(again[k], done[k]) for k in views), trap.summary()
+    assert "_on_device" not in pickle.loads(pickle.dumps(views["weak"])).__dict__  # workers get host constants
     lit = DataConfig(dataset="image_folder", path=str(tmp_path), transform={"size": 32, "lighting": 0.1})
     b2 = load_dataset(lit)
     ds2 = ViewDataset(b2.train, {"w": build_transform("weak", b2, lit), "x": build_transform("test", b2, lit)})

@@ -16,6 +16,7 @@ from ssl_kd.losses import (
     eml_loss,
     flexmatch_class_thresholds,
 )
+from ssl_kd.losses.ssl import history_counts
 from ssl_kd.memory import PseudoLabelHistory
 
 # ------------------------------------------------------------------ a worked example (k, ANL, EML)
@@ -168,6 +169,25 @@ def test_flexmatch_crafted_history_without_warmup():
     hist = torch.tensor([-1, -1, -1, -1, 0, 0, 0, 1, 1, 2])
     beta = torch.tensor([1.0, 2 / 3, 1 / 3])
     assert torch.allclose(flexmatch_class_thresholds(hist, 3, warmup=False), 0.95 * beta / (2 - beta))
+
+
+def test_history_counts_are_a_fixed_size_histogram_without_a_sync():
+    """FlexMatch's class counts (never selected first): the counts a loop gives, the thresholds torch.bincount
+    gave (the previous code), and no host sync (bincount reads the max on the host)."""
+    from sync_trap import SyncTrap
+
+    hist = torch.tensor([-1, 2, 0, -1, 2, 2, 1, -1, -1, 0])
+    by_hand = [0] * 4
+    for label in hist.tolist():
+        by_hand[label + 1] += 1
+    with SyncTrap() as trap:
+        counts = history_counts(hist, 3)
+        t = flexmatch_class_thresholds(hist, 3)
+    assert not trap.events, trap.summary()
+    assert counts.dtype == torch.long and counts.tolist() == by_hand == [4, 2, 1, 3]
+    old = torch.bincount(hist + 1, minlength=4).float()
+    beta = old[1:] / torch.maximum(old[0], old[1:].max())
+    assert torch.equal(t, 0.95 * (beta / (2.0 - beta)))
 
 
 def test_history_keeps_beta_when_all_entries_agree_and_updates_with_fixed_tau():
