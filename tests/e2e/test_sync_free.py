@@ -36,17 +36,6 @@ CASES = {
 }  # fmt: skip
 
 
-# The device path's augmentation (being rewritten under issue 24, item 1) copies its constants to the device on
-# every call: normalize's scale and bias (2 per view), RandAugment's op ranges (2) and the cutout fill (1), 9 per
-# FixMatch-family step, the ~9 syncs per step the H100 measured on the device path. They are held apart by
-# test_device_augmentation_is_sync_free (an expected failure until the rewrite lands; then drop this and its mark).
-ELSEWHERE = ("ssl_kd/data/device_augment.py",)
-
-
-def elsewhere(e: SyncEvent) -> bool:
-    return e.where.startswith(ELSEWHERE)
-
-
 class TrapSteps(Callback):
     """Enters the trap at the end of step `first` (after every other callback) and leaves it at the end of the
     stage's last step; each event is labelled with the step it belongs to."""
@@ -118,17 +107,10 @@ def run_trapped(tmp_path, name: str, pipeline: str, monkeypatch) -> SyncTrap:
 @pytest.mark.parametrize("name", CASES)
 def test_ssl_step_is_sync_free(tmp_path, monkeypatch, name, pipeline):
     trap = run_trapped(tmp_path, name, pipeline, monkeypatch)
-    stray = [e for e in trap.events if not (at_log_boundary(e) or elsewhere(e))]
+    stray = [e for e in trap.events if not at_log_boundary(e)]
     assert not stray, f"{len(stray)} host syncs inside training steps:\n{trap.summary(stray)}"
     # the trap saw the metrics' reads at the log boundaries: it was active in the window
     assert {e.step for e in trap.events if at_log_boundary(e)} == {3, 6, 7}, trap.summary()
-
-
-@pytest.mark.xfail(strict=True, reason="device_augment.py copies its constants per call (issue 24, item 1)")
-def test_device_augmentation_is_sync_free(tmp_path, monkeypatch):
-    trap = run_trapped(tmp_path, "fullmatch_cifar10_40", "device", monkeypatch)
-    found = [e for e in trap.events if elsewhere(e)]
-    assert not found, f"{len(found)} host syncs in the device augmentation:\n{trap.summary(found)}"
 
 
 # Reads of values that live on the host on every device: a mix's draws from torch's global CPU generator
@@ -161,5 +143,5 @@ def test_shipped_config_steps_are_sync_free(tmp_path, fake_data_root, path):
     trap = SyncTrap()
     with trapped(trap):
         assert run_cli(path, *args, f"experiment.output_dir={tmp_path / 'run'}") == 0
-    stray = [e for e in trap.events if not (at_log_boundary(e) or at_epoch_end(e) or host_only(e) or elsewhere(e))]
+    stray = [e for e in trap.events if not (at_log_boundary(e) or at_epoch_end(e) or host_only(e))]
     assert not stray, f"{len(stray)} host syncs inside training steps:\n{trap.summary(stray)}"
