@@ -244,9 +244,27 @@ class Transform:
     def finish(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> the float batch `__call__` makes image by image: the same float32 multiply, then
         add, element by element, so the values are identical on any device."""
-        scale = torch.from_numpy(self._scale).to(batch.device).unsqueeze(0)
-        bias = torch.from_numpy(self._bias).to(batch.device).unsqueeze(0)
-        return batch.to(torch.float32).mul_(scale).add_(bias)
+        scale, bias = self._constants_on(batch.device)
+        return batch.contiguous().to(torch.float32).mul_(scale).add_(bias)
+
+    def _host_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 / (255 std), -mean / std) as float32 (3, 1, 1) host tensors."""
+        return torch.from_numpy(self._scale), torch.from_numpy(self._bias)
+
+    def _constants_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation constants on `device`, copied there once: a copy per batch makes the host wait for the
+        GPU every step."""
+        cached = self.__dict__.get("_on_device")
+        if cached is None or cached[0].device != device:
+            scale, bias = self._host_constants()
+            cached = self._on_device = (scale.to(device), bias.to(device))
+        return cached
+
+    def __getstate__(self) -> dict:
+        """DataLoader workers get the host constants only (never a copy on the GPU)."""
+        state = dict(self.__dict__)
+        state.pop("_on_device", None)
+        return state
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mean={self.mean}, std={self.std})"

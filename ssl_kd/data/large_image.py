@@ -218,25 +218,8 @@ class CropTransform(Transform):
         with `lighting` (its shift is added on the float scale, per sample)."""
         return not (self.kind != "test" and self.cfg.lighting > 0)
 
-    def finish(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> the float batch `__call__` would have made sample by sample (the same element-wise
-        float32 operations in the same order, so the values are identical)."""
-        inv, bias = self._constants_on(batch.device)
-        return batch.contiguous().to(torch.float32).mul_(inv).add_(bias)
-
-    def _constants_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1 / (255 std), -mean / std) on `device`, copied there once: a copy per batch makes the host wait for
-        the GPU every step."""
-        cached = self.__dict__.get("_on_device")
-        if cached is None or cached[0].device != device:
-            cached = self._on_device = (self._inv.to(device), self._bias.to(device))
-        return cached
-
-    def __getstate__(self) -> dict:
-        """DataLoader workers get the host constants only (never a copy on the GPU)."""
-        state = dict(self.__dict__)
-        state.pop("_on_device", None)
-        return state
+    def _host_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._inv, self._bias  # `finish` (Transform's) normalises deferred batches with these
 
     def __call__(self, img: EncodedImage | np.ndarray, seed: int = 0) -> torch.Tensor:
         x = self.normalize(self.crop_uint8(img, seed))

@@ -4,10 +4,13 @@ compared on CPU, image by image and through a whole training run."""
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 from helpers import load_checkpoint, run_cli, ssl_digits_config
+from sync_trap import SyncTrap
 from torch.utils.data import default_collate
 
 import ssl_kd.engine.scoring as scoring
@@ -45,6 +48,10 @@ def test_uint8_views_normalised_on_the_batch_equal_the_per_image_floats(order):
     done = deferred.finish(raw)
     for k in views:
         assert done[k].dtype == torch.float32 and torch.equal(done[k], plain[k]), k
+    with SyncTrap() as trap:  # the constants went to the batch's device once: later batches copy nothing
+        again = deferred.finish(raw)
+    assert not trap.events and all(torch.equal(again[k], done[k]) for k in views), trap.summary()
+    assert "_on_device" not in pickle.loads(pickle.dumps(views["weak"])).__dict__  # workers get host constants
     assert torch.equal(done["y"], plain["y"]) and torch.equal(done["idx"], plain["idx"])
 
 
