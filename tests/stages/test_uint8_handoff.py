@@ -48,6 +48,7 @@ def test_uint8_views_normalised_on_the_batch_equal_the_per_image_floats(order):
     done = deferred.finish(raw)
     for k in views:
         assert done[k].dtype == torch.float32 and torch.equal(done[k], plain[k]), k
+    assert "_on_device" not in pickle.loads(pickle.dumps(views["weak"])).__dict__  # workers get host constants
     copies = []
     for t in views.values():  # the constants went to the batch's device once: later batches copy nothing
         t._host_constants = lambda t=t: copies.append(t) or type(t)._host_constants(t)
@@ -55,7 +56,6 @@ def test_uint8_views_normalised_on_the_batch_equal_the_per_image_floats(order):
         again = deferred.finish(raw)
     assert not copies
     assert not trap.events and all(torch.equal(again[k], done[k]) for k in views), trap.summary()
-    assert "_on_device" not in pickle.loads(pickle.dumps(views["weak"])).__dict__  # workers get host constants
     assert torch.equal(done["y"], plain["y"]) and torch.equal(done["idx"], plain["idx"])
 
 
