@@ -198,16 +198,21 @@ def train_quickstart_teacher(out: Path, epochs: int) -> Path:
 
 
 @contextlib.contextmanager
-def crash_at(at: int) -> Iterator[None]:
-    """Inside the block every run gets a `Crash(at)` callback after its own; the callbacks are as before after it."""
+def extra_callback(callback: Callback) -> Iterator[None]:
+    """Inside the block every run (CLI included) gets `callback` after its own; the callbacks are as before after."""
     import ssl_kd.callbacks as callbacks_mod
 
     orig = callbacks_mod.experiment_callbacks
-    callbacks_mod.experiment_callbacks = lambda cfg: [*orig(cfg), Crash(at)]
+    callbacks_mod.experiment_callbacks = lambda cfg: [*orig(cfg), callback]
     try:
         yield
     finally:
         callbacks_mod.experiment_callbacks = orig
+
+
+def crash_at(at: int) -> contextlib.AbstractContextManager[None]:
+    """Inside the block every run gets a `Crash(at)` callback after its own."""
+    return extra_callback(Crash(at))
 
 
 def run_crashing(at: int, *args: Any) -> int:

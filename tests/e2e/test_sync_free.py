@@ -14,10 +14,9 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from helpers import CONFIGS, run_cli, shipped_configs, small_overrides, write_fake_npz
+from helpers import CONFIGS, extra_callback, run_cli, shipped_configs, small_overrides, write_fake_npz
 from sync_trap import SyncEvent, SyncTrap
 
-import ssl_kd.callbacks as callbacks_mod
 from ssl_kd.config import load_yaml
 from ssl_kd.engine import Callback
 
@@ -65,12 +64,10 @@ class FakeTTY(io.StringIO):
 
 @contextlib.contextmanager
 def trapped(trap: SyncTrap) -> Iterator[None]:
-    orig = callbacks_mod.experiment_callbacks
-    callbacks_mod.experiment_callbacks = lambda cfg: [*orig(cfg), TrapSteps(trap)]
     try:
-        yield
+        with extra_callback(TrapSteps(trap)):
+            yield
     finally:
-        callbacks_mod.experiment_callbacks = orig
         trap.exit()
 
 
