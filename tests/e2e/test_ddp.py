@@ -37,6 +37,9 @@ def test_two_processes_match_one(tmp_path):
     assert sys.executable  # ran with this interpreter's packages
 
 
+# slow: torchrun; FlexMatch's gathered history and FullMatch's max-reduced k are checked on 2 gloo ranks in CI
+# (test_ddp_ssl_policies.py), the runner under torchrun by test_two_processes_match_one
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_fullflex_under_ddp_keeps_one_global_history(tmp_path):
     """The SSL step's cross-rank paths (k max-reduced, FlexMatch history gathered from every rank) run under DDP,

@@ -1,6 +1,7 @@
 """2 processes = 1 process for the SSL policies' statistics: each of two gloo ranks gives its half of the batch to
-FreeMatch / SoftMatch / AdaMatch / the alignments / Dash's warm-up estimate, and ends with the state, the weights
-and (FreeMatch's fairness term) the loss and gradient that one process computes on the whole batch."""
+FreeMatch / SoftMatch / AdaMatch / FlexMatch's history / FullMatch's adaptive k / the alignments / Dash's warm-up
+estimate, and ends with the state, the weights and (FreeMatch's fairness term) the loss and gradient that one
+process computes on the whole batch."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.distributed as td
 import torch.multiprocessing as mp
 from helpers import ssl_digits_config, torchrun_cli
 
+from ssl_kd.components.adaptive_k import global_adaptive_k
 from ssl_kd.components.dist_align import DIST_ALIGN
 from ssl_kd.components.threshold import THRESHOLD, WeakView
 from ssl_kd.engine import read_metrics
@@ -36,6 +38,9 @@ def run_policies(rows: slice) -> dict[str, torch.Tensor]:
     blocks = [{"type": "freematch", "momentum": 0.7}, {"type": "softmatch", "momentum": 0.7}, {"type": "adamatch"},
               {"type": "dash", "warmup_iters": STEPS, "estimate_steps": 3}]  # fmt: skip
     th = {b["type"]: THRESHOLD.build(THRESHOLD.validate(b), device=CPU, num_classes=C) for b in blocks}
+    # FlexMatch's history of every sample, gathered from the ranks (tau low enough that samples are recorded)
+    th["flex"] = THRESHOLD.build(THRESHOLD.validate({"type": "flex", "tau": 0.5}), device=CPU, num_classes=C,
+                                 num_samples=B * STEPS)  # fmt: skip
     al = {n: DIST_ALIGN.build(DIST_ALIGN.validate({"type": n, "momentum": 0.7}), num_classes=C, device=CPU)
           for n in ("uniform", "labelled")}  # fmt: skip
     out: dict[str, torch.Tensor] = {}
@@ -45,13 +50,14 @@ def run_policies(rows: slice) -> dict[str, torch.Tensor]:
         for name, a in al.items():
             out[f"{name}/aligned{t}"] = a(p, lb)
         # Dash's warm-up: each rank's labelled loss differs; the estimate takes their mean (= the global batch's)
-        view = WeakView(p, z, torch.arange(len(z)), lb, t, sup_loss=(z**2).mean())
+        view = WeakView(p, z, t * B + torch.arange(B)[rows], lb, t, sup_loss=(z**2).mean())
         for name, pol in th.items():
             out[f"{name}/w{t}"] = pol.weights(view)
         zs = logits_s[rows].clone().requires_grad_(True)
         fair = th["freematch"].extra_losses(zs, out[f"freematch/w{t}"])["fairness"]
         (grad,) = torch.autograd.grad(fair, zs)
         out[f"fair{t}"], out[f"fair_grad{t}"] = fair.detach(), grad
+        out[f"k{t}"] = global_adaptive_k(z, logits_s[rows])  # FullMatch's adaptive k: the max over every rank
     for name, pol in [*th.items(), *al.items()]:
         for k, v in (pol.state_dict() if hasattr(pol, "state_dict") else {}).items():
             out[f"{name}/{k}"] = v
@@ -92,6 +98,7 @@ def test_two_ranks_hold_the_global_batch_statistics(tmp_path):
             both = got[0][key]
         assert torch.allclose(both.float(), want.float(), atol=1e-6, equal_nan=True), key
     assert not torch.isnan(one["dash/rho_init"])
+    assert (one["flex/selected_label"] >= 0).sum() > B  # the history holds many steps of both ranks
 
 
 @pytest.mark.slow  # torchrun; the statistics over the global batch are checked on 2 gloo ranks above

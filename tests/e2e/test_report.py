@@ -163,6 +163,8 @@ def test_bad_run_folder_exits_2(case, expected, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a fresh interpreter for `python -m ssl_kd.report`; main()'s exit codes and messages are held
+# in-process above
 def test_cli_module_exit_code(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("not json\n")
     proc = subprocess.run(

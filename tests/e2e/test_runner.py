@@ -148,6 +148,8 @@ def test_resume_without_checkpoint(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter; CI holds the same (exit 2, one line, no traceback) with
+# test_user_errors.py::test_the_command_line_prints_no_traceback and the message in-process (test_config.py)
 def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path):
     cmd = [sys.executable, "-m", "ssl_kd.run", str(QUICK), "stages.teacher.optimizer.lrr=0.1"]
     res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

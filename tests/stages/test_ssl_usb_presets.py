@@ -39,8 +39,9 @@ def extra(type_):
 def test_preset_with_eml_and_anl(tmp_path, type_):
     """EML / ANL on every preset: the terms are there and enter the loss with their weights."""
     out = tmp_path / "r"
+    cfg = ssl_digits_config(tmp_path / f"{type_}.yaml", type_, iters=6, eval_every=6, log_every=2)
     args = ["stages.ssl.loss_weights.eml=1.0", "stages.ssl.loss_weights.anl=1.0", f"experiment.output_dir={out}"]
-    assert run_cli(write_cfg(tmp_path, type_), *args, *extra(type_)) == 0
+    assert run_cli(cfg, *args, *extra(type_)) == 0
     last = [r for r in read_metrics(out) if r["kind"] == "train"][-1]
     want = {"sup", "unsup", "eml", "anl", "k", "mask", "pl_acc"} | PRESETS[type_]
     assert {f"train/{t}" for t in want} <= set(last)
@@ -49,6 +50,8 @@ def test_preset_with_eml_and_anl(tmp_path, type_):
     total = sum(weights.get(t, 1.0) * last[f"train/{t}"] for t in terms)
     total += 0.001 * last.get("train/fairness", 0.0)
     assert last["train/loss"] == pytest.approx(total, rel=1e-4, abs=1e-6)
+    if type_ not in ("freematch", "softmatch", "dash", "uda"):  # the report's own tests draw the common plots
+        return
     # the report draws the policy's own diagnostics beside the mask rate and pseudo-label accuracy
     made = {p.name for p in (make_report(out).parent).glob("*.png")}
     assert "pseudo_labels.png" in made

@@ -166,6 +166,7 @@ def test_gpu_suite_script_parses():
     assert res.returncode == 0, res.stderr
 
 
+@pytest.mark.slow  # ~3 s; `gpu_suite.sh --dry-run` runs the same matrix (benchmarks/results/gpu_suite_dry_run_cpu.md)
 def test_throughput_rows_on_cpu(tmp_path, monkeypatch):
     """throughput.py end to end on a tiny CPU run (random CIFAR-shaped images, cnn_small, 1 + 1 steps): every row of
     the matrix is measured (none failed) and written to --json with the fields the table reads; no host syncs are
