@@ -12,6 +12,7 @@ import torch
 from ssl_kd.data.containers import ImageSet
 from ssl_kd.data.device_augment import DeviceTransform, uniforms
 from ssl_kd.data.hashing import mix_seeds
+from ssl_kd.data.transfer import array_on_device
 
 log = logging.getLogger("ssl_kd.data")
 
@@ -32,15 +33,6 @@ class DeviceImages:
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
-
-
-def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A small host array on the device without blocking the host (pinned staging on CUDA; on the CPU the array's
-    own memory, as before). One code path on every device, so the CPU tests' sync trap sees what a GPU runs."""
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    if device.type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
 
 
 def make_views(
@@ -144,8 +136,8 @@ class DeviceViewDataset:
         idx_host = positions if self.indices is None else self.indices[positions]
         draws = [uniforms(mix_seeds(seeds, k), t.num_draws) for k, t in enumerate(self.views.values())]
         dev = self.images.device
-        idx = to_device(idx_host.astype(np.int64), dev)
-        u = to_device(np.concatenate(draws, axis=1), dev) if draws else None
+        idx = array_on_device(idx_host.astype(np.int64), dev)
+        u = array_on_device(np.concatenate(draws, axis=1), dev) if draws else None
         out = self.views_of(idx, u)
         out["y"] = self.images.targets.index_select(0, idx)
         out["idx"] = idx

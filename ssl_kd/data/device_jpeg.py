@@ -21,10 +21,10 @@ from torchvision.ops import roi_align
 
 from ssl_kd.data.containers import EncodedImageSet
 from ssl_kd.data.device_augment import DeviceStrong, uniforms
-from ssl_kd.data.device_dataset import to_device
 from ssl_kd.data.hashing import mix_seeds
 from ssl_kd.data.image_files import EncodedImage, UnreadableImage, decode, is_jpeg
 from ssl_kd.data.large_image import Box, CropTransform, center_box, resize_shorter
+from ssl_kd.data.transfer import array_on_device
 from ssl_kd.data.view_dataset import SKIPPED
 from ssl_kd.errors import UserError
 
@@ -130,7 +130,7 @@ class DeviceCrops:
         if self._ra is not None:
             s = self._ra.strong
             u = uniforms(mix_seeds(np.asarray(seeds, dtype=np.uint64), 1), 3 * s.num_ops + 3)
-            x = self._ra.randaugment(x.round_().clamp_(0, 255), to_device(u, self.device))
+            x = self._ra.randaugment(x.round_().clamp_(0, 255), array_on_device(u, self.device))
         return x.mul_(self._inv).add_(self._bias)
 
 
@@ -177,8 +177,8 @@ class DeviceJpegViewDataset:
         idx_host = positions if self.indices is None else self.indices[positions]
         handles = [self.images.image(int(i)) for i in idx_host]
         out = {name: t(handles, mix_seeds(seeds, k).tolist()) for k, (name, t) in enumerate(self.views.items())}
-        idx = to_device(idx_host.astype(np.int64), self.device)
-        out["y"] = to_device(self.images.targets[idx_host], self.device)
+        idx = array_on_device(idx_host.astype(np.int64), self.device)
+        out["y"] = array_on_device(self.images.targets[idx_host], self.device)
         out["idx"] = idx
         for name, value in self._fields.items():
             out[name] = value.index_select(0, idx)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ssl_kd.data.transfer import on_device
 from ssl_kd.options import Strict
 
 Box = tuple[int, int, int, int]  # (x1, y1, x2, y2) in pixels, clipped to the image; x = width axis
@@ -68,16 +69,6 @@ class MixParams:
     def to(self, device: torch.device) -> MixParams:
         """The same mix with its permutation on `device` (drawn on the host: see `on_device`)."""
         return self if self.perm is None else replace(self, perm=on_device(self.perm, device))
-
-
-def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor (a drawn permutation) on `device` without making the host wait for the GPU: staged in
-    pinned memory and copied non_blocking on CUDA; the tensor itself when it is there already."""
-    if t.device == device:
-        return t
-    if device.type == "cuda" and t.device.type == "cpu":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
 
 
 # ------------------------------------------------------------------------------------------------ sampling

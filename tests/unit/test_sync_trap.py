@@ -118,10 +118,10 @@ def test_trap_records_explicit_waits_and_puts_them_back():
 
 def test_device_batch_inputs_are_copied_without_a_sync():
     """The device path's per-step host arrays (indices, draws) go to the device non_blocking, on every device."""
-    from ssl_kd.data.device_dataset import to_device
+    from ssl_kd.data.transfer import array_on_device
 
     a = np.arange(5)
     with SyncTrap() as trap:
-        t = to_device(a, torch.device("cpu"))
+        t = array_on_device(a, torch.device("cpu"))
     assert not trap.events, trap.summary()
     assert torch.equal(t, torch.arange(5))
