@@ -189,6 +189,14 @@ class Crash(Callback):
             raise KeyboardInterrupt
 
 
+def quickstart_short(iters: int) -> list[str]:
+    """Overrides making the quickstart (digits teacher -> student) `iters` steps per stage, without a progress bar."""
+    return [
+        "stages.teacher.epochs=null", f"stages.teacher.iters={iters}", "stages.distill.epochs=null",
+        f"stages.distill.iters={iters}", "experiment.logger.progress=false",
+    ]  # fmt: skip
+
+
 def train_quickstart_teacher(out: Path, epochs: int) -> Path:
     """The quickstart's digits teacher trained alone for `epochs` (its distill stage off); returns its weight file, for
     tests that skip the teacher stage the documented way (`init` from a file)."""

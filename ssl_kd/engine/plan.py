@@ -17,7 +17,6 @@ from ssl_kd.config.schema import Config, StageConfig
 from ssl_kd.data.augment import describe_views
 from ssl_kd.engine.build import build_models, check_module_init, check_stage_files, take_snapshots
 from ssl_kd.engine.freeze import check_freeze_parts
-from ssl_kd.engine.resources import choose_speed
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.engine.run_state import RunState
 from ssl_kd.engine.seed import seed_everything
@@ -176,12 +175,12 @@ def preflight(
 
 def plan(
     run: RunState, cfg: Config, run_dir: RunDir, d: DatasetBundle, device: torch.device, world_size: int,
-    new_stage: Callable[[int, str, StageConfig], Stage],
+    new_stage: Callable[[int, str, StageConfig], Stage], numerics: str,
 ) -> str:  # fmt: skip
     """The dry run's text: the `preflight` (every check a real run makes before its first stage), then what each
-    stage would do."""
+    stage would do. `numerics`: the run's precision / memory layout, as the header states them (`Speed.describe`)."""
     exp = cfg.experiment
-    speed = choose_speed(exp.precision, exp.channels_last, device.type).describe(device.type) + ", "
+    speed = numerics + ", "
     speed += f"compile {exp.compile}, " if exp.compile != "no" else ""
     lines = [
         f"Experiment '{exp.name}' (seed {exp.seed}, {speed}{world_size} process(es))",

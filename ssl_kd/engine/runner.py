@@ -137,7 +137,9 @@ class Runner:
         self.make_stage_callbacks = stage_callbacks or (lambda runner, stage: [])
         self.backward = None  # the optimizer's backward strategy for the current stage
         self.context: RunnerStageContext | None = None  # the current stage's
-        self.services = DataServices(cfg, run_dir, write=self.is_main and not dry_run, device=self.device)
+        self.services = DataServices(
+            cfg, run_dir, write=self.is_main and not dry_run, device=self.device, channels_last=self.speed.channels_last
+        )
         self._stage_services: dict[str, DataServices] = {}  # stages with their own `data:`
         # DataLoader workers and intra-op threads from the machine (`data.num_workers: auto`); the run header says so
         self.resources = choose_resources(
@@ -160,7 +162,7 @@ class Runner:
         if name not in self._stage_services:
             self._stage_services[name] = DataServices(
                 self.cfg, self.run_dir, write=self.services.write, device=self.device, data=scfg.data,
-                split_path=self.run_dir.root / f"split.{name}.npz",
+                split_path=self.run_dir.root / f"split.{name}.npz", channels_last=self.services.channels_last,
             )  # fmt: skip
         return self._stage_services[name]
 
@@ -247,7 +249,14 @@ class Runner:
 
     def plan(self) -> str:
         text = plan(
-            self.state, self.cfg, self.run_dir, self.data, self.device, self.world_size, new_stage=self.new_stage
+            self.state,
+            self.cfg,
+            self.run_dir,
+            self.data,
+            self.device,
+            self.world_size,
+            new_stage=self.new_stage,
+            numerics=self.speed.describe(self.device.type),
         )
         head, _, rest = text.partition("\n")
         return f"{head}\n  machine: {self.resources.describe()}\n{rest}"

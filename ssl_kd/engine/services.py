@@ -29,7 +29,6 @@ from ssl_kd.data import (
     ssl_split,
     to_device_transform,
 )
-from ssl_kd.engine.resources import choose_speed
 from ssl_kd.engine.run_dir import RunDir
 from ssl_kd.errors import UserError
 
@@ -37,9 +36,12 @@ from ssl_kd.errors import UserError
 class DataServices:
     def __init__(
         self, cfg: Config, run_dir: RunDir, write: bool, device: torch.device | None = None,
-        data: DataConfig | None = None, split_path: Path | None = None,
+        data: DataConfig | None = None, split_path: Path | None = None, channels_last: bool = False,
     ) -> None:  # fmt: skip
         self.cfg, self.run_dir, self.write = cfg, run_dir, write
+        self.channels_last = (
+            channels_last  # device-made batches in NHWC (the runner's resolved experiment.channels_last)
+        )
         self.data_cfg = data or cfg.data  # a stage's own dataset, or the run's
         self.split_path = split_path or run_dir.split
         self.device = device or torch.device("cpu")
@@ -69,8 +71,7 @@ class DataServices:
         key = id(images)
         if key not in self._device_images:  # one device copy per image set, shared by its streams
             self._device_images[key] = (images, DeviceImages(images, self.device))
-        exp = self.cfg.experiment
-        cl = choose_speed(exp.precision, exp.channels_last, self.device.type).channels_last
+        cl = self.channels_last
         return DeviceViewDataset(
             self._device_images[key][1], {k: to_device_transform(t, cl) for k, t in views.items()}, indices,
             graph=self.data_cfg.device_graph,

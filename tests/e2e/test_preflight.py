@@ -11,13 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from helpers import CONFIGS, one_line_error, run_cli, tiny_config
+from helpers import CONFIGS, one_line_error, quickstart_short, run_cli, tiny_config
 
 QUICK = CONFIGS / "quickstart.yaml"
-SHORT = [
-    "stages.teacher.epochs=null", "stages.teacher.iters=4", "stages.distill.epochs=null", "stages.distill.iters=4",
-    "experiment.logger.progress=false",
-]  # fmt: skip
+SHORT = quickstart_short(4)
 
 
 def _no_module_file(tmp_path):

@@ -14,13 +14,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import CONFIGS, ROOT, one_line_error, run_cli
+from helpers import CONFIGS, ROOT, one_line_error, quickstart_short, run_cli
 
 QUICK = CONFIGS / "quickstart.yaml"
-SHORT = [
-    "stages.teacher.epochs=null", "stages.teacher.iters=6", "stages.distill.epochs=null", "stages.distill.iters=6",
-    "experiment.logger.progress=false",
-]  # fmt: skip
+SHORT = quickstart_short(6)
 
 
 def snapshot(folder):

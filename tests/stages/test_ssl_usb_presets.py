@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_resume_exact, run_cli, ssl_digits_config
+from sync_trap import SyncTrap
 
 from ssl_kd.engine import read_metrics
 from ssl_kd.report import make_report
@@ -105,55 +106,9 @@ def test_resume_is_bit_identical_with_the_policy_state(tmp_path, type_):
 ALL_TYPES = ["fixmatch", "flexmatch", "fullmatch", "fullflex", *sorted(PRESETS)]
 
 
-class _NoHostSync:
-    """What syncs the host with a GPU from Python raises while active: tensor -> Python conversions (.item(),
-    bool(), int(), float(), .tolist()), .nonzero() and indexing by a boolean tensor. (Ops that sync inside C++,
-    e.g. CUDA bincount, are not seen here; the step avoids them by construction.)"""
-
-    NAMES = ("item", "__bool__", "__int__", "__float__", "tolist", "nonzero")
-
-    def __enter__(self):
-        self.saved = {n: getattr(torch.Tensor, n) for n in (*self.NAMES, "__getitem__")}
-        getitem = self.saved["__getitem__"]
-
-        def no_bool_index(t, index):
-            parts = index if isinstance(index, tuple) else (index,)
-            if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
-                raise AssertionError("host sync: boolean-mask indexing in the SSL step")
-            return getitem(t, index)
-
-        torch.Tensor.__getitem__ = no_bool_index
-
-        def refuse(name):
-            def f(*a, **k):
-                raise AssertionError(f"host sync: Tensor.{name} in the SSL step")
-
-            return f
-
-        for n in self.NAMES:
-            setattr(torch.Tensor, n, refuse(n))
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.Tensor, n, f)
-
-
-@pytest.mark.parametrize("type_", ALL_TYPES)
-def test_the_step_has_no_host_sync(type_):
-    """Every preset's train_step (with EML / ANL on) converts no tensor to a Python value: 0 syncs per step on a
-    GPU. The stage runs without the engine, on a stand-in network (as benchmarks/usb_equivalence.py drives it)."""
-    from ssl_kd.engine import stage_types
-    from ssl_kd.engine.stage import Progress
-
-    cls = stage_types()[type_]
-    block = {"type": type_, "train": ["net"], "loss_weights": {"eml": 1.0, "anl": 1.0}}
-    if type_ == "dash":
-        block["threshold"] = {"type": "dash", "warmup_iters": 2}
-    if type_ == "adamatch":
-        block["logit_interpolation"] = True
-    cfg = cls.Config.model_validate(block)
-    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
-    teacher = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
+def _stand_in_stage(cls, cfg, net, teacher=None):
+    """Stage `cls` without the engine, on stand-in networks (as benchmarks/usb_equivalence.py drives it): `net` is
+    the trained model, `teacher` its EMA."""
 
     class Wrap(torch.nn.Module):
         def __init__(self, m):
@@ -173,7 +128,28 @@ def test_the_step_has_no_host_sync(type_):
             return Wrap(teacher)
 
     st = Local("ssl", cfg, None)
-    st.net, st.progress = "net", Progress(0, 10, 5)
+    st.net = "net"
+    return st
+
+
+@pytest.mark.parametrize("type_", ALL_TYPES)
+def test_the_step_has_no_host_sync(type_):
+    """Every preset's train_step and backward (with EML / ANL on) make no call that syncs the host with a GPU
+    (tests/sync_trap.py): 0 syncs per step. The stage runs without the engine, on a stand-in network."""
+    from ssl_kd.engine import stage_types
+    from ssl_kd.engine.stage import Progress
+
+    cls = stage_types()[type_]
+    block = {"type": type_, "train": ["net"], "loss_weights": {"eml": 1.0, "anl": 1.0}}
+    if type_ == "dash":
+        block["threshold"] = {"type": "dash", "warmup_iters": 2}
+    if type_ == "adamatch":
+        block["logit_interpolation"] = True
+    cfg = cls.Config.model_validate(block)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
+    teacher = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
+    st = _stand_in_stage(cls, cfg, net, teacher)
+    st.progress = Progress(0, 10, 5)
     st.build_parts(40, 5)
     g = torch.Generator().manual_seed(0)
     for t in range(4):
@@ -182,10 +158,11 @@ def test_the_step_has_no_host_sync(type_):
              "idx": torch.arange(12) + t, "y": torch.randint(0, 5, (12,), generator=g)}  # fmt: skip
         lab = {"x": torch.randn(4, 6, generator=g), "y": torch.randint(0, 5, (4,), generator=g), "idx": torch.arange(4)}
         batch = {"labeled": lab, "unlabeled": u}
-        with _NoHostSync():
+        with SyncTrap() as trap:
             losses, diagnostics = st.train_step(batch)
             total = sum(w * losses[k] for k, w in cfg.loss_weights.items() if w)
             total.backward()
+        assert not trap.events, trap.summary()
         assert torch.isfinite(total)
 
 
@@ -213,22 +190,8 @@ def test_adamatch_logit_interpolation():
     net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 5))
     before = copy.deepcopy(net)
 
-    class Wrap(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return type("Out", (), {"logits": self.net(x)})()
-
-    class Local(cls):
-        device = torch.device("cpu")
-
-        def model(self, name):
-            return Wrap()
-
-    st = Local("ssl", cfg, None)
-    st.net, st.progress = "net", Progress(3, 10, 5)
+    st = _stand_in_stage(cls, cfg, net)
+    st.progress = Progress(3, 10, 5)
     st.build_parts(40, 5, interpolation_seed=1234)
     seen = {}
     supervised = st._supervised
